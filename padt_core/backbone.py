@@ -1,0 +1,130 @@
+"""The contract between padt's core and a backbone plugin (a multimodal LLM + its processor).
+
+The core never imports a backbone-specific module: everything it needs goes through this class.
+A backbone owns a Hugging Face causal LM (``hf_model``, a ``GenerationMixin`` model) and a
+processor, and turns images into :class:`~padt_core.features.VisualFeatures` in raster order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .features import VisualFeatures
+from .plugins import PluginConfig
+
+__all__ = ["Backbone", "BackboneBatch", "HubUnreachableError"]
+
+
+class HubUnreachableError(OSError):
+    """A recipe names a hub model that cannot be downloaded here."""
+
+
+class BackboneBatch(dict):
+    """Processor output for a batch: ``input_ids``, ``attention_mask`` and model inputs.
+
+    Also carries ``image_index``: for every sample, the index of its image in the batch's image list
+    (or ``-1`` for a text-only sample).
+    """
+
+
+class Backbone(nn.Module, ABC):
+    """Base class of backbone plugins.
+
+    Subclasses set ``name`` and ``Config`` and build ``self.hf_model`` and ``self.tokenizer``.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[PluginConfig]]
+
+    hf_model: nn.Module
+    tokenizer: Any
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: PluginConfig, *, meta: bool = False) -> Backbone:
+        """Build from the recipe section: ``from_pretrained`` for hub ids/paths, random init for inline configs.
+
+        ``meta=True`` builds the architecture on the meta device without loading or downloading weights.
+        """
+
+    @classmethod
+    @abstractmethod
+    def from_saved(cls, config: PluginConfig, directory: str) -> Backbone:
+        """Rebuild from a padt model directory (architecture + processor files written by ``save``)."""
+
+    @abstractmethod
+    def save(self, directory: str) -> None:
+        """Write the architecture config and processor/tokenizer files (weights are saved by the core)."""
+
+    # --- sizes --------------------------------------------------------------------------------
+    @property
+    def vocab_rows(self) -> int:
+        """``V``: rows of the LLM input embedding table; VRT ``k`` has token id ``V + k``."""
+        return self.hf_model.get_input_embeddings().weight.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        """LLM width ``D`` (width of ``VisualFeatures.tokens``)."""
+        return self.hf_model.get_input_embeddings().weight.shape[1]
+
+    @property
+    @abstractmethod
+    def vision_hidden_size(self) -> int:
+        """Width of ``VisualFeatures.fine``."""
+
+    @property
+    @abstractmethod
+    def cell_size(self) -> int:
+        """Pixels per VRT cell side in the resized image."""
+
+    # --- processing ---------------------------------------------------------------------------
+    @abstractmethod
+    def format_prompt(self, prompt: str, with_image: bool) -> str:
+        """The chat-formatted prompt text (with the generation header), image placeholder included."""
+
+    @abstractmethod
+    def process(self, texts: Sequence[str], images: Sequence[Image.Image | None]) -> BackboneBatch:
+        """Tokenise chat-formatted ``texts`` (one per sample) with their images (``None`` = text only).
+
+        Returns left-padded ``input_ids``/``attention_mask``, the model inputs the LLM needs
+        (e.g. pixel values, grid sizes, token-type ids) and ``image_index``.
+        """
+
+    @abstractmethod
+    def encode_images(self, batch: BackboneBatch) -> tuple[list[VisualFeatures], dict[str, Any]]:
+        """Run the vision tower once.
+
+        Returns the features of every image of the batch (raster order) and the keyword arguments
+        that make ``hf_model.forward``/``generate`` use these features instead of re-encoding pixels.
+        """
+
+    def model_inputs(self, batch: BackboneBatch) -> dict[str, Any]:
+        """Keyword arguments of ``hf_model`` besides ids, mask and the image features."""
+        skip = {"input_ids", "attention_mask", "image_index", "pixel_values"}
+        return {k: v for k, v in batch.items() if k not in skip}
+
+    def extend_model_inputs(self, batch: BackboneBatch, new_tokens: torch.Tensor) -> dict[str, Any]:
+        """Model inputs for ``input_ids`` extended by ``new_tokens`` (text/VRT) columns.
+
+        Backbones whose inputs are per-token (e.g. modality type ids) extend them here.
+        """
+        return self.model_inputs(batch)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = self.hf_model.generation_config.eos_token_id
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        return [ids] if isinstance(ids, int) else list(ids)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.eos_token_ids[0]

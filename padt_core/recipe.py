@@ -1,0 +1,340 @@
+"""Recipes: YAML files validated by pydantic before anything runs.
+
+A recipe names its plugins (``backbone``, ``decoder.trunk``, ``decoder.heads``, ...) and each plugin
+section is validated against that plugin's own ``Config`` model, so a typo anywhere is an error that
+names the file and the dotted key. ``extends:`` inherits from another recipe (path relative to the
+file, or a bundled recipe name); dotted overrides (``train.lr=1e-5``) apply last.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
+
+from .plugins import PluginConfig, get_plugin
+
+__all__ = [
+    "DecoderConfig",
+    "GenerationConfig",
+    "Recipe",
+    "RecipeError",
+    "TrainConfig",
+    "VRTConfig",
+    "apply_overrides",
+    "bundled_recipes",
+    "load_recipe",
+    "recipe_schema",
+    "resolve_recipe_path",
+]
+
+
+class RecipeError(ValueError):
+    """A recipe could not be found, parsed or validated. The message names the file and key."""
+
+
+def _plugin_section(kind: str):
+    """Annotated type of a recipe section validated against the named plugin's ``Config``."""
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, PluginConfig):
+            return value
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, Mapping) or "name" not in value:
+            raise PydanticCustomError(
+                "plugin_section",
+                "expected a mapping with a `name` key (a {kind} plugin), got {value!r}",
+                {"kind": kind, "value": value},
+            )
+        try:
+            cls = get_plugin(kind, value["name"])
+        except KeyError as err:
+            raise PydanticCustomError("unknown_plugin", "{msg}", {"msg": str(err)}) from None
+        try:
+            return cls.Config.model_validate(dict(value))
+        except ValidationError as err:
+            msg = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                for e in err.errors()
+            )
+            raise PydanticCustomError(
+                "plugin_config",
+                "invalid options for {kind} {name!r}: {msg}",
+                {"kind": kind, "name": value["name"], "msg": msg},
+            ) from None
+
+    return Annotated[SerializeAsAny[PluginConfig], BeforeValidator(resolve)]
+
+
+BackboneSection = _plugin_section("backbones")
+TrunkSection = _plugin_section("trunks")
+HeadSection = _plugin_section("heads")
+DatasetSection = _plugin_section("datasets")
+LogitsProcessorSection = _plugin_section("logits_processors")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class VRTConfig(_Section):
+    """Visual prototypes (dynamic embedding)."""
+
+    projection: bool = Field(True, description="zero-init LayerNorm + low-rank residual on merged tokens")
+    rank: int = Field(64, ge=1, description="rank of the residual adapter")
+
+
+class DecoderConfig(_Section):
+    """Decoder trunk and the heads that read it."""
+
+    trunk: TrunkSection
+    heads: list[HeadSection] = Field(min_length=1)
+    layout: Literal["raster", "reference"] = "raster"
+
+
+class GenerationConfig(_Section):
+    """Defaults for ``generate``/``predict``; call-time keyword arguments override them."""
+
+    max_new_tokens: int = Field(1024, ge=1)
+    do_sample: bool = False
+    num_beams: int = Field(1, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    use_checkpoint_config: bool = Field(
+        False, description="start from the checkpoint's generation_config.json instead of plain defaults"
+    )
+    logits_processors: list[LogitsProcessorSection] = Field(default_factory=list)
+
+
+class TrainConfig(_Section):
+    """Optimisation settings (defaults = the reference's)."""
+
+    output_dir: str | None = None
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_scheduler: str = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    epochs: float = Field(4, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides epochs")
+    batch_size: int = Field(16, ge=1, description="per device")
+    grad_accum: int = Field(1, ge=1)
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    gradient_checkpointing: bool = True
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    save_steps: int = Field(100, ge=1)
+    logging_steps: int = Field(1, ge=1)
+    vrt_per_object: int = Field(5, description="K VRT targets per object; < 0 = all cells")
+    vrt_sampling: Literal["random", "five_point"] = "random"
+    token_loss: Literal["per_sample", "per_token"] = "per_sample"
+    robust_vrt_ce: bool = True
+    prototype_warmup_steps: int = Field(300, ge=0)
+    freeze_vision: bool = False
+    freeze_llm: bool = False
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(16, ge=1)
+
+
+class DataConfig(_Section):
+    train: list[DatasetSection] = Field(default_factory=list)
+    val: list[DatasetSection] = Field(default_factory=list)
+
+
+class Recipe(_Section):
+    """A validated recipe. ``padt recipe schema`` prints its JSON schema."""
+
+    name: str
+    description: str = ""
+    backbone: BackboneSection
+    vrt: VRTConfig = Field(default_factory=VRTConfig)
+    decoder: DecoderConfig | None = None
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Recipes shipped with the package: ``{name: path}``."""
+    root = importlib.resources.files("padt_recipes")
+    return {p.name.removesuffix(".yaml"): Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_recipe_path(source: str | Path, relative_to: Path | None = None) -> Path:
+    """A recipe file: an existing path (relative to ``relative_to`` first), else a bundled recipe name."""
+    source = str(source)
+    candidates = [Path(source)]
+    if relative_to is not None:
+        candidates.insert(0, relative_to / source)
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    bundled = bundled_recipes()
+    name = Path(source).name.removesuffix(".yaml")
+    if name in bundled and (source == name or source.endswith(".yaml")):
+        return bundled[name]
+    raise RecipeError(
+        f"recipe {source!r} is neither a file nor a bundled recipe. Bundled recipes: {', '.join(sorted(bundled))}."
+    )
+
+
+def _deep_merge(base: dict, over: Mapping) -> dict:
+    """Merge ``over`` into ``base``; a plugin section naming a different plugin replaces the old one."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        old = out.get(key)
+        same_plugin = (
+            isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name")
+            if isinstance(value, Mapping)
+            else False
+        )
+        out[key] = _deep_merge(old, value) if same_plugin else copy.deepcopy(value)
+    return out
+
+
+def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in chain:
+        raise RecipeError(f"{path}: `extends` forms a cycle: {' -> '.join(str(p) for p in (*chain, path))}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        base = _read_raw(resolve_recipe_path(parent, relative_to=path.parent), (*chain, path))
+        raw = _deep_merge(base, raw)
+    return raw
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: Mapping[str, Any] | Sequence[str] | None) -> dict:
+    """Apply dotted overrides: ``{"train.lr": 1e-5}`` or ``["train.lr=1e-5"]`` (values parsed as YAML).
+
+    List items are addressed by index (``decoder.heads.0.loss_weight=2``).
+    """
+    if not overrides:
+        return raw
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides:
+            if "=" not in item:
+                raise RecipeError(f"override {item!r} is not of the form key.sub=value")
+            key, value = item.split("=", 1)
+            items.append((key.strip(), _parse_value(value)))
+    out = copy.deepcopy(raw)
+    for key, value in items:
+        parts = key.split(".")
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = node[_index(part, key)]
+                continue
+            if node.get(part) is None:
+                node[part] = {}
+            elif isinstance(node[part], str) and i + 1 < len(parts):
+                node[part] = {"name": node[part]}  # a plugin given by name only
+            node = node[part]
+        if isinstance(node, list):
+            node[_index(parts[-1], key)] = value
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def _index(part: str, key: str) -> int:
+    if not part.lstrip("-").isdigit():
+        raise RecipeError(f"override {key!r}: {part!r} addresses a list and must be an index")
+    return int(part)
+
+
+def load_recipe(
+    source: str | Path | Mapping[str, Any] | Recipe,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+) -> Recipe:
+    """Load, merge (``extends``), override and validate a recipe.
+
+    ``source`` is a path, a bundled recipe name, a raw mapping or an already validated ``Recipe``.
+    """
+    if isinstance(source, Recipe):
+        if not overrides:
+            return source
+        source = source.model_dump(mode="json")
+    origin = "<recipe>"
+    if isinstance(source, Mapping):
+        raw = dict(source)
+        parent = raw.pop("extends", None)
+        if parent is not None:
+            raw = _deep_merge(_read_raw(resolve_recipe_path(parent)), raw)
+    else:
+        path = resolve_recipe_path(source)
+        origin = str(path)
+        raw = _read_raw(path)
+    raw = apply_overrides(raw, overrides)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg']}"
+            + ("" if e["type"] in {"plugin_config", "unknown_plugin"} else f" (got {e.get('input')!r})")
+            for e in err.errors()
+        ]
+        raise RecipeError(f"{origin}: invalid recipe:\n" + "\n".join(lines)) from None
+
+
+def recipe_schema() -> dict:
+    """JSON schema of the recipe; plugin sections list the registered plugins' own schemas."""
+    from .plugins import get_registry
+
+    schema = Recipe.model_json_schema()
+    plugin_kinds = {"backbone": "backbones"}
+    for field, kind in plugin_kinds.items():
+        schema["properties"][field] = {
+            "oneOf": [cls.Config.model_json_schema() for cls in get_registry(kind).entries.values()]
+        }
+    for kind, key in (("trunks", "trunk"), ("heads", "heads")):
+        subs = [cls.Config.model_json_schema() for cls in get_registry(kind).entries.values()]
+        schema.setdefault("$defs", {}).setdefault("DecoderConfig", {}).setdefault("properties", {})
+        target = schema["$defs"]["DecoderConfig"]["properties"]
+        target[key] = {"oneOf": subs} if key == "trunk" else {"type": "array", "items": {"oneOf": subs}}
+    json.dumps(schema)  # fail here, not in the CLI, if something is not serialisable
+    return schema
