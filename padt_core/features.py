@@ -45,9 +45,7 @@ class VisualFeatures:
     def __post_init__(self) -> None:
         h, w = self.grid
         if self.tokens.shape[0] != h * w:
-            raise ValueError(
-                f"VisualFeatures.tokens has {self.tokens.shape[0]} rows, grid {h}x{w} needs {h * w}"
-            )
+            raise ValueError(f"VisualFeatures.tokens has {self.tokens.shape[0]} rows, grid {h}x{w} needs {h * w}")
         if self.fine is not None:
             if self.fine_grid is None:
                 raise ValueError("VisualFeatures.fine given without fine_grid")

@@ -90,9 +90,7 @@ class HookSpecs:
         """Return answer-format classes: how objects are written in a completion and parsed back."""
 
 
-KINDS: tuple[str, ...] = tuple(
-    name.removeprefix("padt_") for name in vars(HookSpecs) if name.startswith("padt_")
-)
+KINDS: tuple[str, ...] = tuple(name.removeprefix("padt_") for name in vars(HookSpecs) if name.startswith("padt_"))
 _SINGULAR = {
     "backbones": "backbone",
     "trunks": "trunk",

@@ -69,8 +69,7 @@ def _plugin_section(kind: str):
             return cls.Config.model_validate(dict(value))
         except ValidationError as err:
             msg = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-                for e in err.errors()
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()
             )
             raise PydanticCustomError(
                 "plugin_config",

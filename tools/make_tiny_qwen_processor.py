@@ -20,9 +20,13 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
+
+if TYPE_CHECKING:
+    from transformers import Qwen2_5_VLProcessor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "plugins" / "backbones" / "assets" / "tiny_qwen"
@@ -96,6 +100,9 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+DETECT_PROMPT = "Please carefully check the image and detect the following objects"
+REFER_PROMPT = "Please carefully check the image and detect the object this sentence describes"
+
 COLOURS = [
     "red", "green", "blue", "yellow", "orange", "purple", "white", "black", "gray", "pink", "brown", "cyan",
 ]  # fmt: skip
@@ -153,8 +160,10 @@ def _caption(rng: random.Random) -> str:
         return f"A {_shape_phrase(rng)} at the {rng.choice(POSITIONS)} of the image."
     if kind == 2:
         n = rng.randint(2, 9)
-        return f"There are {n} shapes: a {_shape_phrase(rng)}, a {_shape_phrase(rng)} and a {_shape_phrase(rng)}."
-    return f"An image with a {_shape_phrase(rng)} and a {_shape_phrase(rng)} on a {rng.choice(COLOURS)} background."
+        a, b, c = (_shape_phrase(rng) for _ in range(3))
+        return f"There are {n} shapes: a {a}, a {b} and a {c}."
+    a, b = _shape_phrase(rng), _shape_phrase(rng)
+    return f"An image with a {a} and a {b} on a {rng.choice(COLOURS)} background."
 
 
 def _category(rng: random.Random) -> str:
@@ -187,6 +196,7 @@ def _detection_answer(rng: random.Random) -> str:
 
 def _bbox_json(rng: random.Random) -> str:
     """Qwen-style grounding JSON (single object or a list)."""
+
     def one() -> str:
         x0, y0 = rng.randint(0, 500), rng.randint(0, 500)
         x1, y1 = x0 + rng.randint(5, 400), y0 + rng.randint(5, 400)
@@ -222,18 +232,13 @@ def build_corpus(seed: int = SEED) -> list[str]:
         texts.append(_referring_expression(rng))
         texts.append(_caption(rng))
         cats = [_category(rng) for _ in range(rng.randint(1, 4))]
-        texts.append(
-            "Please carefully check the image and detect the following objects: "
-            + json.dumps(cats)
-            + "."
-        )
+        texts.append(f"{DETECT_PROMPT}: {json.dumps(cats)}.")
         texts.append(_detection_answer(rng))
         expr = _referring_expression(rng)
-        texts.append(
-            f'Please carefully check the image and detect the object this sentence describes: "{expr}".'
-        )
+        texts.append(f'{REFER_PROMPT}: "{expr}".')
         texts.append(f'The "{expr}" refers to <|Obj_{rng.randint(0, 9)}|> in this image.')
-        texts.append(f"Locate the {_category(rng)} in the image and output the bbox coordinates in JSON format.")
+        cat = _category(rng)
+        texts.append(f"Locate the {cat} in the image and output the bbox coordinates in JSON format.")
         texts.append(_bbox_json(rng))
         # Role headers as rendered by the chat template (the special tokens themselves stay out).
         texts.append("system\nYou are a helpful assistant.")
@@ -266,7 +271,7 @@ def train_bpe(corpus: list[str], vocab_size: int = BPE_VOCAB_SIZE) -> Tokenizer:
     return tok
 
 
-def build_processor(tok: Tokenizer, workdir: Path):  # noqa: ANN201 - transformers type imported lazily
+def build_processor(tok: Tokenizer, workdir: Path) -> Qwen2_5_VLProcessor:
     """Wrap the trained tokenizer into a ``Qwen2_5_VLProcessor`` with default Qwen2.5-VL vision settings."""
     from transformers import AddedToken as HFAddedToken
     from transformers import Qwen2_5_VLProcessor, Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor

@@ -1,0 +1,1 @@
+"""Benchmarks behind `padt bench ...`; each returns a JSON-serialisable dict."""

@@ -1,0 +1,104 @@
+"""Dynamic embedding: visual prototypes and the per-sample prototype bank.
+
+Prototype of cell ``j``: ``P_j = LN(e_j) + W_up W_down LN(e_j)`` where ``e_j`` is the merged visual
+token. The LayerNorm starts at zero (weight and bias), so every prototype is exactly zero at the
+start of training and VRT logits/embeddings start neutral. Prototypes are kept per sample in a
+padded bank ``[B, P_max, D]``; the full embedding table is never concatenated with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["PrototypeBank", "PrototypeProjection", "embed_with_bank"]
+
+
+class PrototypeProjection(nn.Module):
+    """Zero-initialised LayerNorm followed by a low-rank residual adapter (``D → rank → D``)."""
+
+    def __init__(self, dim: int, rank: int = 64, enabled: bool = True, init_std: float = 0.02):
+        super().__init__()
+        self.enabled = enabled
+        if enabled:
+            self.norm = nn.LayerNorm(dim, eps=1e-5)
+            self.down = nn.Linear(dim, rank, bias=False)
+            self.up = nn.Linear(rank, dim, bias=False)
+            self.reset_parameters(init_std)
+
+    def reset_parameters(self, init_std: float = 0.02) -> None:
+        if not self.enabled:
+            return
+        nn.init.zeros_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+        nn.init.normal_(self.down.weight, std=init_std)
+        nn.init.normal_(self.up.weight, std=init_std)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return tokens
+        x = self.norm(tokens)
+        return x + self.up(self.down(x))
+
+
+@dataclass
+class PrototypeBank:
+    """Per-sample prototypes, padded: ``bank [B, P, D]`` and ``valid [B, P]`` (False = padding)."""
+
+    bank: torch.Tensor
+    valid: torch.Tensor
+
+    @classmethod
+    def from_prototypes(
+        cls,
+        prototypes: Sequence[torch.Tensor],
+        image_index: Sequence[int],
+        dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> PrototypeBank:
+        """Bank for a batch whose sample ``b`` uses image ``image_index[b]`` (``-1``: no image)."""
+        sizes = [prototypes[i].shape[0] if i >= 0 else 0 for i in image_index]
+        width = max(sizes, default=0)
+        bank = torch.zeros(len(image_index), width, dim, device=device, dtype=dtype)
+        valid = torch.zeros(len(image_index), width, dtype=torch.bool, device=device)
+        for b, (i, n) in enumerate(zip(image_index, sizes)):
+            if n:
+                bank[b, :n] = prototypes[i].to(dtype)
+                valid[b, :n] = True
+        return cls(bank, valid)
+
+    @property
+    def width(self) -> int:
+        return self.bank.shape[1]
+
+    def expand(self, batch_size: int) -> PrototypeBank:
+        """Repeat rows for beam search / several return sequences (``batch_size`` a multiple of B)."""
+        b = self.bank.shape[0]
+        if batch_size == b:
+            return self
+        if batch_size % b:
+            raise ValueError(f"cannot expand a prototype bank of {b} samples to a batch of {batch_size}")
+        r = batch_size // b
+        return PrototypeBank(self.bank.repeat_interleave(r, 0), self.valid.repeat_interleave(r, 0))
+
+    def gather(self, cells: torch.Tensor) -> torch.Tensor:
+        """Rows ``bank[b, cells[b, t]]`` → ``[B, T, D]`` (cells clamped into the bank)."""
+        if self.width == 0:
+            return self.bank.new_zeros(*cells.shape, self.bank.shape[-1])
+        idx = cells.clamp(0, self.width - 1)
+        return torch.gather(self.bank, 1, idx.unsqueeze(-1).expand(-1, -1, self.bank.shape[-1]))
+
+
+def embed_with_bank(
+    text_embeds: torch.Tensor, input_ids: torch.Tensor, vocab_rows: int, bank: PrototypeBank
+) -> torch.Tensor:
+    """Replace the rows of VRT ids (``>= vocab_rows``) in ``text_embeds`` by their sample's prototypes."""
+    is_vrt = input_ids >= vocab_rows
+    if not bool(is_vrt.any()):
+        return text_embeds
+    rows = bank.gather(input_ids - vocab_rows).to(text_embeds.dtype)
+    return torch.where(is_vrt.unsqueeze(-1), rows, text_embeds)

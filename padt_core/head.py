@@ -1,0 +1,27 @@
+"""PaDT head: the extended classifier ``[text logits ++ per-sample VRT logits]``.
+
+VRT logit of cell ``k`` for sample ``b`` = ``h · bank[b, k]`` (no bias, no scale). Padding columns
+(cells that the sample's image does not have) get the dtype's minimum, not ``-inf``, so a fully
+masked row can never produce NaN in a softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .embedding import PrototypeBank
+
+__all__ = ["extend_logits", "vrt_logits"]
+
+
+def vrt_logits(hidden: torch.Tensor, bank: PrototypeBank) -> torch.Tensor:
+    """``[B, T, P]`` logits of the sample's own cells, padding masked."""
+    logits = torch.einsum("btd,bpd->btp", hidden, bank.bank.to(hidden.dtype))
+    return logits.masked_fill(~bank.valid.unsqueeze(1), torch.finfo(logits.dtype).min)
+
+
+def extend_logits(text_logits: torch.Tensor, hidden: torch.Tensor, bank: PrototypeBank) -> torch.Tensor:
+    """``cat(text_logits, vrt_logits)`` along the vocabulary axis; column ``V + k`` is VRT ``k``."""
+    if bank.width == 0:
+        return text_logits
+    return torch.cat([text_logits, vrt_logits(hidden, bank).to(text_logits.dtype)], dim=-1)

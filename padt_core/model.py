@@ -1,0 +1,444 @@
+"""``PaDTModel``: a backbone plugin + visual prototypes + the extended classifier (+ decoder heads).
+
+How VRTs reach the LLM without copying it or its decoding loop: while a PaDT forward or
+``generate`` runs, two hooks sit on the backbone's own modules. The input-embedding hook gives VRT
+ids (``>= V``) their sample's prototype instead of a table row; the output-embedding hook appends
+the sample's VRT logits to the text logits. Everything else (caches, M-RoPE, beams, logits
+processors) is the backbone's and Hugging Face's own code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_model, save_model
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from .backbone import Backbone, BackboneBatch
+from .embedding import PrototypeBank, PrototypeProjection, embed_with_bank
+from .features import VisualFeatures
+from .head import extend_logits
+from .plugins import get_plugin
+from .recipe import Recipe, load_recipe
+from .vrt import ParsedCompletion, VRTCodec
+
+__all__ = ["FORMAT_VERSION", "Encoded", "PaDTModel", "PaDTOutput", "PredictedObject", "Prediction"]
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+RECIPE_NAME = "recipe.yaml"
+META_NAME = "padt.json"
+BACKBONE_DIR = "backbone"
+
+ImageLike = Image.Image | str | os.PathLike | None
+
+
+@dataclass
+class Encoded:
+    """Everything the vision side produced for a batch (computed once, reused by generate/forward)."""
+
+    features: list[VisualFeatures]  # one per image of the batch
+    prototypes: list[torch.Tensor]  # one per image, [cells, D]
+    bank: PrototypeBank  # per sample
+    model_kwargs: dict[str, Any]  # what makes the backbone LLM reuse these features
+    image_index: list[int]  # image of each sample, -1 = none
+
+    def cells(self, sample: int) -> int:
+        i = self.image_index[sample]
+        return self.features[i].num_cells if i >= 0 else 0
+
+
+@dataclass
+class PaDTOutput:
+    logits: torch.Tensor  # [B, T, V + P]: text logits ++ VRT logits of the sample's own cells
+    hidden_states: torch.Tensor  # [B, T, D] last LLM layer (after its final norm)
+    encoded: Encoded
+
+
+@dataclass
+class PredictedObject:
+    label: str
+    vrt: list[int]
+    box: list[float] | None = None  # xyxy pixels of the original image
+    score: float | None = None  # in [0, 1]
+    mask: np.ndarray | None = None  # bool [H, W] at the original image size
+
+
+@dataclass
+class Prediction:
+    text: str
+    objects: list[PredictedObject] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    truncated: bool = False
+    ids: list[int] = field(default_factory=list)
+
+
+def load_image(image: ImageLike) -> Image.Image | None:
+    """A PIL image from a path or image; clear errors for missing/unreadable files."""
+    if image is None or isinstance(image, Image.Image):
+        return image
+    path = Path(image)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError as err:
+        raise ValueError(f"cannot read image {path}: {err}") from None
+
+
+class PaDTModel(nn.Module):
+    """A multimodal LLM that can point: emits VRTs and decodes them into boxes, masks and scores."""
+
+    def __init__(self, recipe: Recipe, backbone: Backbone, decoder: nn.Module | None = None):
+        super().__init__()
+        self.recipe = recipe
+        self.backbone = backbone
+        self.projection = PrototypeProjection(backbone.hidden_size, recipe.vrt.rank, recipe.vrt.projection)
+        self.decoder = decoder
+        self.codec = VRTCodec(backbone.tokenizer, backbone.vocab_rows, backbone.eos_token_ids, backbone.pad_token_id)
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, *, meta: bool = False) -> PaDTModel:
+        backbone_cls = get_plugin("backbones", recipe.backbone.name)
+        backbone = backbone_cls.from_config(recipe.backbone, meta=meta)
+        return cls._assemble(recipe, backbone, meta=meta)
+
+    @classmethod
+    def _assemble(cls, recipe: Recipe, backbone: Backbone, meta: bool = False) -> PaDTModel:
+        dtype = backbone.hf_model.get_input_embeddings().weight.dtype
+        device = torch.device("meta") if meta else None
+        with torch.device(device) if device is not None else _nullcontext():
+            decoder = None
+            if recipe.decoder is not None:
+                from .decoder import PaDTDecoder
+
+                decoder = PaDTDecoder.from_config(
+                    recipe.decoder,
+                    llm_hidden_size=backbone.hidden_size,
+                    vision_hidden_size=backbone.vision_hidden_size,
+                )
+            model = cls(recipe, backbone, decoder)
+        model.projection.to(dtype)
+        if model.decoder is not None:
+            model.decoder.to(dtype)
+        return model
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.hf_model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.hf_model.get_input_embeddings().weight.dtype
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def prepare(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> BackboneBatch:
+        """Chat-format prompts, tokenise them with their images, map ``<|VRT_k|>`` strings to VRT ids."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError(f"prompt {i} is empty")
+        pil = [load_image(im) for im in images]
+        texts = [self.backbone.format_prompt(p, im is not None) for p, im in zip(prompts, pil)]
+        self.codec.register_prompt_vrts(texts)
+        batch = self.backbone.process(texts, pil)
+        batch["input_ids"] = self.codec.to_model_ids(batch["input_ids"])
+        return batch
+
+    def encode(self, batch: BackboneBatch) -> Encoded:
+        """Run the vision tower once and build the per-sample prototype bank."""
+        features, model_kwargs = self.backbone.encode_images(_to_device(batch, self.device))
+        prototypes = [self.projection(f.tokens) for f in features]
+        image_index = list(batch["image_index"])
+        bank = PrototypeBank.from_prototypes(
+            prototypes, image_index, self.backbone.hidden_size, self.device, self.dtype
+        )
+        encoded = Encoded(features, prototypes, bank, model_kwargs, image_index)
+        self._check_vrt_ids(batch["input_ids"], encoded)
+        return encoded
+
+    def _check_vrt_ids(self, input_ids: torch.Tensor, encoded: Encoded) -> None:
+        vocab = self.backbone.vocab_rows
+        for b in range(input_ids.shape[0]):
+            ks = input_ids[b][input_ids[b] >= vocab] - vocab
+            if ks.numel() and int(ks.max()) >= encoded.cells(b):
+                raise ValueError(
+                    f"sample {b} refers to <|VRT_{int(ks.max())}|> but its image has {encoded.cells(b)} cells"
+                )
+
+    # --- the VRT hooks --------------------------------------------------------------------------
+    @contextmanager
+    def vrt_io(self, bank: PrototypeBank, capture: list[torch.Tensor] | None = None) -> Iterator[None]:
+        """Within the block, the backbone LLM reads VRT ids from ``bank`` and emits VRT logits.
+
+        If ``capture`` is a list, the last-layer hidden states that feed the classifier are appended
+        to it at every call (the decoder's VRT features).
+        """
+        hf = self.backbone.hf_model
+        emb, head = hf.get_input_embeddings(), hf.get_output_embeddings()
+        vocab = self.backbone.vocab_rows
+        pending: list[torch.Tensor] = []
+
+        def embed_pre(_module, args):
+            ids = args[0]
+            pending.append(ids)
+            return (ids.masked_fill(ids >= vocab, 0), *args[1:])
+
+        def embed_post(_module, _args, out):
+            ids = pending.pop()
+            return embed_with_bank(out, ids, vocab, bank.expand(ids.shape[0]))
+
+        def head_post(_module, args, out):
+            hidden = args[0]
+            if capture is not None:
+                capture.append(hidden)
+            return extend_logits(out, hidden, bank.expand(hidden.shape[0]))
+
+        handles = [
+            emb.register_forward_pre_hook(embed_pre),
+            emb.register_forward_hook(embed_post),
+            head.register_forward_hook(head_post),
+        ]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    # --- forward / generate ---------------------------------------------------------------------
+    def forward(
+        self,
+        batch: BackboneBatch,
+        completion_ids: torch.Tensor | None = None,
+        encoded: Encoded | None = None,
+        completion_mask: torch.Tensor | None = None,
+    ) -> PaDTOutput:
+        """Teacher-forced forward over prompt (+ completion): logits and last-layer hidden states.
+
+        ``completion_ids`` ``[B, L]`` (text and VRT ids, right-padded; ``completion_mask`` marks real
+        tokens) are appended to the left-padded prompt.
+        """
+        batch = _to_device(batch, self.device)
+        encoded = encoded if encoded is not None else self.encode(batch)
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        model_inputs = self.backbone.model_inputs(batch)
+        if completion_ids is not None:
+            completion_ids = completion_ids.to(self.device)
+            if completion_mask is None:
+                completion_mask = torch.ones_like(completion_ids)
+            input_ids = torch.cat([input_ids, completion_ids], dim=1)
+            attention_mask = torch.cat([attention_mask, completion_mask.to(attention_mask)], dim=1)
+            model_inputs = self.backbone.extend_model_inputs(batch, completion_ids)
+            self._check_vrt_ids(completion_ids, encoded)
+        captured: list[torch.Tensor] = []
+        with self.vrt_io(encoded.bank, capture=captured):
+            out = self.backbone.hf_model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                use_cache=False,
+                **model_inputs,
+                **encoded.model_kwargs,
+            )
+        return PaDTOutput(logits=out.logits, hidden_states=captured[-1], encoded=encoded)
+
+    def generation_config(self, **overrides: Any) -> GenerationConfig:
+        """The recipe's generation settings as a ``GenerationConfig`` (``overrides`` win)."""
+        settings = self.recipe.generation
+        base = self.backbone.hf_model.generation_config.to_dict() if settings.use_checkpoint_config else {}
+        fields = settings.model_dump(exclude={"use_checkpoint_config", "logits_processors"}, exclude_none=True)
+        config = GenerationConfig(**{**base, **fields})
+        config.eos_token_id = self.backbone.eos_token_ids
+        config.pad_token_id = self.backbone.pad_token_id
+        config.update(**overrides)
+        return config
+
+    def logits_processors(self) -> list:
+        """Logits processors named in the recipe's ``generation.logits_processors``."""
+        out = []
+        for spec in self.recipe.generation.logits_processors:
+            cls = get_plugin("logits_processors", spec.name)
+            out.append(cls.from_config(spec, model=self))
+        return out
+
+    @torch.no_grad()
+    def generate(self, batch: BackboneBatch, encoded: Encoded | None = None, **generation_kwargs: Any) -> torch.Tensor:
+        """Hugging Face ``generate`` with VRTs.
+
+        Returns the generated ids only (``[B', new]``), or, with ``return_dict_in_generate=True``,
+        Hugging Face's output object (whose ``sequences`` include the prompt).
+        """
+        from transformers import LogitsProcessorList
+
+        batch = _to_device(batch, self.device)
+        encoded = encoded if encoded is not None else self.encode(batch)
+        processors = LogitsProcessorList(self.logits_processors())
+        processors.extend(generation_kwargs.pop("logits_processor", None) or [])
+        known = set(GenerationConfig().to_dict())
+        config = self.generation_config(**{k: v for k, v in generation_kwargs.items() if k in known})
+        rest = {k: v for k, v in generation_kwargs.items() if k not in known}
+        with self.vrt_io(encoded.bank):
+            out = self.backbone.hf_model.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                generation_config=config,
+                logits_processor=processors,
+                **self.backbone.model_inputs(batch),
+                **encoded.model_kwargs,
+                **rest,
+            )
+        if config.return_dict_in_generate:
+            return out
+        return out[:, batch["input_ids"].shape[1] :]
+
+    # --- predict --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        prompts: str | Sequence[str],
+        batch_size: int = 8,
+        progress: bool | None = None,
+        **generation_kwargs: Any,
+    ) -> list[Prediction]:
+        """Answer ``prompts`` about ``images``; parse objects and decode their boxes/scores/masks.
+
+        A single prompt is used for every image. ``progress`` shows a bar (default: more than one batch).
+        """
+        if isinstance(images, (str, os.PathLike, Image.Image)) or images is None:
+            images = [images]
+        images = list(images)
+        prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        if generation_kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError("predict returns one completion per prompt; use generate for several")
+        starts = range(0, len(images), batch_size)
+        show = progress if progress is not None else len(starts) > 1
+        results: list[Prediction] = []
+        for start in tqdm(starts, desc="predict", disable=not show, unit="batch"):
+            results += self._predict_batch(
+                images[start : start + batch_size], prompts[start : start + batch_size], generation_kwargs
+            )
+        return results
+
+    def _predict_batch(self, images, prompts, generation_kwargs) -> list[Prediction]:
+        pil = [load_image(im) for im in images]
+        batch = _to_device(self.prepare(pil, prompts), self.device)
+        encoded = self.encode(batch)
+        completions = self.generate(batch, encoded=encoded, **generation_kwargs)
+        parsed = [self.codec.parse(row, num_cells=encoded.cells(b)) for b, row in enumerate(completions)]
+        predictions = [
+            Prediction(
+                text=self.codec.decode(row),
+                objects=[PredictedObject(label=o.label, vrt=o.vrt) for o in p.objects],
+                skipped=p.skipped,
+                truncated=p.truncated,
+                ids=[int(i) for i in row if int(i) != self.backbone.pad_token_id],
+            )
+            for row, p in zip(completions, parsed)
+        ]
+        if self.decoder is not None and any(p.objects for p in parsed):
+            self._decode_objects(batch, encoded, completions, parsed, pil, predictions)
+        return predictions
+
+    def _decode_objects(self, batch, encoded, completions, parsed: list[ParsedCompletion], pil, predictions):
+        from .decoder import DecoderInputs
+
+        # The state that emitted VRT t is the last-layer state one position before it: recompute it
+        # with one teacher-forced pass (vision features reused).
+        mask = (completions != self.backbone.pad_token_id).long()
+        hidden = self.forward(batch, completions, encoded=encoded, completion_mask=mask).hidden_states
+        prompt_len = batch["input_ids"].shape[1]
+        rows, cols, cells, counts, image_index, owners = [], [], [], [], [], []
+        for b, p in enumerate(parsed):
+            for j, obj in enumerate(p.objects):
+                rows += [b] * len(obj.vrt)
+                cols += [prompt_len + s - 1 for s in obj.steps]
+                cells += obj.vrt
+                counts.append(len(obj.vrt))
+                image_index.append(encoded.image_index[b])
+                owners.append((b, j))
+        dev = hidden.device
+        inputs = DecoderInputs(
+            features=encoded.features,
+            prototypes=encoded.prototypes,
+            image_index=torch.tensor(image_index, device=dev),
+            vrt_states=hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)],
+            vrt_cells=torch.tensor(cells, device=dev),
+            counts=torch.tensor(counts, device=dev),
+            original_sizes=[(im.height, im.width) for im in pil if im is not None],
+        )
+        results = self.decoder.postprocess(self.decoder(inputs), inputs)
+        for (b, j), res in zip(owners, results):
+            obj = predictions[b].objects[j]
+            obj.box = res.get("box")
+            obj.score = res.get("score")
+            obj.mask = res.get("mask")
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write weights (safetensors), the resolved recipe and the backbone's processor files."""
+        out = Path(directory)
+        if (out / WEIGHTS_NAME).exists() and not overwrite:
+            raise FileExistsError(f"{out} already holds a saved model; pass overwrite=True to replace it")
+        out.mkdir(parents=True, exist_ok=True)
+        self.backbone.save(str(out / BACKBONE_DIR))
+        save_model(self, str(out / WEIGHTS_NAME), metadata={"format": "pt", "padt_format": str(FORMAT_VERSION)})
+        (out / RECIPE_NAME).write_text(self.recipe.to_yaml())
+        (out / META_NAME).write_text(json.dumps({"format_version": FORMAT_VERSION, "library": "padt"}, indent=2))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> PaDTModel:
+        """Restore a model written by :meth:`save_pretrained` (no original YAML needed)."""
+        path = Path(directory)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model directory not found: {path}")
+        meta_file, weights = path / META_NAME, path / WEIGHTS_NAME
+        if not meta_file.is_file() or not (path / RECIPE_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not a padt model directory (missing {META_NAME} or {RECIPE_NAME})")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} was written with padt model format {meta.get('format_version')!r}; this padt reads "
+                f"format {FORMAT_VERSION}. Convert it with the padt version that wrote it."
+            )
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} has no weights file {WEIGHTS_NAME}")
+        recipe = load_recipe(path / RECIPE_NAME)
+        backbone_cls = get_plugin("backbones", recipe.backbone.name)
+        backbone = backbone_cls.from_saved(recipe.backbone, str(path / BACKBONE_DIR))
+        model = cls._assemble(recipe, backbone)
+        missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
+        if missing or unexpected:
+            raise ValueError(f"{weights}: missing keys {sorted(missing)}; unexpected keys {sorted(unexpected)}")
+        return model
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _to_device(batch: BackboneBatch, device: torch.device) -> BackboneBatch:
+    out = BackboneBatch()
+    for key, value in batch.items():
+        out[key] = value.to(device) if isinstance(value, torch.Tensor) else value
+    return out

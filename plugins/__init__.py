@@ -1,0 +1,1 @@
+"""padt's built-in plugins (backbones, decoders, datasets, ...), registered through entry points."""

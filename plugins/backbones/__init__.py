@@ -1,0 +1,1 @@
+"""Backbone plugins: multimodal LLMs wrapped to return raster-ordered ``VisualFeatures``."""

@@ -1,0 +1,294 @@
+"""Qwen2.5-VL backbone: transformers' ``Qwen2_5_VLForConditionalGeneration`` and its processor.
+
+Qwen's vision tower runs in *window order* and its pixel rows come in 2×2 merge-block order; the
+merged tokens it returns are already in raster order, the pre-merger states are not. This plugin
+un-permutes the pre-merger states into raster order over the 14-px patch grid, so the rest of padt
+only ever sees raster order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from einops import rearrange
+from PIL import Image
+from pydantic import Field, model_validator
+from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.vision_utils import get_vision_window_index
+
+from padt_core.backbone import Backbone, BackboneBatch, HubUnreachableError
+from padt_core.features import VisualFeatures
+from padt_core.plugins import PluginConfig, hookimpl
+
+__all__ = ["Qwen2_5_VLBackbone", "Qwen2_5_VLBackboneConfig"]
+
+ASSETS = Path(__file__).parent / "assets"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _unknown_keys(config_cls, given: dict, prefix: str = "") -> list[str]:
+    """Keys of an inline HF config that the config class does not know (typos)."""
+    reference = config_cls()
+    unknown = []
+    for key, value in given.items():
+        sub = getattr(reference, key, None) if hasattr(reference, key) else None
+        if not hasattr(reference, key) and key not in getattr(reference, "sub_configs", {}):
+            unknown.append(prefix + key)
+        elif isinstance(value, dict) and sub is not None and hasattr(sub, "to_dict"):
+            unknown += _unknown_keys(type(sub), value, prefix + key + ".")
+    return unknown
+
+
+class Qwen2_5_VLBackboneConfig(PluginConfig):
+    """Recipe section ``backbone:`` for ``name: qwen2_5_vl``."""
+
+    name: Literal["qwen2_5_vl"] = "qwen2_5_vl"
+    pretrained: str | None = Field(None, description="hub id or local directory for from_pretrained")
+    config: dict[str, Any] | None = Field(None, description="inline Qwen2_5_VLConfig kwargs (random init)")
+    processor: str | None = Field(
+        None, description="processor hub id/dir; 'builtin:<name>' for one kept in padt; default = pretrained"
+    )
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    min_pixels: int = Field(4 * 28 * 28, ge=28 * 28)
+    max_pixels: int = Field(16384 * 28 * 28, ge=28 * 28)
+    seed: int = Field(0, description="seed of the random initialisation of inline configs")
+
+    @model_validator(mode="after")
+    def _check(self) -> Qwen2_5_VLBackboneConfig:
+        if (self.pretrained is None) == (self.config is None):
+            raise ValueError("give exactly one of `pretrained` (hub id / path) or `config` (inline architecture)")
+        if self.config is not None:
+            unknown = _unknown_keys(Qwen2_5_VLConfig, self.config, "config.")
+            if unknown:
+                raise ValueError(f"unknown Qwen2_5_VLConfig keys: {', '.join(unknown)}")
+        if self.pretrained is None and self.processor is None:
+            raise ValueError("an inline `config` needs a `processor` (e.g. 'builtin:tiny_qwen')")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        return self
+
+
+def _resolve_processor_path(spec: str) -> str:
+    if spec.startswith("builtin:"):
+        path = ASSETS / spec.removeprefix("builtin:")
+        if not path.is_dir():
+            known = sorted(p.name for p in ASSETS.iterdir() if p.is_dir())
+            raise FileNotFoundError(f"no built-in processor {spec!r}; available: {', '.join(known)}")
+        return str(path)
+    return spec
+
+
+def _from_hub(loader, spec: str, **kwargs):
+    """``loader(spec)`` with an error that says what to do when the hub cannot be reached."""
+    try:
+        return loader(spec, **kwargs)
+    except OSError as err:
+        if Path(spec).exists():
+            raise
+        raise HubUnreachableError(
+            f"could not load {spec!r}: the Hugging Face hub cannot be reached from here or the id is wrong "
+            f"({type(err).__name__}: {str(err).splitlines()[0]}). Download it on a connected machine "
+            f"(`hf download {spec} --local-dir DIR`) and set `backbone.pretrained` (and `backbone.processor`) "
+            f"to that local directory."
+        ) from err
+
+
+class Qwen2_5_VLBackbone(Backbone):
+    name: ClassVar[str] = "qwen2_5_vl"
+    Config: ClassVar[type[PluginConfig]] = Qwen2_5_VLBackboneConfig
+
+    def __init__(self, config: Qwen2_5_VLBackboneConfig, hf_model: Qwen2_5_VLForConditionalGeneration, processor):
+        super().__init__()
+        self.config = config
+        self.hf_model = hf_model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        processor.image_processor.size = {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels}
+        vision = hf_model.config.vision_config
+        self.patch_size = vision.patch_size
+        self.merge = vision.spatial_merge_size
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def _processor(cls, config: Qwen2_5_VLBackboneConfig, directory: str | None = None):
+        spec = directory or _resolve_processor_path(config.processor or config.pretrained)
+        return _from_hub(AutoProcessor.from_pretrained, spec, revision=None if directory else config.revision)
+
+    @classmethod
+    def _hf_config(cls, config: Qwen2_5_VLBackboneConfig, processor) -> Qwen2_5_VLConfig:
+        tok = processor.tokenizer
+        kwargs = dict(config.config)
+        # Special-token ids follow the tokenizer, so tiny recipes need not repeat them.
+        kwargs.update(
+            image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+            video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+            vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+            vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+        )
+        kwargs["text_config"] = {
+            **kwargs.get("text_config", {}),
+            "bos_token_id": None,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        }
+        hf_config = Qwen2_5_VLConfig(**kwargs)
+        vocab = hf_config.get_text_config().vocab_size
+        if vocab < len(tok):
+            raise ValueError(
+                f"backbone.config.text_config.vocab_size {vocab} is smaller than the tokenizer ({len(tok)})"
+            )
+        hf_config._attn_implementation = config.attn_implementation
+        return hf_config
+
+    @classmethod
+    def from_config(cls, config: Qwen2_5_VLBackboneConfig, *, meta: bool = False) -> Qwen2_5_VLBackbone:
+        processor = cls._processor(config)
+        dtype = _DTYPES[config.dtype]
+        if config.pretrained is not None and not meta:
+            model = _from_hub(
+                Qwen2_5_VLForConditionalGeneration.from_pretrained,
+                config.pretrained,
+                revision=config.revision,
+                dtype=dtype,
+                attn_implementation=config.attn_implementation,
+            )
+        else:
+            if config.pretrained is not None:
+                from transformers import AutoConfig
+
+                hf_config = _from_hub(AutoConfig.from_pretrained, config.pretrained, revision=config.revision)
+            else:
+                hf_config = cls._hf_config(config, processor)
+            model = cls._random_model(hf_config, dtype, config.seed, meta)
+        _fill_generation_defaults(model, processor.tokenizer)
+        return cls(config, model, processor)
+
+    @staticmethod
+    def _random_model(hf_config, dtype: torch.dtype, seed: int, meta: bool) -> Qwen2_5_VLForConditionalGeneration:
+        if meta:
+            with torch.device("meta"):
+                return Qwen2_5_VLForConditionalGeneration(hf_config).to(dtype)
+        fork = torch.random.fork_rng()
+        with fork:
+            torch.manual_seed(seed)
+            model = Qwen2_5_VLForConditionalGeneration(hf_config)
+        return model.to(dtype)
+
+    @classmethod
+    def from_saved(cls, config: Qwen2_5_VLBackboneConfig, directory: str) -> Qwen2_5_VLBackbone:
+        processor = cls._processor(config, directory=directory)
+        hf_config = Qwen2_5_VLConfig.from_pretrained(directory)
+        hf_config._attn_implementation = config.attn_implementation
+        model = cls._random_model(hf_config, _DTYPES[config.dtype], config.seed, meta=False)
+        _fill_generation_defaults(model, processor.tokenizer)
+        return cls(config, model, processor)
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.hf_model.config.save_pretrained(directory)
+        self.hf_model.generation_config.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+
+    # --- sizes --------------------------------------------------------------------------------
+    @property
+    def vision_hidden_size(self) -> int:
+        return self.hf_model.config.vision_config.hidden_size
+
+    @property
+    def cell_size(self) -> int:
+        return self.patch_size * self.merge
+
+    # --- processing ---------------------------------------------------------------------------
+    def format_prompt(self, prompt: str, with_image: bool) -> str:
+        content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
+        content.append({"type": "text", "text": prompt})
+        messages = [{"role": "user", "content": content}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _prepare_image(self, image: Image.Image) -> Image.Image:
+        image = image.convert("RGB")
+        w, h = image.size
+        side = self.cell_size
+        if min(w, h) < side:
+            # As the reference: upscale so the short side covers one VRT cell instead of failing.
+            scale = side / min(w, h)
+            image = image.resize((max(side, int(w * scale)), max(side, int(h * scale))), Image.LANCZOS)
+        return image
+
+    def process(self, texts: Sequence[str], images: Sequence[Image.Image | None]) -> BackboneBatch:
+        if len(texts) != len(images):
+            raise ValueError(f"{len(texts)} texts but {len(images)} image slots")
+        present = [self._prepare_image(im) for im in images if im is not None]
+        out = self.processor(
+            text=list(texts),
+            images=present or None,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        )
+        batch = BackboneBatch(out)
+        counter = iter(range(len(present)))
+        batch["image_index"] = [next(counter) if im is not None else -1 for im in images]
+        if "mm_token_type_ids" not in batch:
+            batch["mm_token_type_ids"] = torch.zeros_like(batch["input_ids"], dtype=torch.int)
+        return batch
+
+    def encode_images(self, batch: BackboneBatch) -> tuple[list[VisualFeatures], dict[str, Any]]:
+        if batch.get("pixel_values") is None:
+            return [], {}
+        grid_thw = batch["image_grid_thw"]
+        visual = self.hf_model.model.visual
+        out = visual(batch["pixel_values"].to(visual.dtype), grid_thw=grid_thw)
+        merged = out.pooler_output  # [sum N, D] raster order over the merged grid
+        pre = out.last_hidden_state  # [sum H*W, D_vis] window order, 2×2 merge blocks consecutive
+        window_index, _ = get_vision_window_index(grid_thw, self.merge, visual.window_size, self.patch_size)
+        unit = self.merge * self.merge
+        pre = pre.view(-1, unit, pre.shape[-1])[torch.argsort(window_index.to(pre.device))]
+        counts = (grid_thw.prod(-1) // unit).tolist()
+        features = []
+        merged_split = torch.split(merged, counts)
+        for (t, h, w), tokens, blocks in zip(grid_thw.tolist(), merged_split, torch.split(pre, counts)):
+            if t != 1:
+                raise ValueError(f"videos are not supported (temporal grid {t})")
+            hm, wm = h // self.merge, w // self.merge
+            fine = rearrange(blocks, "(hm wm) (a b) d -> (hm a wm b) d", hm=hm, wm=wm, a=self.merge, b=self.merge)
+            features.append(
+                VisualFeatures(
+                    tokens=tokens,
+                    grid=(hm, wm),
+                    cell_size=self.cell_size,
+                    image_size=(h * self.patch_size, w * self.patch_size),
+                    fine=fine,
+                    fine_grid=(h, w),
+                )
+            )
+        return features, {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=merged_split)}}
+
+    def model_inputs(self, batch: BackboneBatch) -> dict[str, Any]:
+        return {"mm_token_type_ids": batch["mm_token_type_ids"], "image_grid_thw": batch.get("image_grid_thw")}
+
+    def extend_model_inputs(self, batch: BackboneBatch, new_tokens: torch.Tensor) -> dict[str, Any]:
+        # Completion tokens (text or VRT) are text for M-RoPE: VRTs get 1-D positions, as in the reference.
+        types = batch["mm_token_type_ids"]
+        pad = torch.zeros(types.shape[0], new_tokens.shape[1], dtype=types.dtype, device=types.device)
+        return {"mm_token_type_ids": torch.cat([types, pad], dim=1), "image_grid_thw": batch.get("image_grid_thw")}
+
+
+def _fill_generation_defaults(model, tokenizer) -> None:
+    gen = model.generation_config
+    if gen.eos_token_id is None:
+        gen.eos_token_id = [tokenizer.eos_token_id]
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+
+
+@hookimpl
+def padt_backbones() -> list[type]:
+    return [Qwen2_5_VLBackbone]

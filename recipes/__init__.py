@@ -1,0 +1,1 @@
+"""Bundled recipes (YAML); ``padt_core.build(recipe="<name>")`` finds them from any directory."""
