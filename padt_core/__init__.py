@@ -15,7 +15,7 @@ from typing import Any
 from .features import VisualFeatures
 from .model import PaDTModel, PredictedObject, Prediction
 from .plugins import hookimpl, list_plugins, register_plugin
-from .recipe import Recipe, RecipeError, load_recipe
+from .recipe import Recipe, RecipeError, load_recipe, parse_overrides
 
 __all__ = [
     "PaDTModel",
@@ -44,21 +44,11 @@ def build(
 ) -> PaDTModel:
     """Build a model from a recipe path, a bundled recipe name, a mapping or a ``Recipe``.
 
-    Overrides are dotted keys, given as a mapping/list or as keyword arguments with ``__`` for dots:
-    ``build("tiny_qwen", {"vrt.rank": 8})`` or ``build("tiny_qwen", vrt__rank=8)``.
+    Overrides are dotted keys, given as a mapping, as ``["key.sub=value"]`` strings, or as keyword
+    arguments with ``__`` for dots: ``build("tiny_qwen", {"vrt.rank": 8})`` or ``build("tiny_qwen", vrt__rank=8)``.
     ``meta=True`` builds the architecture on the meta device without loading any weights.
     """
-    merged: dict[str, Any] = {}
-    if overrides:
-        if isinstance(overrides, Mapping):
-            merged.update(overrides)
-        else:
-            for item in overrides:
-                key, _, value = item.partition("=")
-                merged[key] = value
-            merged = {}
-            spec = load_recipe(recipe, list(overrides) + [f"{k.replace('__', '.')}={v}" for k, v in dotted.items()])
-            return PaDTModel.from_recipe(spec, meta=meta)
+    merged = parse_overrides(overrides)
     merged.update({k.replace("__", "."): v for k, v in dotted.items()})
     return PaDTModel.from_recipe(load_recipe(recipe, merged or None), meta=meta)
 

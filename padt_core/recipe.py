@@ -38,6 +38,7 @@ __all__ = [
     "apply_overrides",
     "bundled_recipes",
     "load_recipe",
+    "parse_overrides",
     "recipe_schema",
     "resolve_recipe_path",
 ]
@@ -244,22 +245,29 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def parse_overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
+    """``["train.lr=1e-5"]`` or ``{"train.lr": 1e-5}`` → ``{"train.lr": 1e-05}`` (string values parsed as YAML)."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    items = {}
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} is not of the form key.sub=value")
+        key, value = item.split("=", 1)
+        items[key.strip()] = _parse_value(value)
+    return items
+
+
 def apply_overrides(raw: dict, overrides: Mapping[str, Any] | Sequence[str] | None) -> dict:
     """Apply dotted overrides: ``{"train.lr": 1e-5}`` or ``["train.lr=1e-5"]`` (values parsed as YAML).
 
     List items are addressed by index (``decoder.heads.0.loss_weight=2``).
     """
-    if not overrides:
+    items = list(parse_overrides(overrides).items())
+    if not items:
         return raw
-    if isinstance(overrides, Mapping):
-        items = list(overrides.items())
-    else:
-        items = []
-        for item in overrides:
-            if "=" not in item:
-                raise RecipeError(f"override {item!r} is not of the form key.sub=value")
-            key, value = item.split("=", 1)
-            items.append((key.strip(), _parse_value(value)))
     out = copy.deepcopy(raw)
     for key, value in items:
         parts = key.split(".")
