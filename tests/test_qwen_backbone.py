@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import noise_image
 from PIL import Image
 from torch import nn
 
 import padt_core
-
-from helpers import noise_image
 
 
 @pytest.fixture(scope="module")
