@@ -29,7 +29,8 @@ class BackboneBatch(dict):
     """Processor output for a batch: ``input_ids``, ``attention_mask`` and model inputs.
 
     Also carries ``image_index``: for every sample, the index of its image in the batch's image list
-    (or ``-1`` for a text-only sample).
+    (or ``-1`` for a text-only sample), and ``image_grids``: the ``(h, w)`` VRT grid of every image,
+    known from preprocessing alone (training targets are placed on it before any forward pass).
     """
 
 
@@ -94,7 +95,7 @@ class Backbone(nn.Module, ABC):
         """Tokenise chat-formatted ``texts`` (one per sample) with their images (``None`` = text only).
 
         Returns left-padded ``input_ids``/``attention_mask``, the model inputs the LLM needs
-        (e.g. pixel values, grid sizes, token-type ids) and ``image_index``.
+        (e.g. pixel values, grid sizes, token-type ids), ``image_index`` and ``image_grids``.
         """
 
     @abstractmethod
@@ -107,7 +108,7 @@ class Backbone(nn.Module, ABC):
 
     def model_inputs(self, batch: BackboneBatch) -> dict[str, Any]:
         """Keyword arguments of ``hf_model`` besides ids, mask and the image features."""
-        skip = {"input_ids", "attention_mask", "image_index", "pixel_values"}
+        skip = {"input_ids", "attention_mask", "image_index", "image_grids", "pixel_values"}
         return {k: v for k, v in batch.items() if k not in skip}
 
     def extend_model_inputs(self, batch: BackboneBatch, new_tokens: torch.Tensor) -> dict[str, Any]:

@@ -236,6 +236,8 @@ class Qwen2_5_VLBackbone(Backbone):
         batch = BackboneBatch(out)
         counter = iter(range(len(present)))
         batch["image_index"] = [next(counter) if im is not None else -1 for im in images]
+        grids = batch["image_grid_thw"].tolist() if "image_grid_thw" in batch else []
+        batch["image_grids"] = [(h // self.merge, w // self.merge) for _, h, w in grids]
         if "mm_token_type_ids" not in batch:
             batch["mm_token_type_ids"] = torch.zeros_like(batch["input_ids"], dtype=torch.int)
         return batch
