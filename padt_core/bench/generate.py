@@ -134,8 +134,15 @@ def bench_generate(
 
     def plain_run(batch, n: int) -> torch.Tensor:
         config = model.generation_config(max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        inputs = {k: v for k, v in batch.items() if k != "image_index"}  # raw pixels: HF encodes them itself
-        return hf.generate(**inputs, generation_config=config)
+        # The backbone's own inputs with raw pixels: HF encodes the images itself, inside the prefill.
+        pixels = {"pixel_values": batch["pixel_values"]} if batch.get("pixel_values") is not None else {}
+        return hf.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            **pixels,
+            **model.backbone.model_inputs(batch),
+            generation_config=config,
+        )
 
     results: dict[str, Any] = {}
     for bs in batch_sizes:
