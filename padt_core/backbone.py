@@ -106,6 +106,10 @@ class Backbone(nn.Module, ABC):
         that make ``hf_model.forward``/``generate`` use these features instead of re-encoding pixels.
         """
 
+    def vision_modules(self) -> list[nn.Module]:
+        """Modules of the vision side (tower and projector/merger), for ``train.freeze_vision``."""
+        raise NotImplementedError(f"backbone {self.name!r} does not say which modules are its vision side")
+
     def model_inputs(self, batch: BackboneBatch) -> dict[str, Any]:
         """Keyword arguments of ``hf_model`` besides ids, mask and the image features."""
         skip = {"input_ids", "attention_mask", "image_index", "image_grids", "pixel_values"}

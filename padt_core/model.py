@@ -144,6 +144,12 @@ class PaDTModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.backbone.hf_model.get_input_embeddings().weight.dtype
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Activation checkpointing inside the backbone (what ``Trainer`` calls)."""
+        self.backbone.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        # Hooks on a frozen embedding would otherwise cut the graph of re-entrant checkpoints.
+        self.backbone.hf_model.enable_input_require_grads()
+
     # --- inputs ---------------------------------------------------------------------------------
     def prepare(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> BackboneBatch:
         """Chat-format prompts, tokenise them with their images, map ``<|VRT_k|>`` strings to VRT ids."""
@@ -226,11 +232,14 @@ class PaDTModel(nn.Module):
         completion_ids: torch.Tensor | None = None,
         encoded: Encoded | None = None,
         completion_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> PaDTOutput:
         """Teacher-forced forward over prompt (+ completion): logits and last-layer hidden states.
 
         ``completion_ids`` ``[B, L]`` (text and VRT ids, right-padded; ``completion_mask`` marks real
-        tokens) are appended to the left-padded prompt.
+        tokens) are appended to the left-padded prompt. ``logits_to_keep > 0`` computes logits and
+        returns hidden states for the last that many positions only (``L + 1`` covers every position
+        that predicts a completion token: index ``t`` then predicts completion token ``t``).
         """
         batch = _to_device(batch, self.device)
         encoded = encoded if encoded is not None else self.encode(batch)
@@ -250,6 +259,7 @@ class PaDTModel(nn.Module):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 use_cache=False,
+                logits_to_keep=logits_to_keep,
                 **model_inputs,
                 **encoded.model_kwargs,
             )
@@ -361,13 +371,14 @@ class PaDTModel(nn.Module):
         # The state that emitted VRT t is the last-layer state one position before it: recompute it
         # with one teacher-forced pass (vision features reused).
         mask = (completions != self.backbone.pad_token_id).long()
-        hidden = self.forward(batch, completions, encoded=encoded, completion_mask=mask).hidden_states
-        prompt_len = batch["input_ids"].shape[1]
+        keep = completions.shape[1] + 1
+        hidden = self.forward(batch, completions, encoded=encoded, completion_mask=mask, logits_to_keep=keep)
+        hidden = hidden.hidden_states  # index t = the state that emitted completion token t
         rows, cols, cells, counts, image_index, owners = [], [], [], [], [], []
         for b, p in enumerate(parsed):
             for j, obj in enumerate(p.objects):
                 rows += [b] * len(obj.vrt)
-                cols += [prompt_len + s - 1 for s in obj.steps]
+                cols += obj.steps
                 cells += obj.vrt
                 counts.append(len(obj.vrt))
                 image_index.append(encoded.image_index[b])

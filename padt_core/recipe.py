@@ -123,6 +123,15 @@ class GenerationConfig(_Section):
     logits_processors: list[LogitsProcessorSection] = Field(default_factory=list)
 
 
+class LoRAConfig(_Section):
+    """LoRA on the LLM through ``peft`` (the rest of the LLM is frozen)."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
 class TrainConfig(_Section):
     """Optimisation settings (defaults = the reference's)."""
 
@@ -150,6 +159,13 @@ class TrainConfig(_Section):
     prototype_warmup_steps: int = Field(300, ge=0)
     freeze_vision: bool = False
     freeze_llm: bool = False
+    token_loss_weight: float = Field(1.0, ge=0)
+    lora: LoRAConfig | None = None
+    deepspeed: str | dict[str, Any] | None = Field(None, description="DeepSpeed config (path or dict), passed through")
+    fsdp: str | None = Field(None, description="FSDP option string, passed through (e.g. 'full_shard auto_wrap')")
+    fsdp_config: dict[str, Any] | None = None
+    num_workers: int = Field(0, ge=0)
+    save_total_limit: int | None = None
 
 
 class EvalConfig(_Section):
@@ -159,6 +175,7 @@ class EvalConfig(_Section):
 class DataConfig(_Section):
     train: list[DatasetSection] = Field(default_factory=list)
     val: list[DatasetSection] = Field(default_factory=list)
+    coverage: float = Field(1 / 28, gt=0, le=1, description="a cell is foreground if the object covers this fraction")
 
 
 class Recipe(_Section):

@@ -273,6 +273,9 @@ class Qwen2_5_VLBackbone(Backbone):
             )
         return features, {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=merged_split)}}
 
+    def vision_modules(self) -> list[torch.nn.Module]:
+        return [self.hf_model.model.visual]
+
     def model_inputs(self, batch: BackboneBatch) -> dict[str, Any]:
         return {"mm_token_type_ids": batch["mm_token_type_ids"], "image_grid_thw": batch.get("image_grid_thw")}
 

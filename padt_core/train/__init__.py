@@ -1,0 +1,1 @@
+"""Training: collator, losses, the Hugging Face Trainer subclass."""

@@ -1,0 +1,204 @@
+"""Training batches: prompts left-padded, completions with VRT targets right-padded, robust-CE masks.
+
+For every object the collator draws its VRT targets on the *actual* processor grid of its image
+(``K`` random foreground cells, or the 5-point centre/left/top/right/bottom strategy), writes them
+into the answer in place of ``<|Obj_k|>``, and records which other cells of the same object must not
+compete with each target (the robust per-token CE).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.sample import Sample, decode_mask, object_cells
+
+__all__ = ["PaDTCollator", "five_point_cells", "pick_vrt_targets"]
+
+logger = logging.getLogger(__name__)
+_OBJ = re.compile(r"<\|Obj_(\d+)\|>")
+
+
+def pick_vrt_targets(cells: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
+    """``k`` cells drawn without replacement when the object has enough, with replacement otherwise.
+
+    ``k < 0`` returns all cells in ascending order.
+    """
+    cells = list(cells)
+    if k < 0:
+        return sorted(cells)
+    replace = len(cells) < k
+    return [int(c) for c in rng.choice(cells, size=k, replace=replace)]
+
+
+def five_point_cells(cells: Sequence[int], grid_w: int, rng: np.random.Generator) -> list[int]:
+    """One cell each from centre, left-most, top-most, right-most and bottom-most cells, in that order."""
+    arr = np.asarray(cells)
+    x, y = arr % grid_w, arr // grid_w
+    left, right, top, bottom = x == x.min(), x == x.max(), y == y.min(), y == y.max()
+    centre = ~(left | right | top | bottom)
+    if not centre.any():
+        centre = np.ones_like(centre)
+    return [int(rng.choice(arr[sel])) for sel in (centre, left, top, right, bottom)]
+
+
+@dataclass
+class _Encoded:
+    completion: list[int]
+    ignore: list[tuple[int, list[int]]]  # (completion index, cells that must not compete there)
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+
+class PaDTCollator:
+    """Turns a list of :class:`Sample` into a training batch for :class:`PaDTModel`.
+
+    Bad samples (missing/corrupt image, objects that cover no cell, broken masks) are skipped with
+    one warning line each and counted in ``self.skipped``; a batch is never lost to one bad record.
+    """
+
+    def __init__(
+        self,
+        model,
+        vrt_per_object: int = 5,
+        vrt_sampling: str = "random",
+        coverage: float = 1 / 28,
+        seed: int = 0,
+    ):
+        self.backbone = model.backbone
+        self.codec = model.codec
+        self.prepare = model.prepare
+        self.k = vrt_per_object
+        self.sampling = vrt_sampling
+        self.coverage = coverage
+        self.rng = np.random.default_rng(seed)
+        self.skipped: Counter[str] = Counter()
+
+    def _skip(self, sample: Sample, why: str) -> None:
+        self.skipped[why.split(":")[0]] += 1
+        logger.warning("skipping sample %s (%s): %s", sample.id, sample.image, why)
+
+    def _load(self, sample: Sample) -> Image.Image | None:
+        try:
+            with Image.open(sample.image) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError) as err:
+            self._skip(sample, f"unreadable image: {err}")
+            return None
+
+    def _text_ids(self, text: str) -> list[int]:
+        return self.backbone.tokenizer.encode(text, add_special_tokens=False) if text else []
+
+    def _encode_answer(
+        self, sample: Sample, grid: tuple[int, int], size: tuple[int, int], rng: np.random.Generator
+    ) -> _Encoded | None:
+        vocab = self.backbone.vocab_rows
+        enc = _Encoded(completion=[], ignore=[])
+        pos = 0
+        for m in _OBJ.finditer(sample.answer):
+            enc.completion += self._text_ids(sample.answer[pos : m.start()])
+            pos = m.end()
+            index = int(m.group(1))
+            if index >= len(sample.objects):
+                self._skip(sample, f"bad template: <|Obj_{index}|> but {len(sample.objects)} objects")
+                return None
+            obj = sample.objects[index]
+            try:
+                cells = object_cells(obj, grid, size, self.coverage)
+                mask = decode_mask(obj, size) if obj.mask is not None else None
+            except ValueError as err:
+                self._skip(sample, f"bad mask: {err}")
+                return None
+            if not cells:
+                self._skip(sample, f"object covers no cell: object {index} ({obj.label!r})")
+                return None
+            if self.sampling == "five_point" and self.k != -1:
+                targets = five_point_cells(cells, grid[1], rng)
+            else:
+                targets = pick_vrt_targets(cells, self.k, rng)
+            start = len(enc.completion)
+            cellset = set(cells)
+            for j, cell in enumerate(targets):
+                enc.ignore.append((start + j, sorted(cellset - {cell})))
+            enc.completion += [vocab + c for c in targets]
+            enc.objects.append(
+                {
+                    "positions": list(range(start, start + len(targets))),
+                    "cells": targets,
+                    "box": obj.box,
+                    "mask": None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)),
+                }
+            )
+        enc.completion += self._text_ids(sample.answer[pos:])
+        enc.completion.append(self.backbone.eos_token_ids[0])
+        return enc
+
+    def __call__(self, items: Sequence[Sample | dict[str, Any]]) -> dict[str, Any]:
+        kept: list[tuple[Sample, Image.Image]] = []
+        seeds = []
+        for item in items:
+            sample = item["sample"] if isinstance(item, dict) else item
+            image = self._load(sample)
+            if image is not None:
+                kept.append((sample, image))
+                seeds.append(item.get("seed") if isinstance(item, dict) else None)
+        # A per-sample seed (from the dataset: seed, index, epoch) makes targets independent of how
+        # batches were formed, so a resumed run draws exactly what an uninterrupted one would.
+        rngs = [np.random.default_rng(s) if s is not None else self.rng for s in seeds]
+        if not kept:
+            raise ValueError(f"every sample of the batch was skipped ({dict(self.skipped)})")
+        prompt = self.prepare([im for _, im in kept], [s.prompt for s, _ in kept])
+        encoded, rows = [], []
+        for b, ((sample, image), grid) in enumerate(zip(kept, prompt["image_grids"])):
+            enc = self._encode_answer(sample, tuple(grid), (image.height, image.width), rngs[b])
+            if enc is not None:
+                encoded.append(enc)
+                rows.append(b)
+        if not encoded:
+            raise ValueError(f"every sample of the batch was skipped ({dict(self.skipped)})")
+        if len(rows) < len(kept):  # re-process without the dropped samples so tensors stay aligned
+            kept = [kept[b] for b in rows]
+            prompt = self.prepare([im for _, im in kept], [s.prompt for s, _ in kept])
+        return self._assemble(prompt, encoded, [(im.height, im.width) for _, im in kept])
+
+    def _assemble(self, prompt, encoded: list[_Encoded], sizes: list[tuple[int, int]]) -> dict[str, Any]:
+        pad = self.backbone.pad_token_id
+        length = max(len(e.completion) for e in encoded)
+        width = max(h * w for h, w in prompt["image_grids"])
+        batch = len(encoded)
+        completion = torch.full((batch, length), pad, dtype=torch.long)
+        completion_mask = torch.zeros(batch, length, dtype=torch.long)
+        ignore = torch.zeros(batch, length, width, dtype=torch.bool)
+        obj_sample, obj_counts, obj_positions, obj_cells, boxes, masks = [], [], [], [], [], []
+        for b, enc in enumerate(encoded):
+            completion[b, : len(enc.completion)] = torch.tensor(enc.completion)
+            completion_mask[b, : len(enc.completion)] = 1
+            for t, cells in enc.ignore:
+                ignore[b, t, cells] = True
+            for obj in enc.objects:
+                obj_sample.append(b)
+                obj_counts.append(len(obj["cells"]))
+                obj_positions += obj["positions"]
+                obj_cells += obj["cells"]
+                boxes.append(obj["box"])
+                masks.append(obj["mask"])
+        return {
+            "prompt": prompt,
+            "completion_ids": completion,
+            "completion_mask": completion_mask,
+            "vrt_ignore": ignore,
+            "obj_sample": torch.tensor(obj_sample, dtype=torch.long),
+            "obj_counts": torch.tensor(obj_counts, dtype=torch.long),
+            "obj_positions": torch.tensor(obj_positions, dtype=torch.long),
+            "obj_cells": torch.tensor(obj_cells, dtype=torch.long),
+            "obj_boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "obj_masks": masks,
+            "original_sizes": sizes,
+        }

@@ -1,0 +1,123 @@
+"""``padt train``: recipe → datasets → ``PaDTTrainer`` → a model directory ``padt_core.load`` reads."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..model import PaDTModel
+from ..plugins import get_plugin
+from ..recipe import Recipe, load_recipe
+from .collator import PaDTCollator
+from .dataset import SampleDataset
+from .trainer import PaDTTrainer, check_resumable, training_arguments
+
+__all__ = ["apply_freezing", "load_samples", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_samples(sections: Sequence[Any]) -> tuple[list, Counter]:
+    """Samples of every dataset section (plugin instances read their on-disk format)."""
+    samples, skipped = [], Counter()
+    for spec in sections:
+        dataset = get_plugin("datasets", spec.name)(spec)
+        samples += list(dataset.samples())
+        skipped.update(getattr(dataset, "skipped", {}))
+    return samples, skipped
+
+
+def apply_freezing(model: PaDTModel, recipe: Recipe) -> None:
+    """``train.freeze_vision`` / ``freeze_llm`` / ``lora``: choose what the optimiser updates."""
+    cfg = recipe.train
+    freeze_llm = cfg.freeze_llm or cfg.lora is not None
+    if cfg.freeze_vision or freeze_llm:
+        vision = {id(p) for m in model.backbone.vision_modules() for p in m.parameters()}
+        for p in model.backbone.hf_model.parameters():
+            p.requires_grad_(not cfg.freeze_vision if id(p) in vision else not freeze_llm)
+    if cfg.lora is not None:
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError as err:
+            raise ImportError("train.lora needs the `peft` package: pip install peft") from err
+        lora = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+        )
+        inject_adapter_in_model(lora, model.backbone.hf_model)
+
+
+def _latest_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+def train(
+    recipe: str | os.PathLike | Mapping[str, Any] | Recipe,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    *,
+    output_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train a recipe; returns a summary (output dir, steps, last logged losses, skipped samples).
+
+    A directory that already holds checkpoints or a model is never overwritten unless
+    ``overwrite``; ``resume`` continues the latest checkpoint of the same recipe.
+    """
+    spec = load_recipe(recipe, overrides)
+    out = Path(output_dir or spec.train.output_dir or Path("runs") / spec.name)
+    previous = _latest_checkpoint(out) if out.is_dir() else None
+    has_model = (out / "model.safetensors").exists()
+    if resume:
+        if previous is None:
+            raise FileNotFoundError(f"nothing to resume in {out}: no checkpoint-* directory")
+        check_resumable(previous, spec)
+    elif (previous is not None or has_model) and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a training run; pass --overwrite to replace it, --resume to continue it, "
+            "or choose another train.output_dir"
+        )
+    if spec.data.train == []:
+        raise ValueError(f"recipe {spec.name!r} has no data.train datasets")
+
+    train_samples, skipped = load_samples(spec.data.train)
+    if not train_samples:
+        raise ValueError(f"the data.train datasets of recipe {spec.name!r} yielded no samples")
+    model = PaDTModel.from_recipe(spec)
+    apply_freezing(model, spec)
+    collator = PaDTCollator(
+        model,
+        vrt_per_object=spec.train.vrt_per_object,
+        vrt_sampling=spec.train.vrt_sampling,
+        coverage=spec.data.coverage,
+        seed=spec.train.seed,
+    )
+    trainer = PaDTTrainer(
+        model=model,
+        args=training_arguments(spec.train, str(out), overwrite_output_dir=overwrite),
+        train_dataset=SampleDataset(train_samples, seed=spec.train.seed),
+        data_collator=collator,
+    )
+    result = trainer.train(resume_from_checkpoint=str(previous) if resume else None)
+    if trainer.is_world_process_zero():
+        model.save_pretrained(out, overwrite=True)
+    skipped.update(collator.skipped)
+    history = trainer.state.log_history
+    summary = {
+        "output_dir": str(out),
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "samples": len(train_samples),
+        "skipped": dict(skipped),
+        "log_history": history,
+    }
+    if skipped:
+        logger.warning("skipped samples: %s", dict(skipped))
+    return summary

@@ -1,0 +1,116 @@
+"""``PaDTTrainer``: Hugging Face ``Trainer`` with PaDT's losses, checkpoints and resume rules.
+
+DDP/FSDP/DeepSpeed, gradient accumulation, mixed precision, schedules, checkpoint rotation and
+logging all come from ``Trainer``/accelerate; this module only supplies the loss, the logging of
+each loss term, and padt-format checkpoints (``save_pretrained`` directories).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_model
+from transformers import Trainer, TrainingArguments
+
+from ..recipe import Recipe, TrainConfig
+from .step import compute_losses
+
+__all__ = ["PaDTTrainer", "check_resumable", "training_arguments"]
+
+# Sections that define the model: a checkpoint from a recipe that differs here cannot be resumed.
+_MODEL_SECTIONS = ("backbone", "vrt", "decoder")
+
+
+def training_arguments(cfg: TrainConfig, output_dir: str, **extra: Any) -> TrainingArguments:
+    """``TrainingArguments`` from a recipe's ``train:`` section."""
+    return TrainingArguments(
+        output_dir=output_dir,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=cfg.num_workers,
+        deepspeed=cfg.deepspeed,
+        fsdp=cfg.fsdp or "",
+        fsdp_config=cfg.fsdp_config,
+        use_cpu=not torch.cuda.is_available(),
+        **extra,
+    )
+
+
+def check_resumable(checkpoint: str | os.PathLike, recipe: Recipe) -> None:
+    """Refuse to resume from a checkpoint written for a different model recipe."""
+    saved_file = Path(checkpoint) / "recipe.yaml"
+    if not saved_file.is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a padt checkpoint (no recipe.yaml)")
+    saved = yaml.safe_load(saved_file.read_text())
+    current = recipe.model_dump(mode="json")
+    differing = [s for s in _MODEL_SECTIONS if saved.get(s) != current.get(s)]
+    if differing:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: it was trained with recipe {saved.get('name')!r} whose "
+            f"{', '.join(differing)} section(s) differ from recipe {recipe.name!r}. "
+            "Start a new run in another output_dir (or pass --overwrite to replace this one)."
+        )
+
+
+class PaDTTrainer(Trainer):
+    """Trainer for :class:`~padt_core.model.PaDTModel`; the batch comes from ``PaDTCollator``."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._loss_sums: dict[str, float] = defaultdict(float)
+        self._loss_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        module = self.accelerator.unwrap_model(model)
+        losses = compute_losses(module, inputs, step=self.state.global_step, forward=model)
+        if model.training:
+            for key, value in losses.items():
+                if key != "loss":
+                    self._loss_sums[key] += float(value.detach())
+            self._loss_count += 1
+        return (losses["loss"], losses) if return_outputs else losses["loss"]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._loss_count and "loss" in logs:
+            for key, total in self._loss_sums.items():
+                logs[f"loss_{key}"] = round(total / self._loss_count, 6)
+            self._loss_sums.clear()
+            self._loss_count = 0
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        target = output_dir or self.args.output_dir
+        self.accelerator.unwrap_model(self.model).save_pretrained(target, overwrite=True)
+        torch.save(self.args, os.path.join(target, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        module = self.accelerator.unwrap_model(model or self.model)
+        check_resumable(resume_from_checkpoint, module.recipe)
+        weights = os.path.join(resume_from_checkpoint, "model.safetensors")
+        missing, unexpected = load_model(module, weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{weights}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
