@@ -202,6 +202,7 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
         overrides=args.overrides or None,
         image_size=args.image_size,
         vrt_mode=args.vrt_mode,
+        threads=args.threads,
     )
     _write_result(result, args.output)
     return 0
@@ -240,6 +241,7 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
         default="random",
         help="random: non-zero prototypes so VRTs are emitted (default); init: weights as built",
     )
+    gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     gen.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
     _add_device(gen)
     _add_overrides(gen)
