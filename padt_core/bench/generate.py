@@ -84,7 +84,6 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any]], tuple[float, A
     return timed
 
 
-@torch.no_grad()
 def bench_generate(
     recipe: Any,
     batch_sizes: Sequence[int] = (1, 8),
@@ -103,8 +102,8 @@ def bench_generate(
 
     ``recipe`` is anything ``padt_core.build`` accepts (path, bundled name, mapping, ``Recipe``), with
     dotted ``overrides``. ``dtype`` (``float32``/``bfloat16``/``float16``) casts the built model;
-    ``None`` keeps the recipe's. ``threads`` sets torch's CPU thread count (default: torch's).
-    The result's top-level ``ratio`` is the worst PaDT/plain ratio.
+    ``None`` keeps the recipe's. ``threads`` sets torch's CPU thread count for the run (default: torch's).
+    The result's top-level ``ratio`` is the worst PaDT/plain ratio over ``batch_sizes``.
     """
     import padt_core
 
@@ -122,92 +121,28 @@ def bench_generate(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
 
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    model = padt_core.build(recipe, overrides)
-    model.to(device=dev, dtype=_DTYPES[dtype] if dtype else None)
-    model.eval()
-    if vrt_mode == "random" and getattr(model.projection, "enabled", False):
-        torch.nn.init.ones_(model.projection.norm.weight)  # non-zero prototypes: VRTs win greedy decoding
-    hf = model.backbone.hf_model
-    timed = _timer(dev)
+    try:
+        torch.manual_seed(seed)
+        model = padt_core.build(recipe, overrides)
+        model.to(device=dev, dtype=_DTYPES[dtype] if dtype else None)
+        model.eval()
+        if vrt_mode == "random" and getattr(model.projection, "enabled", False):
+            with torch.no_grad():
+                model.projection.norm.weight.fill_(1.0)  # non-zero prototypes: VRTs win greedy decoding
+        results = {str(bs): _bench_batch(model, bs, new_tokens, repeats, image_size, seed) for bs in batch_sizes}
+        info = machine_info(dev, model.dtype)
+    finally:
+        torch.set_num_threads(previous_threads)
 
-    def padt_run(batch, encoded, n: int) -> torch.Tensor:
-        return model.generate(batch, encoded=encoded, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-
-    def plain_run(batch, n: int) -> torch.Tensor:
-        config = model.generation_config(max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        # The backbone's own inputs with raw pixels: HF encodes the images itself, inside the prefill.
-        pixels = {"pixel_values": batch["pixel_values"]} if batch.get("pixel_values") is not None else {}
-        return hf.generate(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            **pixels,
-            **model.backbone.model_inputs(batch),
-            generation_config=config,
-        )
-
-    results: dict[str, Any] = {}
-    for bs in batch_sizes:
-        batch = model.prepare(_noise_images(bs, image_size, seed), [PROMPT] * bs)
-        batch = type(batch)({k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-        encoded = model.encode(batch)
-        runs: dict[str, Callable[[int], Any]] = {
-            "padt": lambda n, b=batch, e=encoded: padt_run(b, e, n),
-            "plain": lambda n, b=batch: plain_run(b, n),
-        }
-        for run in runs.values():  # warm-up: allocator, kernels, lazy inits
-            run(new_tokens)
-            run(1)
-        long_ms: dict[str, list[float]] = {name: [] for name in runs}
-        one_ms: dict[str, list[float]] = {name: [] for name in runs}
-        last_out: dict[str, torch.Tensor] = {}
-        gc.collect()
-        gc.disable()  # as timeit does: a collection inside one run would be charged to it
-        try:
-            for _ in range(repeats):
-                for name, run in runs.items():
-                    t_long, last_out[name] = timed(lambda r=run: r(new_tokens))
-                    t_one, _ = timed(lambda r=run: r(1))
-                    long_ms[name].append(t_long * 1e3)
-                    one_ms[name].append(t_one * 1e3)
-        finally:
-            gc.enable()
-        # Medians of each duration first, then the difference: one slow run does not skew the result.
-        per_token = {
-            name: (statistics.median(long_ms[name]) - statistics.median(one_ms[name])) / (new_tokens - 1)
-            for name in runs
-        }
-        padt_ids = last_out["padt"]
-        generated = padt_ids.shape[1]
-        if generated != new_tokens:  # min_new_tokens should make this impossible; say so rather than mislead
-            raise RuntimeError(f"PaDT generation produced {generated} tokens instead of {new_tokens}")
-        # Minima are the usual estimate on a shared machine (noise only ever adds time); reported beside.
-        per_token_min = {name: (min(long_ms[name]) - min(one_ms[name])) / (new_tokens - 1) for name in runs}
-        padt_ms, plain_ms = per_token["padt"], per_token["plain"]
-        results[str(bs)] = {
-            "padt_ms_per_token": round(padt_ms, 4),
-            "plain_ms_per_token": round(plain_ms, 4),
-            "ratio": round(padt_ms / plain_ms, 4),
-            "padt_ms_per_token_min": round(per_token_min["padt"], 4),
-            "plain_ms_per_token_min": round(per_token_min["plain"], 4),
-            "ratio_min": round(per_token_min["padt"] / per_token_min["plain"], 4),
-            "padt_first_token_ms": round(statistics.median(one_ms["padt"]), 3),
-            "plain_first_token_ms": round(statistics.median(one_ms["plain"]), 3),
-            "padt_vrt_fraction": round(float((padt_ids >= model.backbone.vocab_rows).float().mean()), 4),
-            "prompt_tokens": int(batch["input_ids"].shape[1]),
-            "image_cells": encoded.cells(0),
-            "padt_total_ms_runs": [round(x, 3) for x in long_ms["padt"]],
-            "plain_total_ms_runs": [round(x, 3) for x in long_ms["plain"]],
-        }
-
-    text = hf.config.get_text_config()
+    text = model.backbone.hf_model.config.get_text_config()
     return {
         "benchmark": "generate",
         "recipe": model.recipe.name,
         "overrides": _jsonable_overrides(overrides),
-        "machine": machine_info(dev, model.dtype),
+        "machine": info,
         "model": {
             "hidden_size": getattr(text, "hidden_size", None),
             "num_hidden_layers": getattr(text, "num_hidden_layers", None),
@@ -224,6 +159,74 @@ def bench_generate(
         },
         "batch_sizes": results,
         "ratio": max(r["ratio"] for r in results.values()),
+    }
+
+
+@torch.no_grad()
+def _bench_batch(model: Any, batch_size: int, new_tokens: int, repeats: int, image_size: int, seed: int) -> dict:
+    """Time both generators on one processed batch of ``batch_size`` noise images."""
+    dev = model.device
+    hf = model.backbone.hf_model
+    batch = model.prepare(_noise_images(batch_size, image_size, seed), [PROMPT] * batch_size)
+    batch = type(batch)({k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+    encoded = model.encode(batch)
+    # The backbone's own inputs with raw pixels: plain HF generate encodes the images inside its prefill.
+    plain_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if batch.get("pixel_values") is not None:
+        plain_inputs["pixel_values"] = batch["pixel_values"]
+    plain_inputs.update(model.backbone.model_inputs(batch))
+
+    def padt(n: int) -> torch.Tensor:
+        return model.generate(batch, encoded=encoded, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+    def plain(n: int) -> torch.Tensor:
+        config = model.generation_config(max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return hf.generate(**plain_inputs, generation_config=config)
+
+    runs: dict[str, Callable[[int], torch.Tensor]] = {"padt": padt, "plain": plain}
+    for run in runs.values():  # warm-up: allocator, kernels, lazy initialisation
+        run(new_tokens)
+        run(1)
+    timed = _timer(dev)
+    long_ms: dict[str, list[float]] = {name: [] for name in runs}
+    one_ms: dict[str, list[float]] = {name: [] for name in runs}
+    last: dict[str, torch.Tensor] = {}
+    gc.collect()
+    gc.disable()  # as timeit does: a collection inside one run would be charged to it
+    try:
+        for _ in range(repeats):
+            for name, run in runs.items():  # interleaved, so drift hits both sides alike
+                t_long, last[name] = timed(lambda r=run: r(new_tokens))
+                t_one, _ = timed(lambda r=run: r(1))
+                long_ms[name].append(t_long * 1e3)
+                one_ms[name].append(t_one * 1e3)
+    finally:
+        gc.enable()
+    padt_ids = last["padt"]
+    if padt_ids.shape[1] != new_tokens:  # min_new_tokens should make this impossible; fail rather than mislead
+        raise RuntimeError(f"PaDT generation produced {padt_ids.shape[1]} tokens instead of {new_tokens}")
+
+    def per_token(stat: Callable[[list[float]], float], name: str) -> float:
+        return (stat(long_ms[name]) - stat(one_ms[name])) / (new_tokens - 1)
+
+    # Medians of each duration, then the difference: one slow run does not skew the result. Minima
+    # are the usual estimate on a shared machine (noise only ever adds time); reported beside.
+    padt_ms, plain_ms = per_token(statistics.median, "padt"), per_token(statistics.median, "plain")
+    padt_min, plain_min = per_token(min, "padt"), per_token(min, "plain")
+    return {
+        "padt_ms_per_token": round(padt_ms, 4),
+        "plain_ms_per_token": round(plain_ms, 4),
+        "ratio": round(padt_ms / plain_ms, 4),
+        "padt_ms_per_token_min": round(padt_min, 4),
+        "plain_ms_per_token_min": round(plain_min, 4),
+        "ratio_min": round(padt_min / plain_min, 4),
+        "padt_first_token_ms": round(statistics.median(one_ms["padt"]), 3),
+        "plain_first_token_ms": round(statistics.median(one_ms["plain"]), 3),
+        "padt_vrt_fraction": round(float((padt_ids >= model.backbone.vocab_rows).float().mean()), 4),
+        "prompt_tokens": int(batch["input_ids"].shape[1]),
+        "image_cells": encoded.cells(0),
+        "padt_total_ms_runs": [round(x, 3) for x in long_ms["padt"]],
+        "plain_total_ms_runs": [round(x, 3) for x in long_ms["plain"]],
     }
 
 
