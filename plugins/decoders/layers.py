@@ -1,0 +1,119 @@
+"""Building blocks of the PaDT trunk: RMSNorm, multi-head attention over SDPA, 2-D vision rotary.
+
+Module and parameter names follow the reference decoder (reference §5.2, §10.2: ``q_proj``,
+``k_proj``, ``v_proj``, ``proj``, ``mlp.0``/``mlp.2``) so a checkpoint adapter only renames prefixes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MLP",
+    "Attention",
+    "RMSNorm",
+    "apply_rotary",
+    "attend",
+    "init_weights",
+    "merge_heads",
+    "split_heads",
+    "vision_rotary",
+]
+
+
+class RMSNorm(nn.Module):
+    """``weight * x / sqrt(mean(x²) + eps)``, normalised in float32 (Qwen2 convention)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """The four projections of one attention; the call sites decide where positions and norms go."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+
+class MLP(nn.Sequential):
+    """``Linear → GELU → Linear`` (indices 0 and 2, as in the reference state dict)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``[..., L, H*dh]`` → ``[..., H, L, dh]``."""
+    *lead, length, dim = x.shape
+    return x.view(*lead, length, num_heads, dim // num_heads).transpose(-3, -2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``[..., H, L, dh]`` → ``[..., L, H*dh]``."""
+    *lead, heads, length, dh = x.shape
+    return x.transpose(-3, -2).reshape(*lead, length, heads * dh)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """SDPA over ``[n, H, L, dh]`` tensors; ``key_mask`` ``[n, Lk]`` (True = attend) or ``None`` (all keys).
+
+    Every query row must see at least one key (head query tokens and real image rows always exist).
+    """
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2-D rotary positions of the image memory, as Qwen2.5-VL's vision tower builds them: half of the
+# rotary frequencies encode the row, half the column, in fine-patch units. Computed from grid
+# coordinates here, so the trunk works with any backbone (reference §0, §5.3).
+# ---------------------------------------------------------------------------------------------------
+
+
+def vision_rotary(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)``, each ``[..., N, head_dim]``, for ``[..., N, 2]`` (row, col) positions.
+
+    ``dim = head_dim / 2`` frequencies ``1 / theta^(2i / dim)`` (i < dim/2) are applied to the row
+    and to the column; the concatenated ``[rows | cols]`` angles are duplicated to the full head
+    dimension (rotate-half convention). Head dim 80: 20 row + 20 column frequencies.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D rotary positions need a head dim divisible by 4, got {head_dim}")
+    dim = head_dim // 2
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim)
+    angles = (positions.float()[..., None] * inv_freq).flatten(-2)  # [..., N, dim]: row freqs, then col freqs
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``[..., N, head_dim]`` (rotate-half convention), in float32 like the reference."""
+    x32 = x.float()
+    x1, x2 = x32.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Reference initialisation (Qwen ``_init_weights``): linears/embeddings N(0, std), zero biases; norms at 1."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)

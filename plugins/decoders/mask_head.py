@@ -1,0 +1,139 @@
+"""Mask head: 4x4 mask logits per fine patch from the object's memory (reference §5.5 step 8, §7.5, §8.3).
+
+Each fine memory row ``m`` becomes a 4x4 block of embeddings by two 2x "linear pixel shuffles",
+and each embedding's logit is its dot product with a vector ``v`` made from the object's mask token::
+
+    m [d] ─ Linear, RMSNorm, GELU ─> 4 x [d/4]      quadrant (a, b), a = row, b = col
+          ─ Linear(d/4), GELU    ─> 4 x 4 x [d/16]  sub-quadrant (c, e)
+          · v [d/16]             ─> logit at sub-cell (row 2a + c, col 2b + e) of the patch
+
+Blocks go onto the mask canvas by ``ctx.layout`` (4 mask pixels per fine patch side: 3.5 px for
+Qwen2.5-VL's 14-px patches).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from padt_core.decoder import DecoderContext, Head, ObjectTargets
+from padt_core.losses import dice_loss, sigmoid_focal_loss
+from padt_core.plugins import PluginConfig
+
+from .layers import RMSNorm, init_weights
+
+__all__ = ["SUBCELLS", "MaskHead", "MaskHeadConfig"]
+
+SUBCELLS = 4  # mask pixels per fine patch side (two 2x pixel shuffles)
+
+
+class MaskHeadConfig(PluginConfig):
+    """Recipe section for ``name: mask``."""
+
+    name: Literal["mask"] = "mask"
+    dice_weight: float = Field(1.0, ge=0)
+    focal_weight: float = Field(1.0, ge=0)
+    focal_alpha: float = Field(0.25, ge=0, le=1, description="focal-loss weight of positive pixels")
+    focal_gamma: float = Field(2.0, ge=0)
+    threshold: float = Field(0.5, gt=0, lt=1, description="sigmoid threshold of the output mask")
+
+
+class MaskHead(Head):
+    """Mask logits ``[n, 4*FH, 4*FW]`` on the fine grid; thresholded and resized to the original image."""
+
+    name = "mask"
+    Config = MaskHeadConfig
+    reads_memory = True
+    needs_fine = True
+    loss_keys = ("mask_dice", "mask_focal")
+
+    def __init__(self, config: MaskHeadConfig, *, hidden_size: int) -> None:
+        super().__init__(config, hidden_size=hidden_size)
+        d = hidden_size
+        if d % 16:
+            raise ValueError(f"the mask head needs a width divisible by 16 (two 2x2 pixel shuffles), got {d}")
+        self.upscale1 = nn.Linear(d, d)
+        self.upscale1_norm = RMSNorm(d)
+        self.upscale2 = nn.Linear(d // 4, d // 4)
+        self.object_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d // 16))
+        init_weights(self)
+
+    # --- prediction --------------------------------------------------------------------------------------
+    def predict(self, query_out: torch.Tensor, ctx: DecoderContext) -> torch.Tensor:
+        """``[n, 4*FH, 4*FW]`` logits, ``(FH, FW)`` the largest fine grid; zero outside an object's own image."""
+        fine_grids = ctx.require_fine("the mask head")
+        memory = ctx.memory
+        if memory is None or not torch.equal(memory.grids, fine_grids):
+            raise ValueError("the mask head needs the trunk's memory on the fine grid")
+        x = memory.project(self.upscale1.weight, self.upscale1.bias)  # [n, N, d]
+        x = F.gelu(self.upscale1_norm(x))
+        n, rows, d = x.shape
+        x = F.gelu(self.upscale2(x.view(n, rows, 4, d // 4)))  # [n, N, (a, b), d/4]
+        v = self.object_mlp(query_out[:, 0])  # [n, d/16]
+        logits = torch.einsum("nqsc,nc->nqs", x.reshape(n, rows, 16, d // 16), v)  # [n, N, (a, b, c, e)]
+        logits = logits.view(n, rows, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, rows, SUBCELLS, SUBCELLS)
+        return ctx.layout.place_patches(logits, fine_grids)
+
+    # --- loss ----------------------------------------------------------------------------------------------
+    def loss(self, pred: torch.Tensor, targets: ObjectTargets, ctx: DecoderContext) -> dict[str, torch.Tensor]:
+        gt, valid, has_mask = self._targets(targets, ctx, pred.shape[-2:])
+        if not bool(has_mask.any()):  # nothing to learn, but keep the head in the graph
+            zero = pred.float().sum() * 0.0
+            return {"mask_dice": zero, "mask_focal": zero}
+        logits, gt, valid = pred[has_mask], gt[has_mask], valid[has_mask]
+        cfg = self.config
+        dice = dice_loss(logits, gt, valid).mean()
+        focal = sigmoid_focal_loss(logits, gt, valid, cfg.focal_alpha, cfg.focal_gamma).mean()
+        return {"mask_dice": cfg.dice_weight * dice, "mask_focal": cfg.focal_weight * focal}
+
+    def _targets(
+        self, targets: ObjectTargets, ctx: DecoderContext, canvas: torch.Size
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """GT masks resized to each object's mask grid on the canvas, the valid region, and who has a mask."""
+        n = ctx.num_objects
+        masks = targets.mask_list(n)
+        sizes = (ctx.require_fine("the mask head") * SUBCELLS).tolist()
+        device = ctx.grids.device
+        gt = torch.zeros(n, *canvas, device=device)
+        has_mask = torch.tensor([m is not None for m in masks], device=device)
+        groups: dict[tuple, list[int]] = {}  # objects whose GT and target sizes agree resize together
+        for o, m in enumerate(masks):
+            if m is not None:
+                if m.dim() != 2:
+                    raise ValueError(f"object {o}: GT mask must be [H, W], got shape {tuple(m.shape)}")
+                groups.setdefault((tuple(m.shape), tuple(sizes[o])), []).append(o)
+        for (_, (h, w)), objects in groups.items():
+            stack = torch.stack([masks[o] for o in objects]).to(device=device, dtype=torch.float32)[:, None]
+            # antialias: averaging over the source pixels of each mask pixel (a plain bilinear sample
+            # would skip thin parts when the GT is much larger than the mask grid)
+            resized = F.interpolate(stack, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            gt[objects, :h, :w] = (resized[:, 0] > 0.5).float()
+        hw = torch.tensor(sizes, device=device).view(n, 2)
+        ys = torch.arange(canvas[0], device=device)[None, :, None]
+        xs = torch.arange(canvas[1], device=device)[None, None, :]
+        valid = (ys < hw[:, 0, None, None]) & (xs < hw[:, 1, None, None]) & has_mask[:, None, None]
+        return gt, valid, has_mask
+
+    # --- post-processing --------------------------------------------------------------------------------
+    def postprocess(self, pred: torch.Tensor, ctx: DecoderContext) -> list[np.ndarray]:
+        """Boolean ``[H, W]`` masks at the original image size: bilinear resize of the logits, then threshold."""
+        n = ctx.num_objects
+        out: list[np.ndarray | None] = [None] * n
+        cutoff = math.log(self.config.threshold / (1 - self.config.threshold))
+        sizes = (ctx.require_fine("the mask head") * SUBCELLS).tolist()
+        originals = ctx.original_sizes.tolist()
+        groups: dict[tuple, list[int]] = {}  # objects of one image share both sizes
+        for o in range(n):
+            groups.setdefault((*sizes[o], *originals[o]), []).append(o)
+        for (h, w, oh, ow), objects in groups.items():
+            logits = pred.detach()[objects, :h, :w].float()[:, None]
+            resized = F.interpolate(logits, size=(oh, ow), mode="bilinear", align_corners=False)[:, 0]
+            for o, mask in zip(objects, (resized > cutoff).cpu().numpy()):
+                out[o] = mask
+        return out

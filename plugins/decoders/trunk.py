@@ -1,0 +1,239 @@
+"""The PaDT trunk: a two-way transformer from VRT hidden states and image features to query tokens.
+
+Reference §5 (``PaDTDecoder`` in ``padt_decoder.py``). Per object, the queries are the heads' learned
+tokens followed by the object's projected VRT states (plus a learned VRT embedding); the memory is
+its image: first the projected VRT prototypes on the VRT grid (one low-res block), then, cell rows
+repeated onto the fine grid and added to the fine features (two high-res blocks)::
+
+    queries  [head tokens | input_projection(vrt states) + vrt_embedding]   (also the query positions)
+    memory   input_projection(prototypes)        ── low_res_transformer ──┐
+             high_res_norm(memory[cell of each fine patch] + fine) <──────┘
+                                                 ── high_res_transformer1 ── high_res_transformer2
+    block    Q += SelfAttn(norm1 Q + pos);  Q += CrossAttn(norm2 Q + pos → rope(norm3 M));
+             Q += MLP(norm4 Q);             M += CrossAttn(rope(norm6 M) → norm5 Q + pos)
+
+Queries carry additive positions; memory keys/queries get the 2-D vision rotary of their fine-patch
+coordinates (``layout``). All objects of a batch run together: queries are padded per object, each
+object's memory is its own (see ``memory.py`` for how that stays cheap), attention never crosses objects.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from padt_core.decoder import DecoderInputs, Trunk, TrunkOutput, pad_packed, pad_rows
+from padt_core.layout import Layout
+from padt_core.plugins import PluginConfig
+
+from .layers import MLP, Attention, RMSNorm, apply_rotary, attend, init_weights, merge_heads, split_heads, vision_rotary
+from .memory import MEMORY_KINDS, TrunkMemory
+
+__all__ = ["PaDTTrunk", "PaDTTrunkConfig", "TwoWayBlock"]
+
+
+class PaDTTrunkConfig(PluginConfig):
+    """Recipe section ``decoder.trunk`` for ``name: padt`` (defaults: reference §5.1)."""
+
+    name: Literal["padt"] = "padt"
+    hidden_size: int = Field(1280, ge=4, description="decoder width (reference: the ViT width)")
+    intermediate_size: int = Field(3420, ge=1, description="MLP width of each block")
+    num_heads: int = Field(16, ge=1, description="attention heads; head dim must be divisible by 4 (2-D rotary)")
+    rope_theta: float = Field(10000.0, gt=0, description="base of the 2-D vision rotary (Qwen2.5-VL)")
+    norm_eps: float = Field(1e-6, gt=0)
+    init_std: float = Field(0.02, gt=0, description="std of the normal init of linears/embeddings")
+    memory: Literal["factored", "dense"] = Field(
+        "factored",
+        description="per-object memory kept as shared image rows + low-rank object part (exact, fast for many "
+        "objects per image) or as dense copies (the reference's arithmetic)",
+    )
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> PaDTTrunkConfig:
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} / num_heads {self.num_heads} must be an integer head dim "
+                f"divisible by 4 (2-D rotary)"
+            )
+        return self
+
+
+class TwoWayBlock(nn.Module):
+    """One two-way block (reference §5.4); ``update_memory=False`` drops the image→query step."""
+
+    def __init__(self, dim: int, intermediate: int, num_heads: int, eps: float, update_memory: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.update_memory = update_memory
+        self.norm1, self.norm2, self.norm3, self.norm4 = (RMSNorm(dim, eps) for _ in range(4))
+        self.self_attn = Attention(dim, num_heads)
+        self.cross_attn_query_to_image = Attention(dim, num_heads)
+        self.mlp = MLP(dim, intermediate)
+        if update_memory:
+            self.norm5, self.norm6 = RMSNorm(dim, eps), RMSNorm(dim, eps)
+            self.cross_attn_image_to_query = Attention(dim, num_heads)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        q_pos: torch.Tensor,
+        q_mask: torch.Tensor | None,
+        memory: TrunkMemory,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        memory_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, TrunkMemory]:
+        """``q``/``q_pos`` ``[n, L, d]``, ``q_mask`` ``[n, L]``; ``rope`` = (cos, sin) ``[n|1, 1, N, dh]``."""
+        heads = self.num_heads
+        # 1. self-attention among each object's own queries
+        x = self.norm1(q)
+        sa = self.self_attn
+        xp = x + q_pos
+        y = attend(split_heads(sa.q_proj(xp), heads), split_heads(sa.k_proj(xp), heads),
+                   split_heads(sa.v_proj(x), heads), q_mask)  # fmt: skip
+        q = q + sa.proj(merge_heads(y))
+
+        # 2. queries read their image. Keys/values (and the memory-side queries of step 4) are all
+        # projections of the same normalised memory: one call, norm gains folded into the weights.
+        qi = self.cross_attn_query_to_image
+        weights = [qi.k_proj.weight * self.norm3.weight, qi.v_proj.weight * self.norm3.weight]
+        biases = [qi.k_proj.bias, qi.v_proj.bias]
+        if self.update_memory:  # norm6 has the same eps as norm3, so both share one normalisation
+            iq = self.cross_attn_image_to_query
+            weights.append(iq.q_proj.weight * self.norm6.weight)
+            biases.append(iq.q_proj.bias)
+        projected = memory.project(torch.cat(weights), torch.cat(biases), rms_eps=self.norm3.eps)
+        k, v, *mq = projected.split(q.shape[-1], dim=-1)
+        k = apply_rotary(split_heads(k, heads), *rope)
+        y = attend(split_heads(qi.q_proj(self.norm2(q) + q_pos), heads), k, split_heads(v, heads), memory_mask)
+        q = q + qi.proj(merge_heads(y))
+
+        # 3. MLP
+        q = q + self.mlp(self.norm4(q))
+
+        # 4. the image reads this object's queries: every object updates its own memory
+        if self.update_memory:
+            x = self.norm5(q)
+            memory = memory.attend(
+                apply_rotary(split_heads(mq[0], heads), *rope),
+                split_heads(iq.k_proj(x + q_pos), heads),
+                split_heads(iq.v_proj(x), heads),
+                q_mask,
+                iq.proj,
+            )
+        return q, memory
+
+
+class PaDTTrunk(Trunk):
+    """Shared input projection, VRT embedding, one low-res and two high-res two-way blocks."""
+
+    name = "padt"
+    Config = PaDTTrunkConfig
+
+    def __init__(
+        self,
+        config: PaDTTrunkConfig,
+        *,
+        llm_hidden_size: int,
+        vision_hidden_size: int | None,
+        reads_memory: bool = True,
+        layout: Layout,
+    ) -> None:
+        super().__init__()
+        d, ff, heads, eps = config.hidden_size, config.intermediate_size, config.num_heads, config.norm_eps
+        self.config = config
+        self.hidden_size, self.llm_hidden_size, self.vision_hidden_size = d, llm_hidden_size, vision_hidden_size
+        self.head_dim = d // heads
+        self.layout = layout
+        self.memory_cls = MEMORY_KINDS[config.memory]
+        self.input_projection = nn.Sequential(
+            RMSNorm(llm_hidden_size, eps), nn.Linear(llm_hidden_size, d), nn.GELU(), nn.Linear(d, d)
+        )
+        self.vrt_embedding = nn.Embedding(1, d)
+        has_fine = vision_hidden_size is not None
+        # A block's memory update only matters if a later block or a head reads the memory; dropping
+        # the unused one keeps every parameter in the graph (DDP/ZeRO wait for all of them).
+        self.low_res_transformer = TwoWayBlock(d, ff, heads, eps, update_memory=has_fine or reads_memory)
+        if has_fine:
+            self.fine_projection = nn.Identity() if vision_hidden_size == d else nn.Linear(vision_hidden_size, d)
+            self.high_res_norm = RMSNorm(d, eps)
+            self.high_res_transformer1 = TwoWayBlock(d, ff, heads, eps)
+            self.high_res_transformer2 = TwoWayBlock(d, ff, heads, eps, update_memory=reads_memory)
+        init_weights(self, config.init_std)
+
+    @classmethod
+    def from_config(
+        cls, config, *, llm_hidden_size, vision_hidden_size, num_queries, reads_memory, layout
+    ) -> PaDTTrunk:
+        return cls(
+            config,
+            llm_hidden_size=llm_hidden_size,
+            vision_hidden_size=vision_hidden_size,
+            reads_memory=reads_memory,
+            layout=layout,
+        )
+
+    def forward(self, queries: torch.Tensor, inputs: DecoderInputs, *, return_memory: bool) -> TrunkOutput:
+        self._check_widths(inputs)
+        dtype = self.vrt_embedding.weight.dtype
+        index = inputs.image_index.long()
+        features = inputs.features
+        n, num_head_queries = inputs.num_objects, queries.shape[0]
+
+        # Queries: [head tokens | VRT tokens], padded per object; the initial tokens are the positions.
+        vrt, vrt_mask = pad_packed(inputs.vrt_states.to(dtype), inputs.counts)
+        tokens = self.input_projection(vrt) + self.vrt_embedding.weight
+        q = torch.cat([queries.to(dtype).expand(n, -1, -1), tokens], dim=1)
+        q_mask = None if bool(vrt_mask.all()) else torch.cat([vrt_mask.new_ones(n, num_head_queries), vrt_mask], 1)
+        q_pos = q
+
+        # Low-res memory: projected prototypes on the VRT grid, at their top-left fine patch.
+        factor = features[0].fine_factor
+        protos, proto_valid = pad_rows([p.to(dtype) for p in inputs.prototypes])
+        grids = _per_object([f.grid for f in features], index)
+        memory = self.memory_cls.from_shared(self.input_projection(protos), proto_valid, index, grids)
+        positions, _ = pad_rows([self.layout.cell_positions(f.grid, factor, protos.device) for f in features])
+        args = self._rope(positions, index), _key_mask(memory.valid)
+        q, memory = self.low_res_transformer(q, q_pos, q_mask, memory, *args)
+
+        # High-res memory: each fine patch = its cell's memory row + the fine feature, normalised.
+        if inputs.has_fine and self.vision_hidden_size is not None:
+            fine, fine_valid = pad_rows([f.fine.to(dtype) for f in features])
+            parents, _ = pad_rows([self.layout.fine_to_cell(f.grid, f.fine_grid, fine.device) for f in features])
+            fine_grids = _per_object([f.fine_grid for f in features], index)
+            memory = memory.to_fine(self.fine_projection(fine), parents, fine_valid, fine_grids, self.high_res_norm)
+            positions, _ = pad_rows([self.layout.fine_positions(f.fine_grid, fine.device) for f in features])
+            args = self._rope(positions, index), _key_mask(memory.valid)
+            q, memory = self.high_res_transformer1(q, q_pos, q_mask, memory, *args)
+            q, memory = self.high_res_transformer2(q, q_pos, q_mask, memory, *args)
+        return TrunkOutput(queries=q[:, :num_head_queries], memory=memory if return_memory else None)
+
+    def _rope(self, positions: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image positions ``[B, N, 2]`` → per-object (cos, sin) ``[n|1, 1, N, dh]`` (broadcast over heads)."""
+        cos, sin = vision_rotary(positions, self.head_dim, self.config.rope_theta)
+        if cos.shape[0] == 1:  # one image: broadcast instead of copying per object
+            return cos[:, None], sin[:, None]
+        return cos[index][:, None], sin[index][:, None]
+
+    def _check_widths(self, inputs: DecoderInputs) -> None:
+        d_llm = inputs.vrt_states.shape[-1]
+        if d_llm != self.llm_hidden_size:
+            raise ValueError(f"vrt_states have width {d_llm}, the trunk was built for LLM width {self.llm_hidden_size}")
+        for b, (proto, feat) in enumerate(zip(inputs.prototypes, inputs.features)):
+            if proto.shape[-1] != self.llm_hidden_size:
+                raise ValueError(f"image {b}: prototypes have width {proto.shape[-1]}, expected {self.llm_hidden_size}")
+            fine = feat.fine
+            if fine is not None and self.vision_hidden_size is not None and fine.shape[-1] != self.vision_hidden_size:
+                expected = self.vision_hidden_size
+                raise ValueError(f"image {b}: fine features have width {fine.shape[-1]}, expected {expected}")
+
+
+def _per_object(grids: list[tuple[int, int] | None], index: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(grids, dtype=torch.long, device=index.device)[index]
+
+
+def _key_mask(valid: torch.Tensor) -> torch.Tensor | None:
+    """Memory key mask for attention, or ``None`` when no row is padding (lets SDPA take its fast path)."""
+    return None if bool(valid.all()) else valid
