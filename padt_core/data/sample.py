@@ -1,0 +1,369 @@
+"""Samples: what a dataset reader produces and what the collator consumes (reference §6).
+
+A :class:`Sample` is one prompt/answer pair about one image. Its ``answer`` is a *template*: every
+object is a placeholder ``<|Obj_k|>`` (``k`` = index into ``objects``) that the collator replaces with
+the object's VRTs, drawn on the grid the processor actually produces for the image. That is why a
+sample stores masks and boxes, never patch ids: patch ids depend on the backbone's grid (reference
+§2.4, weakness 19), so they are computed late by :func:`object_cells`.
+
+Masks are COCO RLEs at the original image resolution; boxes are ``xyxy`` normalised by the image's
+width and height.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+__all__ = [
+    "OBJ_PLACEHOLDER",
+    "TASKS",
+    "MaskSizeError",
+    "ObjectAnn",
+    "Sample",
+    "Task",
+    "box_from_xywh",
+    "cell_coverage",
+    "decode_mask",
+    "fill_placeholders",
+    "object_cells",
+    "placeholder",
+    "placeholder_indices",
+    "rle_area",
+    "rle_decode",
+    "segmentation_to_rle",
+]
+
+Task = Literal["rec", "res", "ovd", "ric"]
+TASKS: tuple[str, ...] = get_args(Task)
+
+OBJ_PLACEHOLDER = "<|Obj_{}|>"
+_PLACEHOLDER_RE = re.compile(r"<\|Obj_(\d+)\|>")
+
+# Coverage is compared with a relative tolerance so that a cell covered by exactly ``coverage`` of
+# its area (e.g. one 28-px row of a 28×28 cell at 1/28) counts whatever the float rounding.
+_COVERAGE_RTOL = 1e-9
+
+
+class MaskSizeError(ValueError):
+    """An RLE's ``size`` disagrees with the size of the image it annotates."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data model
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectAnn:
+    """One annotated object of a sample.
+
+    Attributes:
+        label: category name (OVD), referring sentence (REC/RES) or ``""`` (RIC), as the reference.
+        box: ``(x1, y1, x2, y2)`` normalised to ``[0, 1]`` by the original image width/height.
+        mask: COCO RLE ``{"size": [h, w], "counts": str}`` at original resolution, or ``None`` for a
+            box-only annotation (its cells then come from the box).
+        iscrowd: COCO crowd flag (crowd regions are kept as objects, reference §6.2).
+        area: annotation area in original pixels, as given by the source.
+        category_id: source category id, when there is one.
+        ann_id: source annotation id, when there is one (used in error messages).
+    """
+
+    label: str
+    box: tuple[float, float, float, float]
+    mask: dict | None = None
+    iscrowd: bool = False
+    area: float | None = None
+    category_id: int | None = None
+    ann_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.box) != 4:
+            raise ValueError(f"{self.describe()}: box must have 4 numbers (x1, y1, x2, y2), got {self.box!r}")
+        x1, y1, x2, y2 = (float(v) for v in self.box)
+        if not (0.0 <= x1 <= x2 <= 1.0 and 0.0 <= y1 <= y2 <= 1.0):
+            raise ValueError(f"{self.describe()}: box {self.box!r} is not normalised xyxy within [0, 1]")
+        self.box = (x1, y1, x2, y2)
+        if self.mask is not None:
+            if not isinstance(self.mask, dict) or "size" not in self.mask or "counts" not in self.mask:
+                raise ValueError(f"{self.describe()}: mask must be a COCO RLE dict with `size` and `counts`")
+            counts = self.mask["counts"]
+            if isinstance(counts, bytes):  # pycocotools returns bytes; keep json-friendly str
+                self.mask = {"size": [int(s) for s in self.mask["size"]], "counts": counts.decode("ascii")}
+
+    def describe(self) -> str:
+        """Short description for error messages: ``object 'red star' (ann 12)``."""
+        ann = f" (ann {self.ann_id})" if self.ann_id is not None else ""
+        return f"object {self.label!r}{ann}"
+
+
+@dataclass
+class Sample:
+    """One training/evaluation example: an image, a prompt and an answer template.
+
+    Attributes:
+        id: unique id within its dataset (``"<dataset>/<record>"``).
+        image: path of the image file.
+        task: ``rec``, ``res``, ``ovd`` or ``ric``.
+        prompt: user text (the image is added by the chat template).
+        answer: target text with ``<|Obj_k|>`` placeholders; every object is referenced, and no
+            placeholder points past ``objects``.
+        objects: the objects the placeholders refer to.
+        image_size: ``(height, width)`` of the original image, when the reader knows it.
+        meta: free-form provenance (source file, reference patch ids, ...).
+    """
+
+    id: str
+    image: str
+    task: Task
+    prompt: str
+    answer: str
+    objects: list[ObjectAnn]
+    image_size: tuple[int, int] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"sample {self.id}: task {self.task!r} is not one of {', '.join(TASKS)}")
+        used = set(placeholder_indices(self.answer))
+        n = len(self.objects)
+        missing = sorted(set(range(n)) - used)
+        extra = sorted(i for i in used if i >= n)
+        if missing or extra:
+            raise ValueError(
+                f"sample {self.id}: answer template and objects disagree ({n} objects; "
+                f"unreferenced objects {missing}, placeholders without object {extra}): {self.answer!r}"
+            )
+        if self.image_size is not None:
+            self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+
+    def render(self, fills: Sequence[str]) -> str:
+        """The answer with ``<|Obj_k|>`` replaced by ``fills[k]`` (e.g. VRT strings)."""
+        return fill_placeholders(self.answer, fills)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (``Sample.from_dict`` restores it)."""
+        out = asdict(self)
+        out["image_size"] = None if self.image_size is None else list(self.image_size)
+        for obj in out["objects"]:
+            obj["box"] = list(obj["box"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sample:
+        data = dict(data)
+        data["objects"] = [ObjectAnn(**{**o, "box": tuple(o["box"])}) for o in data["objects"]]
+        if data.get("image_size") is not None:
+            data["image_size"] = tuple(data["image_size"])
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Answer placeholders
+# ---------------------------------------------------------------------------------------------------
+
+
+def placeholder(index: int) -> str:
+    """``<|Obj_{index}|>``."""
+    return OBJ_PLACEHOLDER.format(index)
+
+
+def placeholder_indices(template: str) -> list[int]:
+    """Object indices of the placeholders of ``template``, in order of appearance."""
+    return [int(m.group(1)) for m in _PLACEHOLDER_RE.finditer(template)]
+
+
+def fill_placeholders(template: str, fills: Sequence[str]) -> str:
+    """Replace every ``<|Obj_k|>`` of ``template`` with ``fills[k]``."""
+
+    def sub(match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        if index >= len(fills):
+            raise ValueError(f"template refers to <|Obj_{index}|> but only {len(fills)} fills were given")
+        return fills[index]
+
+    return _PLACEHOLDER_RE.sub(sub, template)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Masks and boxes
+# ---------------------------------------------------------------------------------------------------
+
+
+def box_from_xywh(bbox: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
+    """COCO ``[x, y, w, h]`` in pixels → ``xyxy`` normalised by the image size, clipped to ``[0, 1]``."""
+    x, y, w, h = (float(v) for v in bbox)
+    x1, y1 = min(max(x / width, 0.0), 1.0), min(max(y / height, 0.0), 1.0)
+    x2, y2 = min(max((x + w) / width, x1), 1.0), min(max((y + h) / height, y1), 1.0)
+    return (x1, y1, x2, y2)
+
+
+def _compress(rle: dict) -> dict:
+    counts = rle["counts"]
+    counts = counts.decode("ascii") if isinstance(counts, bytes) else counts
+    return {"size": [int(s) for s in rle["size"]], "counts": counts}
+
+
+def _counts_from_string(text: str | bytes) -> list[int]:
+    """Run lengths of a compressed COCO RLE string (the inverse of pycocotools' ``rleToString``)."""
+    data = text.encode("ascii") if isinstance(text, str) else text
+    counts: list[int] = []
+    p = 0
+    while p < len(data):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(data):
+                raise ValueError("truncated RLE counts string")
+            c = data[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:  # runs after the second are stored as deltas to the run two before
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """Decode a COCO RLE (compressed ``str``/``bytes`` or uncompressed ``list`` counts) to bool ``[h, w]``.
+
+    Pure numpy (``np.repeat`` of the runs): pycocotools' decoder warns under numpy 2, and this one
+    checks that the runs add up to the mask size instead of reading past them.
+    """
+    h, w = (int(s) for s in rle["size"])
+    counts = rle["counts"]
+    runs = np.asarray(counts if isinstance(counts, list) else _counts_from_string(counts), dtype=np.int64)
+    if (runs < 0).any() or runs.sum() != h * w:
+        raise ValueError(f"corrupt RLE: runs add up to {int(runs.sum())} pixels, size {h}x{w} needs {h * w}")
+    values = np.zeros(len(runs), dtype=bool)
+    values[1::2] = True  # runs alternate background, foreground, starting with background
+    return np.repeat(values, runs).reshape(w, h).T  # COCO RLEs are column-major
+
+
+def _to_cocotools(rle: dict) -> dict:
+    """An RLE pycocotools accepts: compressed counts as bytes; uncompressed (list) counts encoded."""
+    h, w = (int(s) for s in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
+    """COCO ``segmentation`` (polygons, uncompressed or compressed RLE) → one compressed RLE.
+
+    Multi-part polygons are OR-ed into one mask (reference §6.4). Degenerate polygons (< 3 points)
+    are ignored; if nothing is left the result is an empty mask. Raises :class:`MaskSizeError` when an
+    RLE's ``size`` is not ``[height, width]``.
+    """
+    if isinstance(segmentation, dict):
+        size = [int(s) for s in segmentation.get("size", ())]
+        if size != [height, width]:
+            raise MaskSizeError(f"RLE size {size} does not match the image size [{height}, {width}]")
+        return _compress(_to_cocotools(segmentation))
+    # pycocotools treats a first item of length 4 as a *box*; drop such degenerate polygons first.
+    polygons = [[float(v) for v in poly] for poly in segmentation or [] if len(poly) >= 6 and len(poly) % 2 == 0]
+    if not polygons:
+        return _compress(mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F")))
+    return _compress(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
+
+
+def rle_area(rle: dict) -> int:
+    """Foreground pixel count of an RLE (without decoding it)."""
+    return int(mask_utils.area(_to_cocotools(rle)))
+
+
+def decode_mask(obj: ObjectAnn, image_size: tuple[int, int], record: str | None = None) -> np.ndarray:
+    """The object's mask as a boolean ``[h, w]`` array at the original image resolution.
+
+    Args:
+        obj: an object with an RLE ``mask``.
+        image_size: ``(height, width)`` of the image the object belongs to.
+        record: optional record name (sample id, file) for the error message.
+
+    Raises:
+        ValueError: the object has no mask.
+        MaskSizeError: the RLE's size is not ``image_size`` (the annotation belongs to another image
+            or the image file was resized after annotation).
+    """
+    where = f" of {record}" if record else ""
+    if obj.mask is None:
+        raise ValueError(f"{obj.describe()}{where} has no mask")
+    size = tuple(int(s) for s in obj.mask["size"])
+    if size != tuple(image_size):
+        raise MaskSizeError(
+            f"{obj.describe()}{where}: RLE size {size[0]}x{size[1]} (h x w) does not match the image size "
+            f"{image_size[0]}x{image_size[1]}"
+        )
+    return rle_decode(obj.mask)
+
+
+def _overlap(pixels: int, cells: int) -> np.ndarray:
+    """``[cells, pixels]`` overlap length (in pixels) of pixel ``i`` with cell ``j`` along one axis.
+
+    The processor resizes the whole image onto the grid, so cell ``j`` spans pixels
+    ``[j·pixels/cells, (j+1)·pixels/cells)`` of the original image (fractional at the edges).
+    """
+    edges = np.arange(cells + 1, dtype=np.float64) * (pixels / cells)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    px = np.arange(pixels, dtype=np.float64)[None, :]
+    return np.clip(np.minimum(hi, px + 1.0) - np.maximum(lo, px), 0.0, None)
+
+
+def _check_grid(grid: tuple[int, int], image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    gh, gw = (int(g) for g in grid)
+    h, w = (int(s) for s in image_size)
+    if gh <= 0 or gw <= 0 or h <= 0 or w <= 0:
+        raise ValueError(f"grid {grid} and image size {image_size} must be positive")
+    return gh, gw, h, w
+
+
+def cell_coverage(obj: ObjectAnn, grid: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+    """Fraction of each VRT cell covered by the object, ``[gh, gw]`` float64 in raster layout.
+
+    With a mask this is the exact area average of the mask over each cell's footprint in the
+    original image (area resampling, separable: ``R · M · Cᵀ``); without one it is the analytic
+    overlap of the box with each cell. The reference resizes the mask bilinearly to 28-px multiples
+    and averages 28×28 blocks (§6.2), which approximates the same quantity.
+    """
+    gh, gw, h, w = _check_grid(grid, image_size)
+    if obj.mask is not None:
+        mask = decode_mask(obj, (h, w)).astype(np.float64)
+        rows, cols = _overlap(h, gh), _overlap(w, gw)
+        return (rows @ mask @ cols.T) / ((h / gh) * (w / gw))
+    x1, y1, x2, y2 = obj.box
+
+    def axis(lo: float, hi: float, cells: int) -> np.ndarray:
+        edges = np.arange(cells + 1, dtype=np.float64) / cells
+        return np.clip(np.minimum(hi, edges[1:]) - np.maximum(lo, edges[:-1]), 0.0, None) * cells
+
+    return axis(y1, y2, gh)[:, None] * axis(x1, x2, gw)[None, :]
+
+
+def object_cells(
+    obj: ObjectAnn, grid: tuple[int, int], image_size: tuple[int, int], coverage: float = 1 / 28
+) -> list[int]:
+    """Raster ids of the VRT cells the object covers by at least ``coverage`` of their area.
+
+    Args:
+        obj: the object (its mask if it has one, else its box).
+        grid: ``(gh, gw)``, the VRT grid the processor produces for this image; it covers the whole
+            image after resizing, so the grid need not match ``round(h/28) × round(w/28)``.
+        image_size: ``(height, width)`` of the original image (the mask's resolution).
+        coverage: minimum covered fraction; the reference's 1/28 (§6.2) by default.
+
+    Returns:
+        Sorted cell ids ``row * gw + col``; empty when the object covers no cell enough.
+    """
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    cov = cell_coverage(obj, grid, image_size)
+    return np.flatnonzero(cov.ravel() >= coverage * (1.0 - _COVERAGE_RTOL)).tolist()

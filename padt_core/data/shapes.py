@@ -1,0 +1,674 @@
+"""Synthetic shapes: a small COCO / RefCOCO / RIC-style dataset written to disk, deterministic by seed.
+
+Each image holds 1–6 non-overlapping coloured shapes (8 kinds, 6 colours, small or large) on a
+textured background (low-frequency noise or a gradient, plus pixel noise). The generator writes the
+same on-disk formats as the real datasets, so the ``shapes`` plugin reads it back through the real
+readers (``coco`` for OVD, ``refcoco`` for REC/RES, ``ric`` for captions)::
+
+    ROOT/
+      shapes_manifest.json           parameters + counts; its presence marks a complete dataset
+      images/{split}_{i:06d}.png
+      annotations/instances_{split}.json   COCO: circles/ellipses as RLE, other shapes as polygons;
+                                           each annotation also carries `colour` and `size`
+      annotations/captions_{split}.json    the same plus `captions` with <box_id: N/> markers (RIC)
+      refshapes/instances.json       REFER layout: all images of both splits ...
+      refshapes/refs(unc).p          ... and one ref per object with its referring expressions
+
+Referring expressions are the *minimal* unambiguous description of an object among the others of
+its image, tried in this order: shape (``the star``), colour + shape, size + shape, size + colour +
+shape, then the same with a spatial word when attributes do not suffice (``the red star on the
+left`` between two, ``the leftmost red star`` among more). A spatial word is only used when the
+object's centre is at least :data:`SPATIAL_GAP` px beyond every other candidate along that axis.
+``difficulty="full"`` also adds the most specific description as a second sentence when it
+differs; ``difficulty="easy"`` (the quick demo, see NOTES-tiny-training) never repeats a
+colour + shape pair in an image and always says ``the <colour> <shape>``.
+
+Determinism: image ``i`` of a split draws everything from ``numpy.random.default_rng([seed,
+split, i])``, so the same seed gives byte-identical json and pickles and pixel-identical PNGs, and
+image ``i`` does not depend on how many images precede it or on how many workers write them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import pickle
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from .sample import rle_decode
+from .templates import ric_marker
+
+__all__ = [
+    "COLOURS",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "SHAPES",
+    "SIZES",
+    "SPATIAL_GAP",
+    "ShapesMismatchError",
+    "ShapesParams",
+    "ensure_shapes",
+    "refer_expressions",
+    "resolve_expression",
+    "write_shapes",
+]
+
+FORMAT_VERSION = 1
+MANIFEST = "shapes_manifest.json"
+SPLITS = ("train", "val")
+_SPLIT_CODE = {"train": 0, "val": 1}
+# Ids of the val split start here so images and annotations are unique across splits (REFER keeps
+# both splits in one instances.json); annotation id = image id * 10 + object index (≤ 6 objects).
+_VAL_ID_OFFSET = 1_000_000
+_MAX_OBJECTS = 6
+
+SHAPES: tuple[str, ...] = ("circle", "ellipse", "square", "triangle", "star", "hexagon", "cross", "diamond")
+_PLURAL = {s: s + ("es" if s.endswith(("s", "x")) or s == "cross" else "s") for s in SHAPES}
+#: Saturated colours, far from the muted backgrounds and from each other.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "orange": (245, 135, 15),
+    "yellow": (240, 220, 35),
+    "green": (35, 160, 55),
+    "blue": (35, 85, 225),
+    "purple": (145, 50, 195),
+}
+#: Extent (bounding size) ranges in px at 224 px; they scale with the image's shorter side.
+SIZES: dict[str, tuple[int, int]] = {"small": (30, 46), "large": (66, 90)}
+_REFERENCE_SIDE = 224
+#: Circles and ellipses are stored as RLE, the other shapes as polygons (both COCO encodings).
+_RLE_SHAPES = frozenset({"circle", "ellipse"})
+#: Minimum centre separation (px at 224) along an axis for a spatial word to be unambiguous.
+SPATIAL_GAP = 12
+_PLACEMENT_GAP = 4  # px between object boxes
+_PLACEMENT_TRIES = 200
+_DISTRACTOR_RATE = 0.15  # full: chance that an object repeats an earlier object's colour + shape
+_NUMBERS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+
+# Unit polygons (extent 1, centred on 0, y down).
+_A = 1 / 6
+_UNIT_POLYGONS: dict[str, list[tuple[float, float]]] = {
+    "square": [(-0.5, -0.5), (0.5, -0.5), (0.5, 0.5), (-0.5, 0.5)],
+    "triangle": [(0.0, -0.433), (0.5, 0.433), (-0.5, 0.433)],
+    "star": [
+        (r * math.cos(math.radians(-90 + 36 * k)), r * math.sin(math.radians(-90 + 36 * k)))
+        for k, r in zip(range(10), [0.5, 0.2] * 5)
+    ],
+    "hexagon": [(0.5 * math.cos(math.radians(60 * k)), 0.5 * math.sin(math.radians(60 * k))) for k in range(6)],
+    "cross": [
+        (-_A, -0.5),
+        (_A, -0.5),
+        (_A, -_A),
+        (0.5, -_A),
+        (0.5, _A),
+        (_A, _A),
+        (_A, 0.5),
+        (-_A, 0.5),
+        (-_A, _A),
+        (-0.5, _A),
+        (-0.5, -_A),
+        (-_A, -_A),
+    ],
+    "diamond": [(0.0, -0.5), (0.33, 0.0), (0.0, 0.5), (-0.33, 0.0)],
+}
+
+
+class ShapesMismatchError(FileExistsError):
+    """A shapes root already holds data generated with other parameters."""
+
+
+@dataclass(frozen=True)
+class ShapesParams:
+    """Everything that determines a shapes dataset (stored in the manifest)."""
+
+    seed: int
+    n_train: int
+    n_val: int
+    image_size: tuple[int, int] = (224, 224)  # (height, width)
+    difficulty: Literal["easy", "full"] = "full"
+    min_objects: int = 1
+    max_objects: int = _MAX_OBJECTS
+
+    def __post_init__(self) -> None:
+        size = self.image_size
+        size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        object.__setattr__(self, "image_size", size)
+        if self.difficulty not in ("easy", "full"):
+            raise ValueError(f"difficulty must be 'easy' or 'full', got {self.difficulty!r}")
+        if not 1 <= self.min_objects <= self.max_objects <= _MAX_OBJECTS:
+            raise ValueError(
+                f"need 1 <= min_objects <= max_objects <= {_MAX_OBJECTS}, got {self.min_objects}, {self.max_objects}"
+            )
+        if min(size) < 112:
+            raise ValueError(f"image_size {size} is too small: shapes need at least 112 px per side")
+        if self.n_train < 0 or self.n_val < 0:
+            raise ValueError(f"image counts must be >= 0, got n_train={self.n_train}, n_val={self.n_val}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "image_size": list(self.image_size),
+            "difficulty": self.difficulty,
+            "min_objects": self.min_objects,
+            "max_objects": self.max_objects,
+        }
+
+
+@dataclass
+class _Shape:
+    """One placed object of a scene."""
+
+    shape: str
+    colour: str
+    size: str
+    mask: np.ndarray  # bool [h, w]
+    segmentation: Any  # COCO polygons or RLE
+    bbox: list[int]  # tight [x, y, w, h] of the mask
+    outline: list[float]  # analytic [x0, y0, x1, y1] used for placement
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        x, y, w, h = self.bbox
+        return (x + w / 2, y + h / 2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scenes
+# ---------------------------------------------------------------------------------------------------
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, str]:
+    """A muted textured background ``[h, w, 3]`` float and its kind (``noisy`` or ``gradient``)."""
+    base = rng.uniform(70, 170)
+    tint = rng.uniform(-18, 18, size=3)
+    if rng.random() < 0.5:
+        cells = int(rng.integers(3, 8))
+        coarse = (base + tint + rng.uniform(-35, 35, size=(cells, cells, 3))).clip(0, 255).astype(np.uint8)
+        smooth = Image.fromarray(coarse).resize((width, height), Image.BILINEAR)
+        image, kind = np.asarray(smooth, dtype=np.float64), "noisy"
+    else:
+        angle = rng.uniform(0, 2 * math.pi)
+        ys, xs = np.mgrid[0:height, 0:width]
+        t = ((xs - width / 2) * math.cos(angle) + (ys - height / 2) * math.sin(angle)) / max(height, width) + 0.5
+        other = base + tint + rng.uniform(-50, 50, size=3)
+        image, kind = (base + tint) * (1 - t[..., None]) + other * t[..., None], "gradient"
+    image = image + rng.normal(0, 4, size=image.shape)  # fine texture; stronger noise only bloats the PNGs
+    return image, kind
+
+
+def _outline(shape: str, cx: float, cy: float, extent: float, angle: float) -> tuple[list[float] | None, list[float]]:
+    """``(polygon, box)``: the flat polygon (``None`` for circles/ellipses) and the float ``[x0, y0, x1, y1]``."""
+    if shape in _RLE_SHAPES:
+        a = extent / 2
+        b = a if shape == "circle" else 0.55 * a
+        cos, sin = math.cos(angle), math.sin(angle)
+        hw, hh = math.hypot(a * cos, b * sin), math.hypot(a * sin, b * cos)
+        return None, [cx - hw, cy - hh, cx + hw, cy + hh]
+    cos, sin = math.cos(angle), math.sin(angle)
+    flat: list[float] = []
+    for u, v in _UNIT_POLYGONS[shape]:
+        # Rounded so the json is short and identical across platforms' last-ulp trigonometry.
+        flat += [round(cx + extent * (u * cos - v * sin), 2), round(cy + extent * (u * sin + v * cos), 2)]
+    xs, ys = flat[0::2], flat[1::2]
+    return flat, [min(xs), min(ys), max(xs), max(ys)]
+
+
+def _rasterize(
+    shape: str, polygon: list[float] | None, cx: float, cy: float, extent: float, angle: float, height: int, width: int
+) -> tuple[np.ndarray, Any]:
+    """``(mask, segmentation)``: COCO polygons for most shapes, an RLE for circles and ellipses."""
+    if polygon is not None:
+        rle = mask_utils.merge(mask_utils.frPyObjects([polygon], height, width))
+        return rle_decode(rle), [polygon]
+    ys, xs = np.mgrid[0:height, 0:width]
+    dx, dy = xs + 0.5 - cx, ys + 0.5 - cy  # pixel centres, as pycocotools rasterizes polygons
+    a = extent / 2
+    b = a if shape == "circle" else 0.55 * a
+    u = dx * math.cos(angle) + dy * math.sin(angle)
+    v = -dx * math.sin(angle) + dy * math.cos(angle)
+    mask = (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return mask, {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def _tight_box(mask: np.ndarray) -> list[int]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+
+
+def _apart(a: Sequence[float], b: Sequence[float], gap: float) -> bool:
+    """Whether two ``[x0, y0, x1, y1]`` boxes are at least ``gap`` apart along some axis."""
+    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+
+
+def _attributes(rng: np.random.Generator, n: int, difficulty: str) -> list[tuple[str, str, str]]:
+    """``(shape, colour, size)`` per object; ``easy`` never repeats a colour + shape pair."""
+    pairs = [(s, c) for s in SHAPES for c in COLOURS]
+    out: list[tuple[str, str, str]] = []
+    used: set[tuple[str, str]] = set()
+    for i in range(n):
+        if difficulty == "full" and i > 0 and rng.random() < _DISTRACTOR_RATE:
+            shape, colour = out[int(rng.integers(i))][:2]
+        else:
+            free = [p for p in pairs if difficulty == "full" or p not in used]
+            shape, colour = free[int(rng.integers(len(free)))]
+        used.add((shape, colour))
+        out.append((shape, colour, "large" if rng.random() < 0.5 else "small"))
+    return out
+
+
+def _scene(rng: np.random.Generator, params: ShapesParams) -> tuple[np.ndarray, list[_Shape], str]:
+    """One image ``[h, w, 3]`` uint8, its objects and its background kind."""
+    height, width = params.image_size
+    scale = min(height, width) / _REFERENCE_SIDE
+    image, kind = _background(rng, height, width)
+    n = int(rng.integers(params.min_objects, params.max_objects + 1))
+    # Large shapes first: they are the hard ones to fit.
+    attrs = sorted(_attributes(rng, n, params.difficulty), key=lambda a: a[2] != "large")
+    placed: list[_Shape] = []
+    for shape, colour, size in attrs:
+        lo, hi = SIZES[size]
+        extent = float(rng.integers(round(lo * scale), round(hi * scale) + 1))
+        angle = rng.uniform(0, math.pi) if shape == "ellipse" else math.radians(rng.uniform(-12, 12))
+        margin = extent * 0.6 + 2  # keeps the rotated shape inside the image
+        boxes = [o.outline for o in placed]
+        for _ in range(_PLACEMENT_TRIES):
+            cx, cy = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
+            polygon, outline = _outline(shape, cx, cy, extent, angle)
+            # Cheap test on the analytic outline box; rasterize only the accepted position.
+            if all(_apart(outline, other, _PLACEMENT_GAP + 1) for other in boxes):
+                mask, segmentation = _rasterize(shape, polygon, cx, cy, extent, angle, height, width)
+                if mask.any():
+                    placed.append(_Shape(shape, colour, size, mask, segmentation, _tight_box(mask), outline))
+                break
+        # An object that does not fit after many tries is left out: the scene just has fewer objects.
+    # Raster order of object centres (top-to-bottom, then left-to-right) keeps annotation order natural.
+    placed.sort(key=lambda o: (o.centre[1], o.centre[0]))
+    for obj in placed:
+        colour = np.asarray(COLOURS[obj.colour], dtype=np.float64)
+        image[obj.mask] = colour + rng.normal(0, 4, size=(int(obj.mask.sum()), 3))
+    return image.clip(0, 255).round().astype(np.uint8), placed, kind
+
+
+# ---------------------------------------------------------------------------------------------------
+# Referring expressions
+# ---------------------------------------------------------------------------------------------------
+
+_ATTRIBUTE_SETS: tuple[tuple[str, ...], ...] = (
+    ("shape",),
+    ("colour", "shape"),
+    ("size", "shape"),
+    ("size", "colour", "shape"),
+)
+_SUPERLATIVE = {"left": "leftmost", "right": "rightmost", "top": "topmost", "bottom": "bottommost"}
+_RELATIVE = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
+
+
+def _noun_phrase(obj: dict[str, Any], attrs: Sequence[str]) -> str:
+    return " ".join(obj[a] for a in ("size", "colour", "shape") if a in attrs)
+
+
+def _matching(objects: Sequence[dict[str, Any]], target: int, attrs: Sequence[str]) -> list[int]:
+    return [j for j, o in enumerate(objects) if all(o[a] == objects[target][a] for a in attrs)]
+
+
+def _extreme(objects: Sequence[dict[str, Any]], target: int, candidates: Sequence[int], gap: float) -> str | None:
+    """The direction in which ``target`` is beyond every other candidate by ``gap`` (largest margin)."""
+    best, best_margin = None, gap
+    for direction in ("left", "right", "top", "bottom"):
+        axis = 0 if direction in ("left", "right") else 1
+        sign = 1.0 if direction in ("left", "top") else -1.0
+        value = sign * objects[target]["centre"][axis]
+        margin = min(sign * objects[j]["centre"][axis] for j in candidates if j != target) - value
+        if margin >= best_margin:
+            best, best_margin = direction, margin
+    return best
+
+
+def _spatial_phrase(noun: str, direction: str, n_candidates: int) -> str:
+    if n_candidates == 2:
+        return f"the {noun} {_RELATIVE[direction]}"
+    return f"the {_SUPERLATIVE[direction]} {noun}"
+
+
+def refer_expressions(
+    objects: Sequence[dict[str, Any]], target: int, difficulty: str = "full", gap: float = SPATIAL_GAP
+) -> list[str]:
+    """Unambiguous referring expressions for ``objects[target]``, minimal first (empty if none exists).
+
+    ``objects`` are dicts with ``shape``, ``colour``, ``size`` and ``centre`` ``(x, y)`` in px.
+    """
+    if difficulty == "easy":
+        attrs = ("colour", "shape")
+        unique = len(_matching(objects, target, attrs)) == 1
+        return [f"the {_noun_phrase(objects[target], attrs)}"] if unique else []
+    found: list[str] = []
+    for attrs in _ATTRIBUTE_SETS:
+        if len(_matching(objects, target, attrs)) == 1:
+            found.append(f"the {_noun_phrase(objects[target], attrs)}")
+            break
+    if not found:
+        for attrs in _ATTRIBUTE_SETS:
+            candidates = _matching(objects, target, attrs)
+            direction = _extreme(objects, target, candidates, gap)
+            if direction is not None:
+                found.append(_spatial_phrase(_noun_phrase(objects[target], attrs), direction, len(candidates)))
+                break
+    if not found:
+        return []
+    # The most specific description as a second sentence: it teaches every attribute word.
+    full = _ATTRIBUTE_SETS[-1]
+    candidates = _matching(objects, target, full)
+    if len(candidates) == 1:
+        specific = f"the {_noun_phrase(objects[target], full)}"
+    else:
+        direction = _extreme(objects, target, candidates, gap)
+        specific = (
+            None
+            if direction is None
+            else _spatial_phrase(_noun_phrase(objects[target], full), direction, len(candidates))
+        )
+    if specific is not None and specific not in found:
+        found.append(specific)
+    return found
+
+
+def resolve_expression(expression: str, objects: Sequence[dict[str, Any]], gap: float = SPATIAL_GAP) -> list[int]:
+    """The objects an expression produced by :func:`refer_expressions` can denote.
+
+    An independent reading of the grammar (attribute words filter; a spatial word picks the extreme
+    candidate only if it is ``gap`` px clear of the others), used to check that every expression
+    denotes exactly one object. Returns all candidates when the expression is ambiguous.
+    """
+    words = expression.split()
+    if not words or words[0] != "the":
+        raise ValueError(f"not a shapes expression: {expression!r}")
+    words = words[1:]
+    direction = None
+    for d, phrase in _RELATIVE.items():
+        if expression.endswith(" " + phrase):
+            direction, words = d, words[: -len(phrase.split())]
+    if words and words[0] in _SUPERLATIVE.values():
+        direction = next(d for d, s in _SUPERLATIVE.items() if s == words[0])
+        words = words[1:]
+    filters = {}
+    for word in words:
+        key = "shape" if word in SHAPES else "colour" if word in COLOURS else "size" if word in SIZES else None
+        if key is None or key in filters:
+            raise ValueError(f"not a shapes expression: {expression!r} (word {word!r})")
+        filters[key] = word
+    candidates = [j for j, o in enumerate(objects) if all(o[k] == v for k, v in filters.items())]
+    if direction is None or len(candidates) < 2:
+        return candidates
+    relative = expression.endswith(" " + _RELATIVE[direction])
+    if relative and len(candidates) != 2:  # "on the left" is only clear between two
+        return candidates
+    axis = 0 if direction in ("left", "right") else 1
+    sign = 1.0 if direction in ("left", "top") else -1.0
+    ranked = sorted(candidates, key=lambda j: sign * objects[j]["centre"][axis])
+    first, second = (sign * objects[j]["centre"][axis] for j in ranked[:2])
+    return [ranked[0]] if second - first >= gap else candidates
+
+
+# ---------------------------------------------------------------------------------------------------
+# Captions
+# ---------------------------------------------------------------------------------------------------
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _caption(objects: Sequence[dict[str, Any]], ann_ids: Sequence[int], background: str, difficulty: str) -> str:
+    """A caption naming every object once, with ``<box_id: N/>`` markers (reference §6.5 format)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for j, o in enumerate(objects):
+        groups.setdefault((o["colour"], o["shape"]), []).append(j)
+    ordered = sorted(groups.values(), key=lambda members: min(objects[j]["centre"][0] for j in members))
+    mentions, centres = [], []
+    for members in ordered:
+        first = objects[members[0]]
+        markers = ", ".join(ric_marker(ann_ids[j]) for j in members)
+        if len(members) == 1:
+            noun = _noun_phrase(first, ("colour", "shape") if difficulty == "easy" else ("size", "colour", "shape"))
+            mentions.append(f"{_article(noun)} {noun} ({markers})")
+        else:
+            mentions.append(f"{_NUMBERS[len(members)]} {first['colour']} {_PLURAL[first['shape']]} ({markers})")
+        centres.append(np.mean([objects[j]["centre"] for j in members], axis=0))
+    if len(mentions) == 1:
+        return f"{mentions[0]} on a {background} background."
+    if len(mentions) == 2:
+        (ax, ay), (bx, by) = centres
+        if abs(bx - ax) >= abs(by - ay):  # groups are sorted by x, so the first is on the left
+            return f"{mentions[0]} to the left of {mentions[1]}."
+        top, bottom = (0, 1) if ay <= by else (1, 0)
+        return f"{mentions[top]} above {mentions[bottom]}."
+    return f"{', '.join(mentions[:-1])} and {mentions[-1]}."
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------
+
+
+def _image_id(split: str, index: int) -> int:
+    return index + 1 + (_VAL_ID_OFFSET if split == "val" else 0)
+
+
+def _make_image(args: tuple[ShapesParams, str, int, str]) -> dict[str, Any]:
+    """Generate, save and annotate image ``index`` of ``split`` (worker function; pure in its inputs)."""
+    params, split, index, out_dir = args
+    rng = np.random.default_rng([params.seed, _SPLIT_CODE[split], index])
+    pixels, shapes, background = _scene(rng, params)
+    image_id = _image_id(split, index)
+    file_name = f"{split}_{index:06d}.png"
+    Image.fromarray(pixels).save(Path(out_dir) / "images" / file_name, format="PNG", compress_level=1)
+    height, width = params.image_size
+    category = {s: k + 1 for k, s in enumerate(SHAPES)}
+    anns, described = [], []
+    for j, s in enumerate(shapes):
+        ann_id = image_id * 10 + j
+        anns.append(
+            {
+                "id": ann_id,
+                "image_id": image_id,
+                "category_id": category[s.shape],
+                "bbox": s.bbox,
+                "area": int(s.mask.sum()),
+                "iscrowd": 0,
+                "segmentation": s.segmentation,
+                "colour": s.colour,
+                "size": s.size,
+            }
+        )
+        described.append({"shape": s.shape, "colour": s.colour, "size": s.size, "centre": s.centre})
+    ann_ids = [a["id"] for a in anns]
+    refs = []
+    for j, ann in enumerate(anns):
+        sentences = refer_expressions(described, j, params.difficulty, gap=SPATIAL_GAP * min(height, width) / 224)
+        if not sentences:
+            continue  # no unambiguous expression (identical twins side by side): no ref for this object
+        refs.append(
+            {
+                "ref_id": ann["id"],
+                "ann_id": ann["id"],
+                "image_id": image_id,
+                "category_id": ann["category_id"],
+                "split": split,
+                "file_name": file_name,
+                "sent_ids": [ann["id"] * 10 + k for k in range(len(sentences))],
+                "sentences": [
+                    {"sent_id": ann["id"] * 10 + k, "sent": text, "raw": text, "tokens": text.split()}
+                    for k, text in enumerate(sentences)
+                ],
+            }
+        )
+    image = {"id": image_id, "file_name": file_name, "height": height, "width": width, "background": background}
+    caption = _caption(described, ann_ids, background, params.difficulty) if shapes else None
+    return {"image": image, "annotations": anns, "refs": refs, "captions": [caption] if caption else []}
+
+
+def _dump_json(path: Path, data: Any) -> None:
+    # Fixed separators and no timestamps: the same seed must give byte-identical files.
+    path.write_text(json.dumps(data, separators=(",", ":"), ensure_ascii=True) + "\n", encoding="ascii")
+
+
+def write_shapes(
+    out_dir: str | os.PathLike,
+    n_train: int,
+    n_val: int,
+    seed: int,
+    image_size: int | tuple[int, int] = 224,
+    difficulty: Literal["easy", "full"] = "full",
+    *,
+    min_objects: int = 1,
+    max_objects: int = _MAX_OBJECTS,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Write a shapes dataset to ``out_dir`` (created; existing files of the same names are replaced).
+
+    Args:
+        out_dir: dataset root (see the module docstring for the layout).
+        n_train: images of the ``train`` split.
+        n_val: images of the ``val`` split.
+        seed: everything is a function of it; the same seed gives identical files.
+        image_size: side in px, or ``(height, width)``; object sizes scale with the shorter side.
+        difficulty: ``full`` (distractors, size and spatial expressions) or ``easy`` (colour + shape).
+        min_objects: fewest objects per image (1–6).
+        max_objects: most objects per image (1–6); fewer when they do not fit.
+        workers: processes that render images (the output does not depend on it); 0 = all CPU cores.
+
+    Returns:
+        The manifest written to ``out_dir/shapes_manifest.json``: parameters, per-split counts, files.
+    """
+    params = ShapesParams(seed, n_train, n_val, image_size, difficulty, min_objects, max_objects)
+    root = Path(out_dir)
+    for sub in ("images", "annotations", "refshapes"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    categories = [{"id": k + 1, "name": s, "supercategory": "shape"} for k, s in enumerate(SHAPES)]
+    info = {"description": "padt synthetic shapes", "version": FORMAT_VERSION, **params.to_json()}
+    workers = workers or os.cpu_count() or 1
+    jobs = [(params, split, i, str(root)) for split, n in (("train", n_train), ("val", n_val)) for i in range(n)]
+    if workers > 1 and len(jobs) > 1:
+        # "spawn": the caller may be a training process with live OpenMP/torch threads, which a
+        # forked child could inherit in a locked state.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_make_image, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+    else:
+        results = [_make_image(job) for job in jobs]
+    all_images, all_anns, all_refs, counts = [], [], [], {}
+    files = [MANIFEST, "refshapes/instances.json", "refshapes/refs(unc).p"]
+    for split in SPLITS:
+        part = [r for (_, s, _, _), r in zip(jobs, results) if s == split]
+        images = [r["image"] for r in part]
+        anns = [a for r in part for a in r["annotations"]]
+        refs = [ref for r in part for ref in r["refs"]]
+        instances = {"info": info, "images": images, "annotations": anns, "categories": categories}
+        _dump_json(root / "annotations" / f"instances_{split}.json", instances)
+        captioned = [{**r["image"], "captions": r["captions"]} for r in part]
+        _dump_json(root / "annotations" / f"captions_{split}.json", {**instances, "images": captioned})
+        files += [f"annotations/instances_{split}.json", f"annotations/captions_{split}.json"]
+        all_images += images
+        all_anns += anns
+        all_refs += refs
+        counts[split] = {
+            "images": len(images),
+            "objects": len(anns),
+            "refs": len(refs),
+            "sentences": sum(len(r["sentences"]) for r in refs),
+            "captions": sum(len(r["captions"]) for r in part),
+            "objects_without_ref": len(anns) - len(refs),
+        }
+    refer = {"info": info, "images": all_images, "annotations": all_anns, "categories": categories}
+    _dump_json(root / "refshapes" / "instances.json", refer)
+    # Pickle memoises by object identity, which differs when results come back from worker
+    # processes; a json round trip gives every run the same object graph, hence the same bytes.
+    with (root / "refshapes" / "refs(unc).p").open("wb") as f:
+        pickle.dump(json.loads(json.dumps(all_refs)), f, protocol=4)
+    manifest = {"format": "padt-shapes", "version": FORMAT_VERSION, "params": params.to_json(), "counts": counts,
+                "files": sorted(files)}  # fmt: skip
+    # Written last: a manifest means the dataset is complete.
+    _dump_json(root / MANIFEST, manifest)
+    return manifest
+
+
+def ensure_shapes(
+    root: str | os.PathLike, params: ShapesParams, *, regenerate: bool = False, workers: int = 1
+) -> dict[str, Any]:
+    """Make sure ``root`` holds the shapes dataset of ``params``, generating it on first use.
+
+    The data is written to a temporary sibling folder and renamed into place, so concurrent callers
+    (several ranks) never see a half-written dataset; the loser of the race reuses the winner's.
+
+    Raises:
+        ShapesMismatchError: ``root`` holds shapes data made with other parameters (and not
+            ``regenerate``), or is a non-empty folder that is not a shapes dataset.
+    """
+    root = Path(root)
+    existing = _read_manifest(root)
+    if existing is not None and _matches(existing, params):
+        return existing
+    if existing is not None and not regenerate:
+        raise ShapesMismatchError(
+            f"{root} holds shapes data generated with {existing.get('params')} (format {existing.get('version')}); "
+            f"this config asks for {params.to_json()} (format {FORMAT_VERSION}). "
+            "Point `root` at another folder, delete this one, or set `regenerate: true`."
+        )
+    if existing is None and root.exists() and any(root.iterdir()):
+        raise ShapesMismatchError(
+            f"{root} is not empty and has no {MANIFEST}: it is not a shapes dataset (or a generation was "
+            "interrupted); refusing to write into it. Use an empty or new folder."
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    manifest = write_shapes(tmp, **_writer_kwargs(params), workers=workers)
+    if existing is not None:  # regenerate: the old folder is ours (it has a manifest)
+        shutil.rmtree(root)
+    try:
+        if root.exists():
+            root.rmdir()  # empty (checked above)
+        os.replace(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        winner = _read_manifest(root)
+        if winner is None or not _matches(winner, params):
+            raise
+        return winner
+    return manifest
+
+
+def _writer_kwargs(params: ShapesParams) -> dict[str, Any]:
+    return {
+        "n_train": params.n_train,
+        "n_val": params.n_val,
+        "seed": params.seed,
+        "image_size": params.image_size,
+        "difficulty": params.difficulty,
+        "min_objects": params.min_objects,
+        "max_objects": params.max_objects,
+    }
+
+
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    path = root / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="ascii"))
+
+
+def _matches(manifest: dict[str, Any], params: ShapesParams) -> bool:
+    return manifest.get("version") == FORMAT_VERSION and manifest.get("params") == params.to_json()
