@@ -87,6 +87,7 @@ def test_select_object_rule():
     a, b, c = obj(score=None), obj(score=0.3), obj(score=0.3)
     assert select_object([a, b, c]) is b  # highest finite score, first on ties
     assert select_object([a, obj()]) is a  # no scores: first
+    assert select_object([obj(score="high"), obj(score=float("nan")), b]) is b  # non-numbers are no score
     assert select_object([]) is None
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "box_iou",
     "decode_rle",
     "encode_mask",
+    "finite_score",
     "gt_box_pixels",
     "image_size_of",
     "mask_or_none",
@@ -97,8 +98,10 @@ class Metric:
                 f"{self.name} metric scores samples of task {' or '.join(map(repr, self.sample_tasks))}, "
                 f"sample {sample_id!r} has task {task!r}"
             )
-        self._seen.add(sample_id)
         objects = list(getattr(prediction, "objects", None) or [])
+        # Score first: if the metric rejects the sample (bad ground truth), nothing is counted.
+        self._update(sample, prediction, objects)
+        self._seen.add(sample_id)
         skipped = bool(getattr(prediction, "skipped", None))
         expected = bool(getattr(sample, "objects", None))
         self._counts["samples"] += 1
@@ -106,7 +109,6 @@ class Metric:
         self._counts["with_skipped"] += int(skipped)
         self._counts["truncated"] += int(bool(getattr(prediction, "truncated", False)))
         self._counts["unparseable"] += int((expected and not objects) or (skipped and self.skipped_is_malformed))
-        self._update(sample, prediction, objects)
 
     @property
     def num_samples(self) -> int:
@@ -197,6 +199,15 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def finite_score(score: Any) -> float | None:
+    """``score`` as a float, or ``None`` when it is missing, not a number, or not finite."""
+    try:
+        value = float(score)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def select_object(objects: Sequence[Any]) -> Any | None:
     """The object that answers a single-referent query (REC/RES).
 
@@ -205,9 +216,9 @@ def select_object(objects: Sequence[Any]) -> Any | None:
     """
     best, best_score = None, -math.inf
     for obj in objects:
-        score = getattr(obj, "score", None)
-        if score is not None and math.isfinite(float(score)) and float(score) > best_score:
-            best, best_score = obj, float(score)
+        score = finite_score(getattr(obj, "score", None))
+        if score is not None and score > best_score:
+            best, best_score = obj, score
     if best is not None:
         return best
     return objects[0] if objects else None

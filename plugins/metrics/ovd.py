@@ -26,7 +26,7 @@ from pydantic import Field
 
 from padt_core.plugins import PluginConfig
 
-from .base import Metric, encode_mask, mask_or_none, valid_box
+from .base import Metric, encode_mask, finite_score, mask_or_none, valid_box
 
 __all__ = ["OVDMetric", "OVDMetricConfig", "normalise_label"]
 
@@ -121,12 +121,12 @@ class OVDMetric(Metric):
             if category_id is None:
                 self.unmapped_labels[label] += 1
                 continue
-            score = getattr(obj, "score", None)
-            if score is None or not math.isfinite(float(score)):
+            score = finite_score(getattr(obj, "score", None))
+            if score is None:
                 # Without a score head every object ranks equally; 1.0 keeps them in the evaluation.
                 self._object_counts["no_score"] += 1
                 score = 1.0
-            base = {"image_id": image_id, "category_id": category_id, "score": float(score)}
+            base = {"image_id": image_id, "category_id": category_id, "score": score}
             box = valid_box(getattr(obj, "box", None))
             if box is None:
                 self._object_counts["no_box"] += 1

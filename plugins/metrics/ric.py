@@ -90,18 +90,18 @@ class RICMetric(Metric):
         self.per_sample: dict[str, float] = {}
 
     def _update(self, sample: Any, prediction: Any, objects: list[Any]) -> None:
+        truth = list(getattr(sample, "objects", None) or [])
+        boxes = [valid_box(getattr(obj, "box", None)) for obj in objects]
+        matched = 0
+        if truth and any(b is not None for b in boxes):  # the image size is only needed to match boxes
+            size = image_size_of(sample)
+            matched = len(greedy_matches(boxes, [gt_box_pixels(obj, size) for obj in truth], self.config.match_iou))
+        self.matched += matched
+        self.no_box += sum(b is None for b in boxes)
+        self.gt_objects += len(truth)
         key = self._image_key(sample)
         self._add_references(key, sample)
         self._candidates.append((str(sample.id), key, tokenize(getattr(prediction, "text", "") or "")))
-
-        truth = list(getattr(sample, "objects", None) or [])
-        boxes = [valid_box(getattr(obj, "box", None)) for obj in objects]
-        self.no_box += sum(b is None for b in boxes)
-        self.gt_objects += len(truth)
-        if truth and any(b is not None for b in boxes):
-            size = image_size_of(sample)
-            gt_boxes = [gt_box_pixels(obj, size) for obj in truth]
-            self.matched += len(greedy_matches(boxes, gt_boxes, self.config.match_iou))
 
     @staticmethod
     def _image_key(sample: Any) -> tuple:
