@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from padt_core.data.sample import ObjectAnn, Sample
+from padt_core.data.sample import ObjectAnn, Sample, rle_decode
 from padt_core.model import PredictedObject, Prediction
 
 # Image 3 is in the ground truth but never evaluated: it must not count (only evaluated images are scored).
@@ -59,7 +59,7 @@ def write_coco_gt(directory: Path) -> Path:
 
 def polygon_mask(image_id: int, poly: list[float]) -> np.ndarray:
     h, w = IMAGES[image_id]
-    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([poly], h, w))).astype(bool)
+    return rle_decode(mask_utils.merge(mask_utils.frPyObjects([poly], h, w)))
 
 
 def ovd_sample(image_id: int, gt_file: Path) -> Sample:

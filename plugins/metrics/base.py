@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from padt_core.data.sample import rle_decode
 from padt_core.plugins import PluginConfig
 
 __all__ = [
@@ -225,14 +226,12 @@ def select_object(objects: Sequence[Any]) -> Any | None:
 
 
 def decode_rle(rle: dict) -> np.ndarray:
-    """A COCO RLE (compressed ``str``/``bytes`` counts, or uncompressed list counts) as bool ``[h, w]``."""
-    h, w = (int(s) for s in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        coded = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    else:
-        coded = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(coded).astype(bool)
+    """A COCO RLE (compressed ``str``/``bytes`` counts, or uncompressed list counts) as bool ``[h, w]``.
+
+    Uses the data layer's decoder: it rejects corrupt runs (``ValueError``) instead of reading past
+    them, and avoids pycocotools' numpy-2 warning.
+    """
+    return rle_decode(rle)
 
 
 def encode_mask(mask: np.ndarray) -> dict:
