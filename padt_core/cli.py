@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMMANDS", "Command", "add_subcommand", "build_parser", "cmd_demo", "main"]
+__all__ = ["COMMANDS", "Command", "Handler", "add_subcommand", "build_parser", "cmd_demo", "main"]
 
 EXIT_USAGE = 2  # argparse's own status for bad usage; bad input files/values are usage errors too
-Handler = Callable[[argparse.Namespace], int]
+Handler = Callable[[argparse.Namespace], int]  # what `parser.set_defaults(handler=...)` stores
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,7 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         vrt_mode=args.vrt_mode,
         threads=args.threads,
+        clock=args.clock,
     )
     _write_result(result, args.output)
     return 0
@@ -242,6 +243,12 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
         help="random: non-zero prototypes so VRTs are emitted (default); init: weights as built",
     )
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    gen.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time (default) or this process's CPU time (CPU only; steadier on a shared machine)",
+    )
     gen.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
     _add_device(gen)
     _add_overrides(gen)
