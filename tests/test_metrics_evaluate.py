@@ -66,11 +66,10 @@ def test_report_has_exactly_the_headline_keys_and_counts(split):
     report = evaluate(predictions, samples, ["rec", "res", "ovd", "ric"])
     assert set(report) == HEADLINE | {"counts"}
     assert set(report["counts"]) == {"rec", "res", "ovd", "ric"}
-    # REC and RES both read every referring sample (rec and res tasks)
-    assert report["counts"]["rec"]["samples"] == report["counts"]["res"]["samples"] == 3
-    assert report["rec_acc50"] == pytest.approx(2 / 3)  # rec/0 hit, rec/1 nothing, res/0 IoU 0.5
-    assert report["res_ciou"] == pytest.approx((256 + 0 + 128) / (256 + 256 + 256))
-    assert report["res_giou"] == pytest.approx((1 + 0 + 0.5) / 3)
+    # routed by sample task: rec/0 hit, rec/1 nothing parsed; res/0's mask covers half the ground truth
+    assert (report["counts"]["rec"]["samples"], report["counts"]["res"]["samples"]) == (2, 1)
+    assert report["rec_acc50"] == pytest.approx(1 / 2)
+    assert report["res_ciou"] == report["res_giou"] == pytest.approx(128 / 256)
     assert report["counts"]["ovd"]["unmapped_labels"] == {"emu": 1}
     assert "ovd_map50" in report["counts"]["ovd"]
     assert report["counts"]["ric"]["samples"] == 2 and report["counts"]["ric"]["unparseable"] == 1
@@ -91,11 +90,22 @@ def test_predictions_keyed_by_sample_id(split):
         evaluate(by_id, samples, ["rec"])
 
 
+def test_one_prediction_keyed_by_id_answers_rec_and_res_samples():
+    """Readers give the rec and res samples of a sentence one id; a (task, id) key takes precedence."""
+    m = rect_mask(0, 0, 16, 16)
+    samples = [referring("ref/7", (0, 0, 16, 16), m, "rec"), referring("ref/7", (0, 0, 16, 16), m, "res")]
+    report = evaluate({"ref/7": Prediction("", [obj((0, 0, 16, 16), 0.9, m)])}, samples, ["rec", "res"])
+    assert (report["rec_acc50"], report["res_ciou"]) == (1.0, 1.0)
+    both = {"ref/7": Prediction("", [obj((0, 0, 16, 16), 0.9, m)]), ("res", "ref/7"): Prediction("", [])}
+    report = evaluate(both, samples, ["rec", "res"])
+    assert (report["rec_acc50"], report["res_ciou"]) == (1.0, 0.0)
+
+
 def test_pairing_and_task_errors(split):
     samples, predictions = split
     with pytest.raises(ValueError, match="6 predictions for 7 samples"):
         evaluate(predictions[:-1], samples, ["rec"])
-    with pytest.raises(ValueError, match="duplicate sample ids: 'rec/0'"):
+    with pytest.raises(ValueError, match="duplicate samples \\(task:id\\): rec:rec/0"):
         evaluate(predictions + predictions[:1], [*samples, samples[0]], ["rec"])
     with pytest.raises(UnknownPluginError, match="Registered metrics: .*ovd, rec, res, ric"):
         evaluate(predictions, samples, ["caption"])

@@ -2,8 +2,8 @@
 
 ``evaluate(predictions, samples, tasks)`` pairs every prediction with its sample (position in the
 lists, or the sample id when ``predictions`` is a mapping), feeds each pair to the metric plugin of
-every requested task that scores that kind of sample (``Metric.sample_tasks``: REC and RES both read
-referring samples), and merges the results::
+every requested task that scores that kind of sample (``Metric.sample_tasks``, normally the sample's
+``task``), and merges the results::
 
     {"rec_acc50": 0.81, "res_ciou": 0.72, "res_giou": 0.70,
      "counts": {"rec": {"samples": 5000, "parsed_objects": 5012, "unparseable": 3, ...}, "res": {...}}}
@@ -23,24 +23,33 @@ from ..plugins import get_plugin
 __all__ = ["evaluate", "pair_predictions"]
 
 
-def pair_predictions(predictions: Sequence[Any] | Mapping[str, Any], samples: Sequence[Any]) -> list[tuple[Any, Any]]:
+def pair_predictions(
+    predictions: Sequence[Any] | Mapping[str | tuple[str, str], Any], samples: Sequence[Any]
+) -> list[tuple[Any, Any]]:
     """``[(sample, prediction)]`` in sample order.
 
     A sequence of predictions is positional (``predictions[i]`` answers ``samples[i]``, as
-    ``PaDTModel.predict`` returns them); a mapping is keyed by sample id. Either way the pairing
-    never looks at the completion text. Raises ``ValueError`` on a length mismatch, a duplicate
-    sample id, or a sample id missing from the mapping.
+    ``PaDTModel.predict`` returns them). A mapping is keyed by ``(task, sample id)`` or by sample id
+    alone; readers give the ``rec`` and ``res`` samples of one referring sentence the same id and
+    prompt, so one prediction keyed by id answers both. Either way the pairing never looks at the
+    completion text. Raises ``ValueError`` on a length mismatch, a repeated ``(task, id)``, or a
+    sample with no prediction in the mapping.
     """
-    ids = [str(s.id) for s in samples]
-    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
+    keys = [(str(s.task), str(s.id)) for s in samples]
+    duplicates = sorted(f"{task}:{sid}" for (task, sid), n in Counter(keys).items() if n > 1)
     if duplicates:
-        raise ValueError(f"duplicate sample ids: {', '.join(map(repr, duplicates[:5]))}; ids must be unique")
+        raise ValueError(f"duplicate samples (task:id): {', '.join(duplicates[:5])}; ids must be unique per task")
     if isinstance(predictions, Mapping):
-        keyed = {str(k): v for k, v in predictions.items()}
-        missing = [i for i in ids if i not in keyed]
+        keyed = {(tuple(map(str, k)) if isinstance(k, tuple) else str(k)): v for k, v in predictions.items()}
+        pairs, missing = [], []
+        for sample, key in zip(samples, keys):
+            prediction = keyed.get(key, keyed.get(key[1]))
+            if prediction is None:
+                missing.append(f"{key[0]}:{key[1]}")
+            pairs.append((sample, prediction))
         if missing:
-            raise ValueError(f"{len(missing)} samples have no prediction (first: {', '.join(map(repr, missing[:5]))})")
-        return [(s, keyed[i]) for s, i in zip(samples, ids)]
+            raise ValueError(f"{len(missing)} samples have no prediction (first: {', '.join(missing[:5])})")
+        return pairs
     predictions = list(predictions)
     if len(predictions) != len(samples):
         raise ValueError(f"{len(predictions)} predictions for {len(samples)} samples; pass one per sample")
@@ -48,7 +57,7 @@ def pair_predictions(predictions: Sequence[Any] | Mapping[str, Any], samples: Se
 
 
 def evaluate(
-    predictions: Sequence[Any] | Mapping[str, Any],
+    predictions: Sequence[Any] | Mapping[str | tuple[str, str], Any],
     samples: Sequence[Any],
     tasks: Sequence[str],
     configs: Mapping[str, Mapping[str, Any]] | None = None,
@@ -56,7 +65,8 @@ def evaluate(
     """Score ``predictions`` against ``samples`` for each of ``tasks``.
 
     Args:
-        predictions: one ``Prediction`` per sample, in sample order, or ``{sample id: Prediction}``.
+        predictions: one ``Prediction`` per sample, in sample order, or a mapping keyed by
+            ``(task, sample id)`` or sample id (see :func:`pair_predictions`).
         samples: the evaluated samples (``padt_core.data.sample.Sample``); samples whose task no
             requested metric scores are ignored.
         tasks: metric plugin names, e.g. ``["rec", "res"]``; each is looked up with
@@ -68,8 +78,9 @@ def evaluate(
         ``{headline key: value, ..., "counts": {task: {other keys of that metric}}}``.
 
     Raises:
-        ValueError: empty or repeated ``tasks``, predictions that do not pair with the samples, or a
-            requested task that no sample belongs to (its metric would be undefined).
+        ValueError: empty or repeated ``tasks``; predictions that do not pair with the samples
+            (including a repeated ``(task, sample id)``); a requested task that no sample belongs to
+            (its metric would be undefined).
     """
     tasks = list(tasks)
     if not tasks:
@@ -93,7 +104,7 @@ def evaluate(
         if not metric.num_samples:
             present = sorted({str(s.task) for s in samples})
             raise ValueError(
-                f"no sample to score for task {task!r} (it reads samples of task "
+                f"no sample to score for task {task!r} (the metric reads samples of task "
                 f"{' or '.join(metric.sample_tasks)}; the samples have tasks: {', '.join(present) or 'none'})"
             )
         result = metric.compute()

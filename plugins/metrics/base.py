@@ -51,7 +51,7 @@ class Metric:
     Class attributes a subclass sets:
         name: registry name, which is also the task name the evaluation driver asks for.
         Config: pydantic config model (recipe section ``{name: ..., <options>}``).
-        sample_tasks: sample tasks this metric scores (REC and RES both read referring samples).
+        sample_tasks: sample tasks this metric scores (usually just its own name).
         headline: keys of :meth:`compute` that the evaluation report puts at its top level.
         skipped_is_malformed: whether a non-empty ``prediction.skipped`` makes a sample unparseable
             (false for RIC, whose objects carry no quoted label by design, so the parser notes every

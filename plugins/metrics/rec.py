@@ -46,7 +46,7 @@ class RECMetric(Metric):
 
     name: ClassVar[str] = "rec"
     Config: ClassVar[type[PluginConfig]] = RECMetricConfig
-    sample_tasks: ClassVar[tuple[str, ...]] = ("rec", "res")  # a RES sample is a referring sample too
+    sample_tasks: ClassVar[tuple[str, ...]] = ("rec",)
     headline: ClassVar[tuple[str, ...]] = ("rec_acc50",)
 
     def reset(self) -> None:

@@ -41,7 +41,7 @@ class RESMetric(Metric):
 
     name: ClassVar[str] = "res"
     Config: ClassVar[type[PluginConfig]] = RESMetricConfig
-    sample_tasks: ClassVar[tuple[str, ...]] = ("res", "rec")  # the reference scores RES on the REC samples
+    sample_tasks: ClassVar[tuple[str, ...]] = ("res",)
     headline: ClassVar[tuple[str, ...]] = ("res_ciou", "res_giou")
 
     def reset(self) -> None:
