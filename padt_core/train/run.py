@@ -101,7 +101,7 @@ def train(
     )
     trainer = PaDTTrainer(
         model=model,
-        args=training_arguments(spec.train, str(out), overwrite_output_dir=overwrite),
+        args=training_arguments(spec.train, str(out)),
         train_dataset=SampleDataset(train_samples, seed=spec.train.seed),
         data_collator=collator,
     )
