@@ -18,6 +18,9 @@ __all__ = [
     "attend",
     "init_weights",
     "merge_heads",
+    "pair_permutation",
+    "rotary_cis",
+    "rotate_pairs_",
     "split_heads",
     "vision_rotary",
 ]
@@ -108,6 +111,42 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2 = x32.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+# The trunk applies the same rotation in a cheaper form. Rotate-half rotates channel pairs
+# (c, c + dh/2) of each head; an attention score only sums q·k over channels, so relabelling the
+# channels of *both* q and k (the rows of their projection weights) leaves it unchanged. With each
+# pair made adjacent, the rotation is one in-place complex multiply of the projected tensor instead
+# of five passes over it (the per-object memory projections are the largest tensors of the trunk).
+
+
+def pair_permutation(num_heads: int, head_dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """``[H*dh]`` long: new channel order with rotate-half pair ``(c, c + dh/2)`` of each head adjacent."""
+    half = head_dim // 2
+    within = torch.stack([torch.arange(half), torch.arange(half) + half], dim=-1).flatten()
+    return (torch.arange(num_heads)[:, None] * head_dim + within).flatten().to(device)
+
+
+def rotary_cis(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """``[..., N, head_dim/2]`` complex ``exp(i·angle)``: the angles of ``vision_rotary`` for each channel pair."""
+    cos, sin = vision_rotary(positions, head_dim, theta)
+    half = head_dim // 2
+    return torch.complex(cos[..., :half], sin[..., :half])
+
+
+def rotate_pairs_(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``[..., N, H*dh]`` (pair-permuted channels) in place by ``cis`` ``[..., N, 1, dh/2]``.
+
+    Equals ``apply_rotary`` on the un-permuted channels; computed in float32 whatever ``x``'s dtype.
+    """
+    half = cis.shape[-1]
+    shape = (*x.shape[:-1], x.shape[-1] // (2 * half), half, 2)
+    if x.dtype == torch.float32:
+        torch.view_as_complex(x.view(shape)).mul_(cis)
+    else:
+        rotated = torch.view_as_complex(x.float().reshape(shape)) * cis
+        x.copy_(torch.view_as_real(rotated).view(x.shape))
+    return x
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -29,7 +30,18 @@ from padt_core.decoder import DecoderInputs, Trunk, TrunkOutput, pad_packed, pad
 from padt_core.layout import Layout
 from padt_core.plugins import PluginConfig
 
-from .layers import MLP, Attention, RMSNorm, apply_rotary, attend, init_weights, merge_heads, split_heads, vision_rotary
+from .layers import (
+    MLP,
+    Attention,
+    RMSNorm,
+    attend,
+    init_weights,
+    merge_heads,
+    pair_permutation,
+    rotary_cis,
+    rotate_pairs_,
+    split_heads,
+)
 from .memory import MEMORY_KINDS, TrunkMemory
 
 __all__ = ["PaDTTrunk", "PaDTTrunkConfig", "TwoWayBlock"]
@@ -68,6 +80,7 @@ class TwoWayBlock(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.update_memory = update_memory
+        self.register_buffer("pairs", pair_permutation(num_heads, dim // num_heads), persistent=False)
         self.norm1, self.norm2, self.norm3, self.norm4 = (RMSNorm(dim, eps) for _ in range(4))
         self.self_attn = Attention(dim, num_heads)
         self.cross_attn_query_to_image = Attention(dim, num_heads)
@@ -82,11 +95,11 @@ class TwoWayBlock(nn.Module):
         q_pos: torch.Tensor,
         q_mask: torch.Tensor | None,
         memory: TrunkMemory,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: torch.Tensor,
         memory_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, TrunkMemory]:
-        """``q``/``q_pos`` ``[n, L, d]``, ``q_mask`` ``[n, L]``; ``rope`` = (cos, sin) ``[n|1, 1, N, dh]``."""
-        heads = self.num_heads
+        """``q``/``q_pos`` ``[n, L, d]``, ``q_mask`` ``[n, L]``; ``rope`` complex ``[n|1, N, 1, dh/2]``."""
+        heads, d, pairs = self.num_heads, q.shape[-1], self.pairs
         # 1. self-attention among each object's own queries
         x = self.norm1(q)
         sa = self.self_attn
@@ -95,19 +108,23 @@ class TwoWayBlock(nn.Module):
                    split_heads(sa.v_proj(x), heads), q_mask)  # fmt: skip
         q = q + sa.proj(merge_heads(y))
 
-        # 2. queries read their image. Keys/values (and the memory-side queries of step 4) are all
+        # 2. queries read their image. Keys, values and the memory-side queries of step 4 are all
         # projections of the same normalised memory: one call, norm gains folded into the weights.
+        # Rotated projections use pair-permuted rows on both sides of their attention (layers.py).
         qi = self.cross_attn_query_to_image
-        weights = [qi.k_proj.weight * self.norm3.weight, qi.v_proj.weight * self.norm3.weight]
-        biases = [qi.k_proj.bias, qi.v_proj.bias]
+        weights = [qi.k_proj.weight[pairs] * self.norm3.weight]
+        biases = [qi.k_proj.bias[pairs]]
         if self.update_memory:  # norm6 has the same eps as norm3, so both share one normalisation
             iq = self.cross_attn_image_to_query
-            weights.append(iq.q_proj.weight * self.norm6.weight)
-            biases.append(iq.q_proj.bias)
+            weights.append(iq.q_proj.weight[pairs] * self.norm6.weight)
+            biases.append(iq.q_proj.bias[pairs])
+        weights.append(qi.v_proj.weight * self.norm3.weight)
+        biases.append(qi.v_proj.bias)
         projected = memory.project(torch.cat(weights), torch.cat(biases), rms_eps=self.norm3.eps)
-        k, v, *mq = projected.split(q.shape[-1], dim=-1)
-        k = apply_rotary(split_heads(k, heads), *rope)
-        y = attend(split_heads(qi.q_proj(self.norm2(q) + q_pos), heads), k, split_heads(v, heads), memory_mask)
+        rotate_pairs_(projected[..., : d * (len(weights) - 1)], rope)
+        k, *mq, v = projected.split(d, dim=-1)
+        queries = F.linear(self.norm2(q) + q_pos, qi.q_proj.weight[pairs], qi.q_proj.bias[pairs])
+        y = attend(split_heads(queries, heads), split_heads(k, heads), split_heads(v, heads), memory_mask)
         q = q + qi.proj(merge_heads(y))
 
         # 3. MLP
@@ -116,12 +133,9 @@ class TwoWayBlock(nn.Module):
         # 4. the image reads this object's queries: every object updates its own memory
         if self.update_memory:
             x = self.norm5(q)
+            keys = F.linear(x + q_pos, iq.k_proj.weight[pairs], iq.k_proj.bias[pairs])
             memory = memory.attend(
-                apply_rotary(split_heads(mq[0], heads), *rope),
-                split_heads(iq.k_proj(x + q_pos), heads),
-                split_heads(iq.v_proj(x), heads),
-                q_mask,
-                iq.proj,
+                split_heads(mq[0], heads), split_heads(keys, heads), split_heads(iq.v_proj(x), heads), q_mask, iq.proj
             )
         return q, memory
 
@@ -210,12 +224,10 @@ class PaDTTrunk(Trunk):
             q, memory = self.high_res_transformer2(q, q_pos, q_mask, memory, *args)
         return TrunkOutput(queries=q[:, :num_head_queries], memory=memory if return_memory else None)
 
-    def _rope(self, positions: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image positions ``[B, N, 2]`` → per-object (cos, sin) ``[n|1, 1, N, dh]`` (broadcast over heads)."""
-        cos, sin = vision_rotary(positions, self.head_dim, self.config.rope_theta)
-        if cos.shape[0] == 1:  # one image: broadcast instead of copying per object
-            return cos[:, None], sin[:, None]
-        return cos[index][:, None], sin[index][:, None]
+    def _rope(self, positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Per-image positions ``[B, N, 2]`` → per-object rotations ``[n|1, N, 1, dh/2]`` (broadcast over heads)."""
+        cis = rotary_cis(positions, self.head_dim, self.config.rope_theta)[:, :, None]
+        return cis if cis.shape[0] == 1 else cis[index]  # one image: broadcast instead of copying per object
 
     def _check_widths(self, inputs: DecoderInputs) -> None:
         d_llm = inputs.vrt_states.shape[-1]
