@@ -217,8 +217,11 @@ def _seeded(seed: int, build):
 
 
 def _token_ids(tokenizer) -> dict[str, Any]:
-    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id}
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -259,7 +262,7 @@ class LlavaBackbone(Backbone):
             AutoTokenizer.from_pretrained,
             _resolve_path(config.tokenizer or lm_cfg.pretrained),
             revision=None if config.tokenizer else lm_cfg.revision,
-            what=" (`backbone.tokenizer`)",
+            what=" (`backbone.tokenizer`)" if config.tokenizer else " (`backbone.language_model.pretrained`)",
         )
         image_token = config.image_token or "<|image_pad|>"
         _ensure_token(tokenizer, image_token)
@@ -282,14 +285,16 @@ class LlavaBackbone(Backbone):
                 kwargs = dict(lm_cfg.config)
                 text_config = AutoConfig.for_model(kwargs.pop("model_type"), **{**_token_ids(tokenizer), **kwargs})
             with torch.device("meta") if meta else _null():
+                attn = config.attn_implementation
                 lm = _seeded(
-                    config.seed,
-                    lambda: AutoModelForCausalLM.from_config(text_config, attn_implementation=config.attn_implementation),
+                    config.seed, lambda: AutoModelForCausalLM.from_config(text_config, attn_implementation=attn)
                 )
         rows = lm.get_input_embeddings().weight.shape[0]
         if rows < len(tokenizer):
             if lm_cfg.pretrained is None:
-                raise ValueError(f"language_model.config vocab_size {rows} is smaller than the tokenizer ({len(tokenizer)})")
+                raise ValueError(
+                    f"language_model.config vocab_size {rows} is smaller than the tokenizer ({len(tokenizer)})"
+                )
             lm.resize_token_embeddings(len(tokenizer))  # the image token was added to the tokenizer
 
         # The vision tower.
@@ -348,7 +353,7 @@ class LlavaBackbone(Backbone):
             AutoProcessor.from_pretrained,
             spec,
             revision=None if config.tokenizer else config.revision,
-            what=" (`backbone.pretrained`/`backbone.tokenizer`)",
+            what=" (`backbone.tokenizer`)" if config.tokenizer else " (`backbone.pretrained`)",
         )
         tokenizer = getattr(hf_processor, "tokenizer", hf_processor)
         image_token = config.image_token or getattr(hf_processor, "image_token", None) or "<image>"
@@ -507,6 +512,11 @@ class LlavaBackbone(Backbone):
             for tokens, states in zip(llm_tokens, selected)
         ]
         return list(llm_tokens), features
+
+    def vision_modules(self) -> list[torch.nn.Module]:
+        if self.config.source == "timm":
+            return [self.hf_model.vision, self.hf_model.projector]
+        return [self.hf_model.model.vision_tower, self.hf_model.model.multi_modal_projector]
 
     def model_inputs(self, batch: BackboneBatch) -> dict[str, Any]:
         # ``image_sizes`` describes the padded pixels (timm source); ignored when features are passed.

@@ -96,7 +96,7 @@ class LlavaStyleConfig(PreTrainedConfig):
     """
 
     model_type = "padt_llava_style"
-    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2")}
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2")}  # noqa: RUF012
 
     text_config: dict | PreTrainedConfig | None = None
     vision_model: str = "vit_small_patch16_224"
@@ -302,6 +302,7 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ):
+        kwargs.pop("image_grids", None)  # padt batch metadata, not a model input
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if pixel_values is not None and mm_encoder_outputs is not None:
@@ -361,6 +362,7 @@ class PadtLlavaForConditionalGeneration(_CopyOnExpand, LlavaForConditionalGenera
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs: Any,
     ):
+        kwargs.pop("image_grids", None)  # padt batch metadata, not a model input
         if position_ids is None:
             length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
             device = (input_ids if input_ids is not None else inputs_embeds).device

@@ -159,10 +159,9 @@ class LlavaStyleProcessor:
             sizes.append(size)
             expanded.append(text.replace(self.image_token, self.image_token * self.num_image_tokens(size), 1))
         out = dict(
-            self.tokenizer(
-                expanded, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False
-            )
+            self.tokenizer(expanded, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False)
         )
+        out["image_grids"] = [(h // self.cell_size, w // self.cell_size) for h, w in sizes]
         if pixels:
             hmax, wmax = max(s[0] for s in sizes), max(s[1] for s in sizes)
             batch = torch.zeros(len(pixels), 3, hmax, wmax)
