@@ -18,7 +18,16 @@ from .sample import (
     placeholder,
 )
 from .shapes import ShapesMismatchError, ShapesParams, ensure_shapes, write_shapes
-from .templates import TaskTemplates, ovd_answer, ovd_prompt, rec_answer, rec_prompt, ric_answer, ric_prompt
+from .templates import (
+    TaskTemplates,
+    drop_objects,
+    ovd_answer,
+    ovd_prompt,
+    rec_answer,
+    rec_prompt,
+    ric_answer,
+    ric_prompt,
+)
 
 __all__ = [
     "DataWarning",
@@ -32,6 +41,7 @@ __all__ = [
     "build_dataset",
     "cell_coverage",
     "decode_mask",
+    "drop_objects",
     "ensure_shapes",
     "fill_placeholders",
     "object_cells",

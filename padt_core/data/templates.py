@@ -12,6 +12,7 @@ The render functions below take a ``TaskTemplates`` and build the answer *templa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import string
@@ -20,11 +21,12 @@ from collections.abc import Callable, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core.core_schema import ValidationInfo
 
-from .sample import placeholder
+from .sample import Sample, placeholder, placeholder_indices
 
 __all__ = [
     "RIC_MARKER_RE",
     "TaskTemplates",
+    "drop_objects",
     "ovd_answer",
     "ovd_prompt",
     "rec_answer",
@@ -217,3 +219,48 @@ def ric_answer(
 
     # A deleted mention takes its leading whitespace with it, so the rest of the caption is untouched.
     return _MENTION_RE.sub(mention, caption).strip(), ann_ids
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dropping objects late (on the processor grid)
+# ---------------------------------------------------------------------------------------------------
+
+
+def drop_objects(sample: Sample, keep: Sequence[bool], templates: TaskTemplates = DEFAULT_TEMPLATES) -> Sample | None:
+    """The sample without the objects whose ``keep`` is false, its answer rewritten; ``None`` if unusable.
+
+    The reference drops objects that cover no VRT cell before writing the answer (§6.2). padt only
+    knows the cells once the processor grid is known (in the collator), so it drops them there:
+
+    * ``ovd``: the answer is re-rendered from the kept objects' labels (a category whose objects
+      are all dropped leaves the answer, as in the reference; the prompt is unchanged);
+    * ``ric``: the dropped placeholders are removed with their comma or parentheses, like markers
+      of missing annotations (:func:`ric_answer`);
+    * ``rec`` / ``res``: the sample is about its one object, so dropping it gives ``None``.
+
+    ``templates`` must be the ones the sample was written with (the recipe's ``data.templates``).
+    """
+    if len(keep) != len(sample.objects):
+        raise ValueError(f"sample {sample.id}: {len(keep)} keep flags for {len(sample.objects)} objects")
+    if all(keep):
+        return sample
+    if sample.task in ("rec", "res"):
+        return None
+    if sample.task == "ovd":
+        objects = [o for o, k in zip(sample.objects, keep) if k]
+        groups: list[tuple[str, int]] = []
+        for obj in objects:  # objects are stored group by group, in answer order
+            if groups and groups[-1][0] == obj.label:
+                groups[-1] = (obj.label, groups[-1][1] + 1)
+            else:
+                groups.append((obj.label, 1))
+        answer = ovd_answer(groups, templates)
+    else:
+        order = placeholder_indices(sample.answer)
+        if len(set(order)) != len(order):
+            raise ValueError(f"sample {sample.id}: a placeholder appears twice in {sample.answer!r}")
+        # Placeholders back to markers (marker id = object index), then the RIC marker rules apply.
+        as_markers = re.sub(r"<\|Obj_(\d+)\|>", lambda m: ric_marker(int(m.group(1))), sample.answer)
+        answer, kept = ric_answer(as_markers, lambda k: bool(keep[k]), templates)
+        objects = [sample.objects[k] for k in kept]
+    return dataclasses.replace(sample, answer=answer, objects=objects)

@@ -124,7 +124,7 @@ class RefCocoDataset(DatasetReader):
                 sent_id = sentence.get("sent_id", k)
                 samples.append(
                     Sample(
-                        id=f"{self.name}/{ref.get('ref_id')}/{sent_id}",
+                        id=f"{self.name}/{cfg.task}/{ref.get('ref_id')}/{sent_id}",
                         image=str(path),
                         task=cfg.task,
                         prompt=rec_prompt(text, self.templates),
