@@ -268,6 +268,9 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
         size = [int(s) for s in segmentation.get("size", ())]
         if size != [height, width]:
             raise MaskSizeError(f"RLE size {size} does not match the image size [{height}, {width}]")
+        counts = segmentation.get("counts")
+        if isinstance(counts, list) and sum(counts) != height * width:  # pycocotools would not notice
+            raise ValueError(f"corrupt RLE: runs add up to {sum(counts)} pixels, size {height}x{width}")
         return _compress(_to_cocotools(segmentation))
     # pycocotools treats a first item of length 4 as a *box*; drop such degenerate polygons first.
     polygons = [[float(v) for v in poly] for poly in segmentation or [] if len(poly) >= 6 and len(poly) % 2 == 0]
