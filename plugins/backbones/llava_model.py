@@ -43,6 +43,7 @@ from transformers import (
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 __all__ = [
     "LlavaStyleConfig",
@@ -382,3 +383,9 @@ class PadtLlavaForConditionalGeneration(_CopyOnExpand, LlavaForConditionalGenera
             mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
         )
+
+
+# Saved backbone directories hold this config next to the tokenizer files: registering the model type
+# lets transformers' Auto* classes (AutoTokenizer reads config.json too) resolve it without warnings.
+if LlavaStyleConfig.model_type not in CONFIG_MAPPING:
+    AutoConfig.register(LlavaStyleConfig.model_type, LlavaStyleConfig)
