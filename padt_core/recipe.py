@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .data.templates import TaskTemplates
 from .plugins import PluginConfig, get_plugin
 
 __all__ = [
@@ -74,7 +75,7 @@ def _plugin_section(kind: str):
             )
             raise PydanticCustomError(
                 "plugin_config",
-                "invalid options for {kind} {name!r}: {msg}",
+                "invalid options for {kind} '{name}': {msg}",
                 {"kind": kind, "name": value["name"], "msg": msg},
             ) from None
 
@@ -176,6 +177,7 @@ class DataConfig(_Section):
     train: list[DatasetSection] = Field(default_factory=list)
     val: list[DatasetSection] = Field(default_factory=list)
     coverage: float = Field(1 / 28, gt=0, le=1, description="a cell is foreground if the object covers this fraction")
+    templates: TaskTemplates = Field(default_factory=TaskTemplates, description="prompt/answer wording per task")
 
 
 class Recipe(_Section):

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..data.sample import Sample, decode_mask, object_cells
+from ..data.templates import DEFAULT_TEMPLATES, TaskTemplates, drop_objects
 
 __all__ = ["PaDTCollator", "five_point_cells", "pick_vrt_targets"]
 
@@ -71,6 +72,7 @@ class PaDTCollator:
         vrt_sampling: str = "random",
         coverage: float = 1 / 28,
         seed: int = 0,
+        templates: TaskTemplates = DEFAULT_TEMPLATES,
     ):
         self.backbone = model.backbone
         self.codec = model.codec
@@ -79,6 +81,7 @@ class PaDTCollator:
         self.sampling = vrt_sampling
         self.coverage = coverage
         self.rng = np.random.default_rng(seed)
+        self.templates = templates
         self.skipped: Counter[str] = Counter()
 
     def _skip(self, sample: Sample, why: str) -> None:
@@ -100,6 +103,19 @@ class PaDTCollator:
         self, sample: Sample, grid: tuple[int, int], size: tuple[int, int], rng: np.random.Generator
     ) -> _Encoded | None:
         vocab = self.backbone.vocab_rows
+        try:
+            cells_of = [object_cells(o, grid, size, self.coverage) for o in sample.objects]
+        except ValueError as err:
+            self._skip(sample, f"bad mask: {err}")
+            return None
+        if not all(cells_of):
+            # As the reference: objects too small for any cell leave the answer; the sample stays.
+            self.skipped["object covers no cell"] += cells_of.count([])
+            kept = drop_objects(sample, [bool(c) for c in cells_of], self.templates)
+            if kept is None:
+                self._skip(sample, "object covers no cell: the referred object is smaller than one cell")
+                return None
+            sample, cells_of = kept, [c for c in cells_of if c]
         enc = _Encoded(completion=[], ignore=[])
         pos = 0
         for m in _OBJ.finditer(sample.answer):
@@ -109,15 +125,11 @@ class PaDTCollator:
             if index >= len(sample.objects):
                 self._skip(sample, f"bad template: <|Obj_{index}|> but {len(sample.objects)} objects")
                 return None
-            obj = sample.objects[index]
+            obj, cells = sample.objects[index], cells_of[index]
             try:
-                cells = object_cells(obj, grid, size, self.coverage)
                 mask = decode_mask(obj, size) if obj.mask is not None else None
             except ValueError as err:
                 self._skip(sample, f"bad mask: {err}")
-                return None
-            if not cells:
-                self._skip(sample, f"object covers no cell: object {index} ({obj.label!r})")
                 return None
             if self.sampling == "five_point" and self.k != -1:
                 targets = five_point_cells(cells, grid[1], rng)

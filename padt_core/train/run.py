@@ -9,26 +9,27 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.reader import build_dataset
+from ..data.templates import TaskTemplates
 from ..model import PaDTModel
-from ..plugins import get_plugin
 from ..recipe import Recipe, load_recipe
 from .collator import PaDTCollator
 from .dataset import SampleDataset
 from .trainer import PaDTTrainer, check_resumable, training_arguments
 
-__all__ = ["apply_freezing", "load_samples", "train"]
+__all__ = ["apply_freezing", "load_readers", "train"]
 
 logger = logging.getLogger(__name__)
 
 
-def load_samples(sections: Sequence[Any]) -> tuple[list, Counter]:
-    """Samples of every dataset section (plugin instances read their on-disk format)."""
-    samples, skipped = [], Counter()
+def load_readers(sections: Sequence[Any], templates: TaskTemplates | None = None) -> tuple[list, Counter]:
+    """One dataset reader per recipe section, and the records they skipped while reading."""
+    readers, skipped = [], Counter()
     for spec in sections:
-        dataset = get_plugin("datasets", spec.name)(spec)
-        samples += list(dataset.samples())
-        skipped.update(getattr(dataset, "skipped", {}))
-    return samples, skipped
+        reader = build_dataset(spec, templates=templates)
+        readers.append(reader)
+        skipped.update(getattr(reader, "skipped", {}))
+    return readers, skipped
 
 
 def apply_freezing(model: PaDTModel, recipe: Recipe) -> None:
@@ -87,8 +88,9 @@ def train(
     if spec.data.train == []:
         raise ValueError(f"recipe {spec.name!r} has no data.train datasets")
 
-    train_samples, skipped = load_samples(spec.data.train)
-    if not train_samples:
+    readers, skipped = load_readers(spec.data.train, spec.data.templates)
+    train_set = SampleDataset(readers, seed=spec.train.seed)
+    if not len(train_set):
         raise ValueError(f"the data.train datasets of recipe {spec.name!r} yielded no samples")
     model = PaDTModel.from_recipe(spec)
     apply_freezing(model, spec)
@@ -98,11 +100,12 @@ def train(
         vrt_sampling=spec.train.vrt_sampling,
         coverage=spec.data.coverage,
         seed=spec.train.seed,
+        templates=spec.data.templates,
     )
     trainer = PaDTTrainer(
         model=model,
         args=training_arguments(spec.train, str(out)),
-        train_dataset=SampleDataset(train_samples, seed=spec.train.seed),
+        train_dataset=train_set,
         data_collator=collator,
     )
     result = trainer.train(resume_from_checkpoint=str(previous) if resume else None)
@@ -114,7 +117,7 @@ def train(
         "output_dir": str(out),
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
-        "samples": len(train_samples),
+        "samples": len(train_set),
         "skipped": dict(skipped),
         "log_history": history,
     }

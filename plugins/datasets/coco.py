@@ -129,5 +129,10 @@ class CocoDataset(DatasetReader):
             answer=ovd_answer(groups, self.templates),
             objects=objects,
             image_size=record["size"],
-            meta={"image_id": record["image_id"], "source": self.config.annotations, "epoch": self.epoch},
+            meta={
+                "image_id": record["image_id"],
+                "source": self.config.annotations,
+                "coco_annotation_file": self.config.annotations,
+                "epoch": self.epoch,
+            },
         )
