@@ -158,8 +158,12 @@ class LlavaStyleProcessor:
             pixels.append(self.image_tensor(image, size))
             sizes.append(size)
             expanded.append(text.replace(self.image_token, self.image_token * self.num_image_tokens(size), 1))
+        # The chat template decides the special tokens; only a BOS it leaves out is added (LLaVA-1.5's
+        # template has none, Llama-3's writes it itself, Qwen has no BOS at all).
+        bos = self.tokenizer.bos_token
+        add_bos = bool(bos) and not any(text.startswith(bos) for text in expanded)
         out = dict(
-            self.tokenizer(expanded, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False)
+            self.tokenizer(expanded, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=add_bos)
         )
         out["image_grids"] = [(h // self.cell_size, w // self.cell_size) for h, w in sizes]
         if pixels:
