@@ -112,7 +112,7 @@ def test_config_defaults_are_reference_widths_and_typos_fail():
     assert (config.trunk.hidden_size, config.trunk.intermediate_size, config.trunk.num_heads) == (1280, 3420, 16)
     assert (config.heads[0].giou_weight, config.heads[0].l1_weight, config.heads[2].threshold) == (1.0, 1.0, 0.5)
     with pytest.raises(RecipeError, match="giou_wieght"):
-        load_recipe({"name": "x", "backbone": "qwen2_5_vl", "decoder": {"trunk": "padt", "heads": [
+        load_recipe({"extends": "tiny_qwen", "name": "x", "decoder": {"trunk": "padt", "heads": [
             {"name": "box", "giou_wieght": 2}]}})  # fmt: skip
     with pytest.raises(ValueError, match="divisible by 4"):
         DecoderConfig(trunk={"name": "padt", "hidden_size": 36, "num_heads": 6}, heads=["box"])
