@@ -322,6 +322,8 @@ def test_training_step_updates_every_part(tmp_path):
                 objects=[ObjectAnn(label="square", box=(0.1, 0.2, 0.6, 0.7))],
             )
         )
+    model.gradient_checkpointing_enable()  # as Trainer does for train.gradient_checkpointing (real recipes)
+    assert model.backbone.hf_model.vision.grad_checkpointing
     batch = PaDTCollator(model, vrt_per_object=3)(samples)
     losses = compute_losses(model, batch)
     assert torch.isfinite(losses["loss"])

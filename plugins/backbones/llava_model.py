@@ -215,13 +215,14 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
     def cell_size(self) -> int:
         return self.patch_size * self.config.merge
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+    # transformers checkpoints the LM's layers; timm's ViT has its own switch.
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, *args, **kwargs):
+        super().activation_checkpointing_enable(activation_checkpointing_kwargs, *args, **kwargs)
         if hasattr(self.vision, "set_grad_checkpointing"):
             self.vision.set_grad_checkpointing(True)
 
-    def gradient_checkpointing_disable(self):
-        self.language_model.gradient_checkpointing_disable()
+    def activation_checkpointing_disable(self):
+        super().activation_checkpointing_disable()
         if hasattr(self.vision, "set_grad_checkpointing"):
             self.vision.set_grad_checkpointing(False)
 
