@@ -43,6 +43,15 @@ def _plugins() -> None:
         register_plugin(padt_centroid_head)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: thread hand-offs cost more than they save (and are erratic on shared CI runners)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.skipif(not _installed(), reason="CI runs: pip install -e examples/padt-centroid-head --no-deps")
 def test_registered_through_its_entry_point():
     assert {"box", "score", "mask", "centroid"} <= set(list_plugins()["heads"])

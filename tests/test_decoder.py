@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import padt_plugins.decoders as decoders
 import pytest
@@ -22,6 +24,15 @@ def _decoder_plugins() -> None:
     """Register the built-in decoder plugins when the installed entry points do not (yet) list them."""
     if "padt" not in list_plugins("trunks")["trunks"]:
         register_plugin(decoders)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: thread hand-offs cost more than they save (and are erratic on shared CI runners)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_inputs(
@@ -352,3 +363,16 @@ def test_mask_rle_round_trip():
     assert rle["size"] == [7, 9] and isinstance(rle["counts"], str)
     decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
     assert (decoded.astype(bool) == mask).all()
+
+
+def test_decoder_benchmark_json():
+    from padt_core.bench.decoder import bench_decoder
+
+    result = bench_decoder(
+        hidden_size=32, intermediate_size=64, num_heads=4, llm_hidden_size=24, vision_hidden_size=20, grid=(2, 3),
+        vrts_per_object=2, object_counts=(1, 10, 100), batch_images=2, objects_per_image=3,
+    )  # fmt: skip
+    assert [c["objects"] for c in result["cases"]] == [1, 10, 100, 6]
+    assert result["config"]["fine_grid"] == [4, 6]
+    assert result["speedup_100"] > 0 and result["growth_100_over_10"] > 0 and result["peak_mem_mb"] >= 0
+    json.dumps(result)
