@@ -14,7 +14,9 @@ fine grid, as ``VisualFeatures`` delivers them. Positions are ``(row, col)`` in 
 
 Released PaDT checkpoints were trained with a different, partly window-ordered arrangement
 (reference §4.3). Loading them needs a ``reference`` layout that reproduces it; it will be one more
-``Layout`` subclass here, and no other module needs to change.
+``Layout`` subclass here (fine rows in window order via ``fine_order``, their true rotary positions,
+low-res positions and cell repetition by sequence index, mask blocks placed by sequence index), and no
+other module needs to change.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class Layout(ABC):
     @abstractmethod
     def cell_positions(self, grid: tuple[int, int], factor: int, device: torch.device | None = None) -> torch.Tensor:
         """``[h*w, 2]`` (row, col) in fine-patch units of each VRT-grid memory row (its top-left fine patch)."""
+
+    @abstractmethod
+    def fine_order(self, fine_grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+        """``[fh*fw]`` long: which row of ``VisualFeatures.fine`` (raster) becomes each fine memory row."""
 
     @abstractmethod
     def fine_positions(self, fine_grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
@@ -72,6 +78,9 @@ class RasterLayout(Layout):
 
     def cell_positions(self, grid: tuple[int, int], factor: int, device: torch.device | None = None) -> torch.Tensor:
         return _raster_positions(*grid, device) * factor
+
+    def fine_order(self, fine_grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+        return torch.arange(fine_grid[0] * fine_grid[1], device=device)
 
     def fine_positions(self, fine_grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
         return _raster_positions(*fine_grid, device)

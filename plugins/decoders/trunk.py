@@ -214,7 +214,8 @@ class PaDTTrunk(Trunk):
 
         # High-res memory: each fine patch = its cell's memory row + the fine feature, normalised.
         if inputs.has_fine and self.vision_hidden_size is not None:
-            fine, fine_valid = pad_rows([f.fine.to(dtype) for f in features])
+            order = [self.layout.fine_order(f.fine_grid, f.fine.device) for f in features]
+            fine, fine_valid = pad_rows([f.fine.to(dtype)[o] for f, o in zip(features, order)])
             parents, _ = pad_rows([self.layout.fine_to_cell(f.grid, f.fine_grid, fine.device) for f in features])
             fine_grids = _per_object([f.fine_grid for f in features], index)
             memory = memory.to_fine(self.fine_projection(fine), parents, fine_valid, fine_grids, self.high_res_norm)
