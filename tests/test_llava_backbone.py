@@ -168,6 +168,24 @@ def test_merged_tokens_are_the_2x2_blocks_and_what_the_llm_sees(llava):
     torch.testing.assert_close(seen["embeds"][0, image_positions], features.tokens)
 
 
+@pytest.mark.parametrize(("merge", "mode"), [(1, "concat"), (2, "mean"), (4, "concat")])
+def test_merge_options(merge, mode):
+    model = padt_core.build("tiny_llava", {"backbone.merge": merge, "backbone.merge_mode": mode}).eval()
+    assert model.backbone.cell_size == 14 * merge
+    batch = model.prepare([noise_image(224, 336)], ["hi"])
+    (features,) = model.encode(batch).features
+    assert features.fine_grid == (16, 24) and features.grid == (16 // merge, 24 // merge)
+    assert int((batch["input_ids"] == model.backbone.hf_model.config.image_token_id).sum()) == features.num_cells
+    fine = features.fine.reshape(16, 24, -1)
+    if mode == "mean":
+        blocks = rearrange(fine, "(h a) (w b) d -> (h w) (a b) d", a=merge, b=merge).mean(1)
+    else:
+        blocks = rearrange(fine, "(h a) (w b) d -> (h w) (a b d)", a=merge, b=merge)
+    with torch.no_grad():
+        torch.testing.assert_close(features.tokens, model.backbone.hf_model.projector(blocks), atol=1e-5, rtol=1e-5)
+    assert model.generate(batch, max_new_tokens=2).shape == (1, 2)
+
+
 def test_tiny_mixed_and_text_only_images(llava):
     images = [noise_image(12, 40), noise_image(300, 100), None, noise_image(90, 60)]
     batch = llava.prepare(images, ["a", "b", "c", "d"])
