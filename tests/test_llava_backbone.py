@@ -316,6 +316,21 @@ def test_real_recipe_validates_and_fails_offline_with_the_hub_error(monkeypatch)
     assert "vit_tiny_patch16_224.augreg_in21k" in str(exc.value)
 
 
+def test_vision_weights_from_a_local_file(llava, tmp_path):
+    """``backbone.vision.checkpoint``: the offline way to pretrained timm weights."""
+    from safetensors.torch import save_file
+
+    vision = llava.backbone.hf_model.vision
+    save_file({k: v.contiguous() for k, v in vision.state_dict().items()}, str(tmp_path / "vit.safetensors"))
+    other = padt_core.build(
+        "tiny_llava", {"backbone.vision.checkpoint": str(tmp_path / "vit.safetensors"), "backbone.seed": 5}
+    )
+    for (name, a), b in zip(vision.state_dict().items(), other.backbone.hf_model.vision.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    with pytest.raises(FileNotFoundError, match="backbone.vision.checkpoint"):
+        padt_core.build("tiny_llava", {"backbone.vision.checkpoint": str(tmp_path / "nope.safetensors")})
+
+
 # --- training step -----------------------------------------------------------------------------------
 
 

@@ -202,6 +202,11 @@ def _from_hub(loader, spec: str, *args, what: str = "", hint: str | None = None,
         ) from err
 
 
+def _call(loader, spec: str, *args, what: str = "", hint: str | None = None, **kwargs):
+    """``loader(spec)`` for local sources (no hub, so no hub error)."""
+    return loader(spec, *args, **kwargs)
+
+
 def _fill_generation_defaults(model, tokenizer) -> None:
     gen = model.generation_config
     if gen.eos_token_id is None:
@@ -297,15 +302,16 @@ class LlavaBackbone(Backbone):
                 )
             lm.resize_token_embeddings(len(tokenizer))  # the image token was added to the tokenizer
 
-        # The vision tower.
-        pretrained = (vis_cfg.pretrained or vis_cfg.checkpoint is not None) and not meta
+        # The vision tower: random, a local weights file, or timm's pretrained weights from the hub.
+        checkpoint = vis_cfg.checkpoint if not meta else None
+        pretrained = vis_cfg.pretrained and checkpoint is None and not meta
         with torch.device("meta") if meta else _null():
-            vision = _from_hub(
+            vision = (_from_hub if pretrained else _call)(
                 lambda name, **kw: _seeded(config.seed, lambda: build_timm_vision(name, **kw)),
                 vis_cfg.model,
                 kwargs=vis_cfg.kwargs,
                 pretrained=pretrained,
-                checkpoint=vis_cfg.checkpoint if not meta else None,
+                checkpoint=checkpoint,
                 hint=(
                     f"Download the timm weights on a connected machine (`hf download timm/{vis_cfg.model} "
                     "--local-dir DIR`) and set `backbone.vision.checkpoint` to the weights file in that local "

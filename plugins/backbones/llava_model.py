@@ -25,6 +25,7 @@ for the prefill only and expands it for beams; the tokens are scattered, in orde
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,10 +123,13 @@ def build_timm_vision(
 ) -> nn.Module:
     """A timm ViT that accepts any multiple of its patch size (``dynamic_img_size=True``)."""
     extra = dict(kwargs or {})
+    extra.setdefault("num_classes", 0)  # no classifier head: only patch tokens are used
     if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"timm weights file not found: {checkpoint} (backbone.vision.checkpoint)")
         extra["pretrained_cfg_overlay"] = {"file": checkpoint}
         pretrained = True
-    vision = timm.create_model(model, pretrained=pretrained, dynamic_img_size=True, num_classes=0, **extra)
+    vision = timm.create_model(model, pretrained=pretrained, dynamic_img_size=True, **extra)
     if not hasattr(vision, "forward_intermediates") or not hasattr(vision, "patch_embed"):
         raise ValueError(f"timm model {model!r} is not a ViT with forward_intermediates/patch_embed")
     return vision
