@@ -209,20 +209,21 @@ class FactoredMemory(TrunkMemory):
             inv = torch.rsqrt(self._mean_square() + rms_eps)
             row_scale = (inv if row_scale is None else row_scale.float() * inv).to(self.base.dtype)
             coef = None if coef is None else coef * inv[..., None].to(coef.dtype)
-        out = _per_object_rows(F.linear(self.base, weight), self.image_index, row_scale)
+        # shared rows (and the bias) in one pass over the output, then the per-object low-rank part
+        out = _per_object_rows(F.linear(self.base, weight), self.image_index, row_scale, bias)
+        n = self.image_index.shape[0]
         if coef is None:
-            return out if bias is None else out + bias
+            return out.expand(n, -1, -1).contiguous()
         basis = self._basis(weight.t())
-        if bias is not None:  # the bias rides along as one more basis row with coefficient 1
-            coef = torch.cat([coef, coef.new_ones(*coef.shape[:-1], 1)], dim=-1)
-            basis = torch.cat([basis, bias.expand(basis.shape[0], 1, -1)], dim=1)
-        if torch.is_grad_enabled() or out.stride(0) == 0:
+        if torch.is_grad_enabled() or out.shape[0] != n:
             return torch.baddbmm(out, coef, basis)
         return out.baddbmm_(coef, basis)  # inference: no second [n, N, d_out] buffer
 
     def dense(self) -> torch.Tensor:
-        out = _per_object_rows(self.base, self.image_index, self.scale)
-        return out if self.coef is None else torch.baddbmm(out, self.coef, self._basis(None))
+        out = _per_object_rows(self.base, self.image_index, self.scale, None)
+        if self.coef is None:
+            return out.expand(self.image_index.shape[0], -1, -1)
+        return torch.baddbmm(out, self.coef, self._basis(None))
 
     def _basis(self, wt: torch.Tensor | None) -> torch.Tensor:
         """``[n, R, d_out]``: every part's basis rows (mapped by ``wt``), in ``coef`` column order."""
@@ -256,13 +257,15 @@ class FactoredMemory(TrunkMemory):
     # --- trunk updates ---------------------------------------------------------------------------------
     def attend(self, queries, keys, values, key_mask, out) -> FactoredMemory:
         n, _, rows, dh = queries.shape
-        scores = (queries @ keys.transpose(-1, -2)).float() * dh**-0.5  # [n, H, N, L]
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
         # The update's coefficients are the attention probabilities themselves, which SDPA does not
-        # return; computing them costs N·L per head, next to nothing beside the projections.
-        probs = scores.softmax(-1).to(values.dtype) * self.valid[:, None, :, None].to(values.dtype)
-        new = [probs.permute(0, 2, 1, 3).reshape(n, rows, -1), self.valid[..., None].to(values.dtype)]
+        # return; they cost N·L per head, little beside the projections. Scores are laid out
+        # [n, H, L, N] because a softmax over a short, strided axis is several times faster on CPU
+        # than over a short last axis.
+        scores = (keys @ queries.transpose(-1, -2)).float() * dh**-0.5  # [n, H, L, N]
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, :, None], float("-inf"))
+        probs = scores.softmax(-2).to(values.dtype) * self.valid[:, None, None, :].to(values.dtype)
+        new = [probs.permute(0, 3, 1, 2).reshape(n, rows, -1), self.valid[..., None].to(values.dtype)]
         coef = torch.cat(new if self.coef is None else [self.coef, *new], dim=-1)
         parts = (*self.parts, _AttentionPart(values, out.weight.t()), _BiasPart(out.bias, n))
         return FactoredMemory(self.base, self.base_valid, self.image_index, self.grids, self.scale, coef, parts)
@@ -291,14 +294,18 @@ class FactoredMemory(TrunkMemory):
         )
 
 
-def _per_object_rows(shared: torch.Tensor, image_index: torch.Tensor, row_scale: torch.Tensor | None) -> torch.Tensor:
-    """``shared[image_index] * row_scale`` ``[n, N, d]`` (a broadcast, no gather, for a single image)."""
-    if shared.shape[0] == 1:
-        if row_scale is None:
-            return shared.expand(image_index.shape[0], -1, -1)
+def _per_object_rows(
+    shared: torch.Tensor, image_index: torch.Tensor, row_scale: torch.Tensor | None, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``shared[image_index] * row_scale + bias`` in one pass: ``[n, N, d]``, or ``[1, N, d]`` when that is
+    the same for every object (one image, no row scale): broadcast it, never write into it."""
+    if shared.shape[0] != 1:
+        shared = shared[image_index]
+    if row_scale is None:
+        return shared if bias is None else shared + bias
+    if bias is None:
         return shared * row_scale[..., None]
-    out = shared[image_index]
-    return out if row_scale is None else out * row_scale[..., None]
+    return torch.addcmul(bias, shared, row_scale[..., None])
 
 
 def _shared_times(shared: torch.Tensor, per_object: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:

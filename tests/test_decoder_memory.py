@@ -1,0 +1,87 @@
+"""The factored per-object memory equals the dense one, operation by operation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from padt_plugins.decoders.layers import RMSNorm, split_heads
+from padt_plugins.decoders.memory import DenseMemory, FactoredMemory
+from torch import nn
+
+D, H = 16, 2
+
+
+def _pair(num_images: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    rows = [6, 4][:num_images]  # image 1 (if any) is smaller: its rows 4..5 are padding
+    base = torch.randn(num_images, 6, D, generator=gen)
+    valid = torch.arange(6)[None, :] < torch.tensor(rows)[:, None]
+    index = torch.tensor([0, 0, 0] if num_images == 1 else [0, 1, 1, 0])
+    grids = torch.tensor([[2, 3], [2, 2]])[index] if num_images == 2 else torch.tensor([[2, 3]] * 3)
+    return DenseMemory.from_shared(base, valid, index, grids), FactoredMemory.from_shared(base, valid, index, grids)
+
+
+def _update(memory, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    n, L = memory.image_index.shape[0], 3
+    out = nn.Linear(D, D)
+    with torch.no_grad():
+        out.weight.normal_(generator=gen)
+        out.bias.normal_(generator=gen)
+    queries = split_heads(torch.randn(n, 6, D, generator=gen), H)
+    keys, values = (split_heads(torch.randn(n, L, D, generator=gen), H) for _ in range(2))
+    key_mask = torch.ones(n, L, dtype=torch.bool)
+    key_mask[0, 2] = False
+    return memory.attend(queries, keys, values, key_mask, out)
+
+
+def _check(dense: DenseMemory, factored: FactoredMemory) -> None:
+    valid = dense.valid[..., None]
+    torch.testing.assert_close(factored.dense() * valid, dense.dense() * valid, atol=1e-5, rtol=1e-5)
+    gen = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(5, D, generator=gen), torch.randn(5, generator=gen)
+    for kwargs in ({}, {"bias": bias}, {"bias": bias, "rms_eps": 1e-6}, {"rms_eps": 1e-6}):
+        got, want = factored.project(weight, **kwargs), dense.project(weight, **kwargs)
+        assert got.shape == want.shape == (dense.valid.shape[0], 6, 5)
+        torch.testing.assert_close(got * valid, want * valid, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_images", [1, 2])
+def test_factored_memory_tracks_dense_memory(num_images):
+    dense, factored = _pair(num_images)
+    _check(dense, factored)  # shared rows only
+    dense, factored = _update(dense, 2), _update(factored, 2)
+    _check(dense, factored)  # + one update (rank H*L + bias)
+    norm = RMSNorm(D)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    gen = torch.Generator().manual_seed(3)
+    fine = torch.randn(num_images, 6, D, generator=gen)
+    parents = torch.tensor([[0, 0, 1, 1, 2, 2], [0, 1, 2, 3, 0, 0]])[:num_images]
+    fine_valid = torch.ones(num_images, 6, dtype=torch.bool)
+    fine_valid[1:, 4:] = False
+    fine_grids = dense.grids
+    dense = dense.to_fine(fine, parents, fine_valid, fine_grids, norm)
+    factored = factored.to_fine(fine, parents, fine_valid, fine_grids, norm)
+    _check(dense, factored)  # normalised: per-row scale on both factors
+    dense, factored = _update(dense, 4), _update(factored, 4)
+    _check(dense, factored)  # rank grows: two updates
+
+
+def test_factored_projection_is_cheap_in_objects():
+    """Projecting shares the image part: the shared product is computed once, not per object."""
+    _, factored = _pair(1)
+    factored = _update(factored, 0)
+    calls = []
+    original = torch.nn.functional.linear
+
+    def counting(x, w, b=None):
+        calls.append(tuple(x.shape))
+        return original(x, w, b)
+
+    torch.nn.functional.linear = counting
+    try:
+        factored.project(torch.randn(4, D))
+    finally:
+        torch.nn.functional.linear = original
+    assert calls == [(1, 6, D)]  # one image, however many objects
