@@ -151,6 +151,8 @@ def test_forward_shapes_and_postprocess():
     decoder = make_decoder().eval()
     with torch.no_grad():
         out = decoder(inputs)
+    for name, value in decoder(inputs).items():  # inference (in-place) and autograd paths agree
+        torch.testing.assert_close(out[name], value.detach(), atol=1e-5, rtol=1e-4)
     assert tuple(out["box"].shape) == (5, 4) and tuple(out["score"].shape) == (5,)
     assert tuple(out["mask"].shape) == (5, 4 * 8, 4 * 10)  # largest fine grid: 8 rows (image 1), 10 cols (image 0)
     assert out["mask"][1, 32:, :].abs().sum() == 0 and out["mask"][1, :, 16:].abs().sum() == 0  # outside image 1

@@ -72,9 +72,13 @@ class MaskHead(Head):
         if memory is None or not torch.equal(memory.grids, fine_grids):
             raise ValueError("the mask head needs the trunk's memory on the fine grid")
         x = memory.project(self.upscale1.weight, self.upscale1.bias)  # [n, N, d]
-        x = F.gelu(self.upscale1_norm(x))
         n, rows, d = x.shape
-        x = F.gelu(self.upscale2(x.view(n, rows, 4, d // 4)))  # [n, N, (a, b), d/4]
+        if torch.is_grad_enabled():
+            x = F.gelu(self.upscale1_norm(x))
+            x = F.gelu(self.upscale2(x.view(n, rows, 4, d // 4)))  # [n, N, (a, b), d/4]
+        else:  # inference: the same ops in place; these [n, N, d] buffers are the head's main cost
+            x = _gelu_(_rms_norm_(x, self.upscale1_norm))
+            x = _gelu_(self.upscale2(x.view(n, rows, 4, d // 4)))
         v = self.object_mlp(query_out[:, 0])  # [n, d/16]
         logits = torch.einsum("nqsc,nc->nqs", x.reshape(n, rows, 16, d // 16), v)  # [n, N, (a, b, c, e)]
         logits = logits.view(n, rows, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, rows, SUBCELLS, SUBCELLS)
@@ -137,3 +141,14 @@ class MaskHead(Head):
             for o, mask in zip(objects, (resized > cutoff).cpu().numpy()):
                 out[o] = mask
         return out
+
+
+def _rms_norm_(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+    """``norm(x)`` written into ``x`` (norm statistics in float32)."""
+    ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).pow_(2).div_(x.shape[-1])
+    return x.mul_(ms.add_(norm.eps).rsqrt_().to(x.dtype)).mul_(norm.weight)
+
+
+def _gelu_(x: torch.Tensor) -> torch.Tensor:
+    """Exact GELU in place."""
+    return torch.ops.aten.gelu_(x)
