@@ -261,6 +261,7 @@ class FactoredMemory(TrunkMemory):
         # return; they cost N·L per head, little beside the projections. Scores are laid out
         # [n, H, L, N] because a softmax over a short, strided axis is several times faster on CPU
         # than over a short last axis.
+        queries = queries.contiguous()  # a plain copy; the matmul would make a slower, transposing one
         scores = (keys @ queries.transpose(-1, -2)).float() * dh**-0.5  # [n, H, L, N]
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask[:, None, :, None], float("-inf"))
