@@ -9,12 +9,13 @@ padded bank ``[B, P_max, D]``; the full embedding table is never concatenated wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PrototypeBank", "PrototypeProjection", "embed_with_bank"]
+__all__ = ["BankView", "PrototypeBank", "PrototypeProjection", "embed_with_bank"]
 
 
 class PrototypeProjection(nn.Module):
@@ -44,12 +45,28 @@ class PrototypeProjection(nn.Module):
         return x + self.up(self.down(x))
 
 
+@dataclass(frozen=True)
+class BankView:
+    """A bank laid out for one batch size, built once and reused at every decoding step.
+
+    ``flat [n*P, D]`` + ``offsets [n, 1]`` gather rows with one ``F.embedding``; ``bank_t [n, D, P]``
+    and ``bias [n, 1, P]`` (0 for real cells, the dtype's minimum for padding) give VRT logits with
+    one ``baddbmm``. Padding rows of the bank are zero, so padded logits are exactly the minimum.
+    """
+
+    flat: torch.Tensor
+    offsets: torch.Tensor
+    bank_t: torch.Tensor
+    bias: torch.Tensor
+
+
 @dataclass
 class PrototypeBank:
     """Per-sample prototypes, padded: ``bank [B, P, D]`` and ``valid [B, P]`` (False = padding)."""
 
     bank: torch.Tensor
     valid: torch.Tensor
+    _views: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_prototypes(
@@ -85,6 +102,19 @@ class PrototypeBank:
         r = batch_size // b
         return PrototypeBank(self.bank.repeat_interleave(r, 0), self.valid.repeat_interleave(r, 0))
 
+    def view(self, batch_size: int, dtype: torch.dtype) -> BankView:
+        """The bank for ``batch_size`` rows (beams/return sequences repeat samples), cached per call site."""
+        key = (batch_size, dtype)
+        if key not in self._views:
+            bank = self.expand(batch_size)
+            data = bank.bank.to(dtype)
+            n, width = data.shape[:2]
+            bias = torch.zeros(n, 1, width, dtype=dtype, device=data.device)
+            bias = bias.masked_fill(~bank.valid.unsqueeze(1), torch.finfo(dtype).min)
+            offsets = (torch.arange(n, device=data.device) * width).unsqueeze(1)
+            self._views[key] = BankView(data.reshape(n * width, -1), offsets, data.transpose(1, 2), bias)
+        return self._views[key]
+
     def gather(self, cells: torch.Tensor) -> torch.Tensor:
         """Rows ``bank[b, cells[b, t]]`` → ``[B, T, D]`` (cells clamped into the bank)."""
         if self.width == 0:
@@ -97,8 +127,9 @@ def embed_with_bank(
     text_embeds: torch.Tensor, input_ids: torch.Tensor, vocab_rows: int, bank: PrototypeBank
 ) -> torch.Tensor:
     """Replace the rows of VRT ids (``>= vocab_rows``) in ``text_embeds`` by their sample's prototypes."""
-    is_vrt = input_ids >= vocab_rows
-    if not bool(is_vrt.any()):
+    if bank.width == 0:
         return text_embeds
-    rows = bank.gather(input_ids - vocab_rows).to(text_embeds.dtype)
-    return torch.where(is_vrt.unsqueeze(-1), rows, text_embeds)
+    view = bank.view(input_ids.shape[0], text_embeds.dtype)
+    cells = (input_ids - vocab_rows).clamp(0, bank.width - 1) + view.offsets
+    # No `any()` shortcut: it would cost a host sync per decoding step on GPU.
+    return torch.where((input_ids >= vocab_rows).unsqueeze(-1), F.embedding(cells, view.flat), text_embeds)

@@ -15,9 +15,9 @@ __all__ = ["extend_logits", "vrt_logits"]
 
 
 def vrt_logits(hidden: torch.Tensor, bank: PrototypeBank) -> torch.Tensor:
-    """``[B, T, P]`` logits of the sample's own cells, padding masked."""
-    logits = torch.einsum("btd,bpd->btp", hidden, bank.bank.to(hidden.dtype))
-    return logits.masked_fill(~bank.valid.unsqueeze(1), torch.finfo(logits.dtype).min)
+    """``[B, T, P]`` logits of the sample's own cells, padding at the dtype's minimum (one kernel)."""
+    view = bank.view(hidden.shape[0], hidden.dtype)
+    return torch.baddbmm(view.bias, hidden, view.bank_t)
 
 
 def extend_logits(text_logits: torch.Tensor, hidden: torch.Tensor, bank: PrototypeBank) -> torch.Tensor:

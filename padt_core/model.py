@@ -205,14 +205,13 @@ class PaDTModel(nn.Module):
             return (ids.masked_fill(ids >= vocab, 0), *args[1:])
 
         def embed_post(_module, _args, out):
-            ids = pending.pop()
-            return embed_with_bank(out, ids, vocab, bank.expand(ids.shape[0]))
+            return embed_with_bank(out, pending.pop(), vocab, bank)
 
         def head_post(_module, args, out):
             hidden = args[0]
             if capture is not None:
                 capture.append(hidden)
-            return extend_logits(out, hidden, bank.expand(hidden.shape[0]))
+            return extend_logits(out, hidden, bank)
 
         handles = [
             emb.register_forward_pre_hook(embed_pre),
@@ -307,7 +306,7 @@ class PaDTModel(nn.Module):
                 generation_config=config,
                 logits_processor=processors,
                 **self.backbone.model_inputs(batch),
-                **encoded.model_kwargs,
+                **_fresh(encoded.model_kwargs),
                 **rest,
             )
         if config.return_dict_in_generate:
@@ -446,6 +445,21 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def _fresh(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Shallow copies of dicts/ModelOutputs: HF ``generate`` expands multimodal outputs in place for beams,
+    which would corrupt ``Encoded.model_kwargs`` for the teacher-forced pass that follows."""
+    from transformers.utils import ModelOutput
+
+    def copy(value: Any) -> Any:
+        if isinstance(value, ModelOutput):
+            return type(value)(**{k: copy(v) for k, v in value.items()})
+        if isinstance(value, dict):
+            return {k: copy(v) for k, v in value.items()}
+        return value
+
+    return {k: copy(v) for k, v in kwargs.items()}
 
 
 def _to_device(batch: BackboneBatch, device: torch.device) -> BackboneBatch:

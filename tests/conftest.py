@@ -1,6 +1,8 @@
-"""Shared fixtures: the tiny random Qwen2.5-VL model."""
+"""Shared fixtures: the tiny random models (Qwen2.5-VL and LLaVA-style), built once per session."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -8,10 +10,27 @@ from helpers import sharpen
 
 import padt_core
 
+# Every backbone's tiny recipe: the core checks (tests/test_model.py) run on each of them.
+TINY_RECIPES = ("tiny_qwen", "tiny_llava")
+
 
 @pytest.fixture(scope="session")
-def tiny_model() -> padt_core.PaDTModel:
-    torch.manual_seed(0)
-    model = padt_core.build(recipe="tiny_qwen").eval()
-    sharpen(model)
-    return model
+def tiny_models() -> Callable[[str], padt_core.PaDTModel]:
+    """``tiny_models(name)``: the sharpened tiny model of a recipe, built on first use."""
+    cache: dict[str, padt_core.PaDTModel] = {}
+
+    def get(name: str) -> padt_core.PaDTModel:
+        if name not in cache:
+            torch.manual_seed(0)
+            model = padt_core.build(recipe=name).eval()
+            sharpen(model)
+            cache[name] = model
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_models) -> padt_core.PaDTModel:
+    """The tiny Qwen2.5-VL (backbone-specific tests use it by name)."""
+    return tiny_models("tiny_qwen")

@@ -1,6 +1,6 @@
 """LLaVA-style backbone (``llava``): raster order, merged tokens = the LLM's image tokens, mixed sizes,
-text-only batches, the llava-hf source, recipes, a training step; and the core checks of
-``test_model.py`` run on tiny_llava (collected here with ``tiny_model`` overridden) and on llava-hf."""
+text-only batches, the llava-hf source, recipes, a training step; and the main core checks of
+``test_model.py`` on llava-hf (test_model.py itself runs them on tiny_llava)."""
 
 from __future__ import annotations
 
@@ -21,19 +21,12 @@ from padt_core.recipe import RecipeError
 if "llava" not in get_registry("backbones").names():  # before the entry point is installed
     register_plugin(llava_plugin)
 
-# The checks test_model.py runs on tiny_qwen, collected again here with ``tiny_model`` = tiny_llava.
-# (Once test_model.py's fixtures are parametrised over both recipes, see
-# tests/_proposed_test_model_parametrize.patch, this import goes away.)
-from test_model import (
-    batch2,  # noqa: F401  (fixture)
-    test_bad_input_errors,  # noqa: F401
-    test_decoding_strategies_run,  # noqa: F401
-    test_forward_text_logits_equal_stock_model,
-    test_generate_matches_teacher_forced_forward,
-    test_prompt_with_vrts_text_only_and_mixed_batch,  # noqa: F401
-    test_save_load_round_trip,
-    test_vrt_columns_are_per_sample_and_padding_is_finite,
-)
+# test_model.py runs its checks on tiny_llava itself (fixtures parametrised over TINY_RECIPES); the main
+# ones are called directly on the llava-hf source below.
+from test_model import test_forward_text_logits_equal_stock_model as check_forward_equals_stock
+from test_model import test_generate_matches_teacher_forced_forward as check_generate_matches_forward
+from test_model import test_save_load_round_trip as check_save_load_round_trip
+from test_model import test_vrt_columns_are_per_sample_and_padding_is_finite as check_vrt_columns
 
 TINY_LM = {
     "model_type": "qwen2",
@@ -95,12 +88,6 @@ def _build(recipe) -> padt_core.PaDTModel:
 @pytest.fixture(scope="module")
 def llava():
     return _build("tiny_llava")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(llava):
-    """Overrides conftest's tiny Qwen for this module: the imported test_model checks run on tiny_llava."""
-    return llava
 
 
 @pytest.fixture(scope="module")
@@ -282,10 +269,10 @@ def test_hf_llava_fixed_grid_and_tokens(strategy):
 def test_hf_llava_passes_the_core_checks(hf_llava, tmp_path):
     """The main test_model checks, called directly on the llava-hf source (left padding, mixed sizes)."""
     batch = hf_llava.prepare([noise_image(140, 252, 1), noise_image(90, 60, 2)], ["find the red circle", "hi"])
-    test_generate_matches_teacher_forced_forward(hf_llava, batch)
-    test_forward_text_logits_equal_stock_model(hf_llava, batch)
-    test_vrt_columns_are_per_sample_and_padding_is_finite(hf_llava, batch)
-    test_save_load_round_trip(hf_llava, batch, tmp_path)
+    check_generate_matches_forward(hf_llava, batch)
+    check_forward_equals_stock(hf_llava, batch)
+    check_vrt_columns(hf_llava, batch)
+    check_save_load_round_trip(hf_llava, batch, tmp_path)
 
 
 # --- recipes -----------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -32,10 +31,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LlavaConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from padt_core.backbone import Backbone, BackboneBatch, HubUnreachableError
+from padt_core.backbone import Backbone, BackboneBatch
 from padt_core.features import VisualFeatures
 from padt_core.plugins import PluginConfig, hookimpl
 
+from ._hf_utils import (
+    fill_generation_defaults,
+    load_from_hub,
+    resolve_builtin_path,
+    seeded,
+    unknown_config_keys,
+)
 from .llava_model import (
     LlavaStyleConfig,
     LlavaStyleForCausalLM,
@@ -46,7 +52,6 @@ from .llava_processor import LlavaStyleProcessor
 
 __all__ = ["LlavaBackbone", "LlavaBackboneConfig"]
 
-ASSETS = Path(__file__).parent / "assets"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -85,7 +90,7 @@ class LlavaLanguageConfig(_Strict):
         if self.config is not None:
             if "model_type" not in self.config:
                 raise ValueError("language_model.config needs a `model_type` (e.g. qwen2, llama)")
-            unknown = _unknown_keys(AutoConfig.for_model(self.config["model_type"]), self.config, "config.")
+            unknown = unknown_config_keys(AutoConfig.for_model(self.config["model_type"]), self.config, "config.")
             if unknown:
                 raise ValueError(f"unknown {self.config['model_type']} config keys: {', '.join(unknown)}")
         return self
@@ -141,7 +146,7 @@ class LlavaBackboneConfig(PluginConfig):
             if self.min_pixels is not None or self.max_pixels is not None:
                 raise ValueError("source 'hf_llava' resizes to its fixed image size: no min_pixels/max_pixels")
             if self.config is not None:
-                unknown = _unknown_keys(LlavaConfig(), self.config, "config.")
+                unknown = unknown_config_keys(LlavaConfig(), self.config, "config.")
                 if unknown:
                     raise ValueError(f"unknown LlavaConfig keys: {', '.join(unknown)}")
                 if self.tokenizer is None:
@@ -151,74 +156,9 @@ class LlavaBackboneConfig(PluginConfig):
         return self
 
 
-def _unknown_keys(reference: Any, given: dict, prefix: str = "") -> list[str]:
-    """Keys of an inline HF config that the config does not know (typos); sub-configs recursively."""
-    unknown = []
-    subs = getattr(reference, "sub_configs", {}) or {}
-    for key, value in given.items():
-        if key == "model_type":
-            continue
-        if not hasattr(reference, key) and key not in subs:
-            unknown.append(prefix + key)
-        elif isinstance(value, dict) and key in subs:
-            sub_type = value.get("model_type")
-            current = getattr(reference, key, None)
-            if sub_type is not None:
-                current = AutoConfig.for_model(sub_type)
-            if current is not None:
-                unknown += _unknown_keys(current, value, prefix + key + ".")
-    return unknown
-
-
-# ---------------------------------------------------------------------------------------------------
-# Hub helpers (same behaviour as the Qwen2.5-VL plugin's)
-# ---------------------------------------------------------------------------------------------------
-
-
-def _resolve_path(spec: str) -> str:
-    if spec.startswith("builtin:"):
-        path = ASSETS / spec.removeprefix("builtin:")
-        if not path.is_dir():
-            known = sorted(p.name for p in ASSETS.iterdir() if p.is_dir())
-            raise FileNotFoundError(f"no built-in processor {spec!r}; available: {', '.join(known)}")
-        return str(path)
-    return spec
-
-
-def _from_hub(loader, spec: str, *args, what: str = "", hint: str | None = None, **kwargs):
-    """``loader(spec)`` with an error that says what to do when the hub cannot be reached."""
-    try:
-        return loader(spec, *args, **kwargs)
-    except OSError as err:
-        if Path(spec).exists():
-            raise
-        hint = hint or (
-            f"Download it on a connected machine (`hf download {spec} --local-dir DIR`) and point the recipe "
-            f"at that local directory{what}."
-        )
-        raise HubUnreachableError(
-            f"could not load {spec!r}: the Hugging Face hub cannot be reached from here or the id is wrong "
-            f"({type(err).__name__}: {(str(err).splitlines() or [''])[0]}). {hint}"
-        ) from err
-
-
 def _call(loader, spec: str, *args, what: str = "", hint: str | None = None, **kwargs):
     """``loader(spec)`` for local sources (no hub, so no hub error)."""
     return loader(spec, *args, **kwargs)
-
-
-def _fill_generation_defaults(model, tokenizer) -> None:
-    gen = model.generation_config
-    if gen.eos_token_id is None:
-        gen.eos_token_id = [tokenizer.eos_token_id]
-    if gen.pad_token_id is None:
-        gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def _seeded(seed: int, build):
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return build()
 
 
 def _token_ids(tokenizer) -> dict[str, Any]:
@@ -263,9 +203,9 @@ class LlavaBackbone(Backbone):
     @classmethod
     def _build_timm(cls, config: LlavaBackboneConfig, meta: bool) -> LlavaBackbone:
         lm_cfg, vis_cfg = config.language_model, config.vision
-        tokenizer = _from_hub(
+        tokenizer = load_from_hub(
             AutoTokenizer.from_pretrained,
-            _resolve_path(config.tokenizer or lm_cfg.pretrained),
+            resolve_builtin_path(config.tokenizer or lm_cfg.pretrained),
             revision=None if config.tokenizer else lm_cfg.revision,
             what=" (`backbone.tokenizer`)" if config.tokenizer else " (`backbone.language_model.pretrained`)",
         )
@@ -275,7 +215,7 @@ class LlavaBackbone(Backbone):
 
         # The language model.
         if lm_cfg.pretrained is not None and not meta:
-            lm = _from_hub(
+            lm = load_from_hub(
                 AutoModelForCausalLM.from_pretrained,
                 lm_cfg.pretrained,
                 revision=lm_cfg.revision,
@@ -285,13 +225,13 @@ class LlavaBackbone(Backbone):
             )
         else:
             if lm_cfg.pretrained is not None:
-                text_config = _from_hub(AutoConfig.from_pretrained, lm_cfg.pretrained, revision=lm_cfg.revision)
+                text_config = load_from_hub(AutoConfig.from_pretrained, lm_cfg.pretrained, revision=lm_cfg.revision)
             else:
                 kwargs = dict(lm_cfg.config)
                 text_config = AutoConfig.for_model(kwargs.pop("model_type"), **{**_token_ids(tokenizer), **kwargs})
             with torch.device("meta") if meta else _null():
                 attn = config.attn_implementation
-                lm = _seeded(
+                lm = seeded(
                     config.seed, lambda: AutoModelForCausalLM.from_config(text_config, attn_implementation=attn)
                 )
         rows = lm.get_input_embeddings().weight.shape[0]
@@ -306,8 +246,8 @@ class LlavaBackbone(Backbone):
         checkpoint = vis_cfg.checkpoint if not meta else None
         pretrained = vis_cfg.pretrained and checkpoint is None and not meta
         with torch.device("meta") if meta else _null():
-            vision = (_from_hub if pretrained else _call)(
-                lambda name, **kw: _seeded(config.seed, lambda: build_timm_vision(name, **kw)),
+            vision = (load_from_hub if pretrained else _call)(
+                lambda name, **kw: seeded(config.seed, lambda: build_timm_vision(name, **kw)),
                 vis_cfg.model,
                 kwargs=vis_cfg.kwargs,
                 pretrained=pretrained,
@@ -330,10 +270,10 @@ class LlavaBackbone(Backbone):
             attn_implementation=config.attn_implementation,
         )
         with torch.device("meta") if meta else _null():
-            model = _seeded(config.seed, lambda: LlavaStyleForCausalLM(hf_config, vision=vision, language_model=lm))
+            model = seeded(config.seed, lambda: LlavaStyleForCausalLM(hf_config, vision=vision, language_model=lm))
         model = model.to(dtype)
         processor = cls._timm_processor(config, tokenizer, image_token, vision, model.cell_size)
-        _fill_generation_defaults(model, tokenizer)
+        fill_generation_defaults(model, tokenizer)
         return cls(config, model, processor)
 
     @staticmethod
@@ -354,8 +294,8 @@ class LlavaBackbone(Backbone):
 
     @classmethod
     def _build_hf_llava(cls, config: LlavaBackboneConfig, meta: bool) -> LlavaBackbone:
-        spec = _resolve_path(config.tokenizer or config.pretrained)
-        hf_processor = _from_hub(
+        spec = resolve_builtin_path(config.tokenizer or config.pretrained)
+        hf_processor = load_from_hub(
             AutoProcessor.from_pretrained,
             spec,
             revision=None if config.tokenizer else config.revision,
@@ -366,7 +306,7 @@ class LlavaBackbone(Backbone):
         _ensure_token(tokenizer, image_token)
         dtype = _DTYPES[config.dtype]
         if config.pretrained is not None and not meta:
-            model = _from_hub(
+            model = load_from_hub(
                 PadtLlavaForConditionalGeneration.from_pretrained,
                 config.pretrained,
                 revision=config.revision,
@@ -376,7 +316,7 @@ class LlavaBackbone(Backbone):
             )
         else:
             if config.pretrained is not None:
-                hf_config = _from_hub(AutoConfig.from_pretrained, config.pretrained, revision=config.revision)
+                hf_config = load_from_hub(AutoConfig.from_pretrained, config.pretrained, revision=config.revision)
             else:
                 kwargs = dict(config.config)
                 kwargs["text_config"] = {**_token_ids(tokenizer), **kwargs.get("text_config", {})}
@@ -384,7 +324,7 @@ class LlavaBackbone(Backbone):
                 hf_config = LlavaConfig(**kwargs)
             hf_config._attn_implementation = config.attn_implementation
             with torch.device("meta") if meta else _null():
-                model = _seeded(config.seed, lambda: PadtLlavaForConditionalGeneration(hf_config))
+                model = seeded(config.seed, lambda: PadtLlavaForConditionalGeneration(hf_config))
             model = model.to(dtype)
         rows = model.get_input_embeddings().weight.shape[0]
         if rows < len(tokenizer):
@@ -406,7 +346,7 @@ class LlavaBackbone(Backbone):
             chat_template=getattr(hf_processor, "chat_template", None) or tokenizer.chat_template,
             image_prompt=config.image_prompt,
         )
-        _fill_generation_defaults(model, tokenizer)
+        fill_generation_defaults(model, tokenizer)
         return cls(config, model, processor)
 
     @classmethod
@@ -415,16 +355,16 @@ class LlavaBackbone(Backbone):
         if config.source == "timm":
             hf_config = LlavaStyleConfig.from_pretrained(directory)
             hf_config._attn_implementation = config.attn_implementation  # recursive: the LM's too
-            model = _seeded(config.seed, lambda: LlavaStyleForCausalLM(hf_config)).to(dtype)
+            model = seeded(config.seed, lambda: LlavaStyleForCausalLM(hf_config)).to(dtype)
             processor = LlavaStyleProcessor.from_pretrained(
                 directory, min_pixels=config.min_pixels, max_pixels=config.max_pixels, image_prompt=config.image_prompt
             )
         else:
             hf_config = LlavaConfig.from_pretrained(directory)
             hf_config._attn_implementation = config.attn_implementation
-            model = _seeded(config.seed, lambda: PadtLlavaForConditionalGeneration(hf_config)).to(dtype)
+            model = seeded(config.seed, lambda: PadtLlavaForConditionalGeneration(hf_config)).to(dtype)
             processor = LlavaStyleProcessor.from_pretrained(directory, image_prompt=config.image_prompt)
-        _fill_generation_defaults(model, processor.tokenizer)
+        fill_generation_defaults(model, processor.tokenizer)
         from transformers import GenerationConfig
 
         if os.path.isfile(os.path.join(directory, "generation_config.json")):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -21,27 +20,15 @@ from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForCondition
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.vision_utils import get_vision_window_index
 
-from padt_core.backbone import Backbone, BackboneBatch, HubUnreachableError
+from padt_core.backbone import Backbone, BackboneBatch
 from padt_core.features import VisualFeatures
 from padt_core.plugins import PluginConfig, hookimpl
 
+from ._hf_utils import fill_generation_defaults, load_from_hub, resolve_builtin_path, unknown_config_keys
+
 __all__ = ["Qwen2_5_VLBackbone", "Qwen2_5_VLBackboneConfig"]
 
-ASSETS = Path(__file__).parent / "assets"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _unknown_keys(config_cls, given: dict, prefix: str = "") -> list[str]:
-    """Keys of an inline HF config that the config class does not know (typos)."""
-    reference = config_cls()
-    unknown = []
-    for key, value in given.items():
-        sub = getattr(reference, key, None) if hasattr(reference, key) else None
-        if not hasattr(reference, key) and key not in getattr(reference, "sub_configs", {}):
-            unknown.append(prefix + key)
-        elif isinstance(value, dict) and sub is not None and hasattr(sub, "to_dict"):
-            unknown += _unknown_keys(type(sub), value, prefix + key + ".")
-    return unknown
 
 
 class Qwen2_5_VLBackboneConfig(PluginConfig):
@@ -65,7 +52,7 @@ class Qwen2_5_VLBackboneConfig(PluginConfig):
         if (self.pretrained is None) == (self.config is None):
             raise ValueError("give exactly one of `pretrained` (hub id / path) or `config` (inline architecture)")
         if self.config is not None:
-            unknown = _unknown_keys(Qwen2_5_VLConfig, self.config, "config.")
+            unknown = unknown_config_keys(Qwen2_5_VLConfig(), self.config, "config.")
             if unknown:
                 raise ValueError(f"unknown Qwen2_5_VLConfig keys: {', '.join(unknown)}")
         if self.pretrained is None and self.processor is None:
@@ -73,31 +60,6 @@ class Qwen2_5_VLBackboneConfig(PluginConfig):
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
         return self
-
-
-def _resolve_processor_path(spec: str) -> str:
-    if spec.startswith("builtin:"):
-        path = ASSETS / spec.removeprefix("builtin:")
-        if not path.is_dir():
-            known = sorted(p.name for p in ASSETS.iterdir() if p.is_dir())
-            raise FileNotFoundError(f"no built-in processor {spec!r}; available: {', '.join(known)}")
-        return str(path)
-    return spec
-
-
-def _from_hub(loader, spec: str, **kwargs):
-    """``loader(spec)`` with an error that says what to do when the hub cannot be reached."""
-    try:
-        return loader(spec, **kwargs)
-    except OSError as err:
-        if Path(spec).exists():
-            raise
-        raise HubUnreachableError(
-            f"could not load {spec!r}: the Hugging Face hub cannot be reached from here or the id is wrong "
-            f"({type(err).__name__}: {str(err).splitlines()[0]}). Download it on a connected machine "
-            f"(`hf download {spec} --local-dir DIR`) and set `backbone.pretrained` (and `backbone.processor`) "
-            f"to that local directory."
-        ) from err
 
 
 class Qwen2_5_VLBackbone(Backbone):
@@ -118,8 +80,8 @@ class Qwen2_5_VLBackbone(Backbone):
     # --- construction -------------------------------------------------------------------------
     @classmethod
     def _processor(cls, config: Qwen2_5_VLBackboneConfig, directory: str | None = None):
-        spec = directory or _resolve_processor_path(config.processor or config.pretrained)
-        return _from_hub(AutoProcessor.from_pretrained, spec, revision=None if directory else config.revision)
+        spec = directory or resolve_builtin_path(config.processor or config.pretrained)
+        return load_from_hub(AutoProcessor.from_pretrained, spec, revision=None if directory else config.revision)
 
     @classmethod
     def _hf_config(cls, config: Qwen2_5_VLBackboneConfig, processor) -> Qwen2_5_VLConfig:
@@ -152,7 +114,7 @@ class Qwen2_5_VLBackbone(Backbone):
         processor = cls._processor(config)
         dtype = _DTYPES[config.dtype]
         if config.pretrained is not None and not meta:
-            model = _from_hub(
+            model = load_from_hub(
                 Qwen2_5_VLForConditionalGeneration.from_pretrained,
                 config.pretrained,
                 revision=config.revision,
@@ -163,11 +125,11 @@ class Qwen2_5_VLBackbone(Backbone):
             if config.pretrained is not None:
                 from transformers import AutoConfig
 
-                hf_config = _from_hub(AutoConfig.from_pretrained, config.pretrained, revision=config.revision)
+                hf_config = load_from_hub(AutoConfig.from_pretrained, config.pretrained, revision=config.revision)
             else:
                 hf_config = cls._hf_config(config, processor)
             model = cls._random_model(hf_config, dtype, config.seed, meta)
-        _fill_generation_defaults(model, processor.tokenizer)
+        fill_generation_defaults(model, processor.tokenizer)
         return cls(config, model, processor)
 
     @staticmethod
@@ -187,7 +149,7 @@ class Qwen2_5_VLBackbone(Backbone):
         hf_config = Qwen2_5_VLConfig.from_pretrained(directory)
         hf_config._attn_implementation = config.attn_implementation
         model = cls._random_model(hf_config, _DTYPES[config.dtype], config.seed, meta=False)
-        _fill_generation_defaults(model, processor.tokenizer)
+        fill_generation_defaults(model, processor.tokenizer)
         return cls(config, model, processor)
 
     def save(self, directory: str) -> None:
@@ -284,14 +246,6 @@ class Qwen2_5_VLBackbone(Backbone):
         types = batch["mm_token_type_ids"]
         pad = torch.zeros(types.shape[0], new_tokens.shape[1], dtype=types.dtype, device=types.device)
         return {"mm_token_type_ids": torch.cat([types, pad], dim=1), "image_grid_thw": batch.get("image_grid_thw")}
-
-
-def _fill_generation_defaults(model, tokenizer) -> None:
-    gen = model.generation_config
-    if gen.eos_token_id is None:
-        gen.eos_token_id = [tokenizer.eos_token_id]
-    if gen.pad_token_id is None:
-        gen.pad_token_id = tokenizer.pad_token_id
 
 
 @hookimpl

@@ -1,0 +1,82 @@
+"""Helpers shared by the Hugging Face based backbone plugins: hub loading, inline-config checks, seeding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig
+
+from padt_core.backbone import HubUnreachableError
+
+ASSETS = Path(__file__).parent / "assets"
+
+__all__ = [
+    "ASSETS",
+    "fill_generation_defaults",
+    "load_from_hub",
+    "resolve_builtin_path",
+    "seeded",
+    "unknown_config_keys",
+]
+
+
+def unknown_config_keys(reference: Any, given: dict, prefix: str = "") -> list[str]:
+    """Keys of an inline HF config that the config does not know (typos); sub-configs recursively."""
+    unknown = []
+    subs = getattr(reference, "sub_configs", {}) or {}
+    for key, value in given.items():
+        if key == "model_type":
+            continue
+        if not hasattr(reference, key) and key not in subs:
+            unknown.append(prefix + key)
+        elif isinstance(value, dict) and key in subs:
+            sub_type = value.get("model_type")
+            current = getattr(reference, key, None)
+            if sub_type is not None:
+                current = AutoConfig.for_model(sub_type)
+            if current is not None:
+                unknown += unknown_config_keys(current, value, prefix + key + ".")
+    return unknown
+
+
+def resolve_builtin_path(spec: str) -> str:
+    if spec.startswith("builtin:"):
+        path = ASSETS / spec.removeprefix("builtin:")
+        if not path.is_dir():
+            known = sorted(p.name for p in ASSETS.iterdir() if p.is_dir())
+            raise FileNotFoundError(f"no built-in processor {spec!r}; available: {', '.join(known)}")
+        return str(path)
+    return spec
+
+
+def load_from_hub(loader, spec: str, *args, what: str = "", hint: str | None = None, **kwargs):
+    """``loader(spec)`` with an error that says what to do when the hub cannot be reached."""
+    try:
+        return loader(spec, *args, **kwargs)
+    except OSError as err:
+        if Path(spec).exists():
+            raise
+        hint = hint or (
+            f"Download it on a connected machine (`hf download {spec} --local-dir DIR`) and point the recipe "
+            f"at that local directory{what}."
+        )
+        raise HubUnreachableError(
+            f"could not load {spec!r}: the Hugging Face hub cannot be reached from here or the id is wrong "
+            f"({type(err).__name__}: {(str(err).splitlines() or [''])[0]}). {hint}"
+        ) from err
+
+
+def fill_generation_defaults(model, tokenizer) -> None:
+    gen = model.generation_config
+    if gen.eos_token_id is None:
+        gen.eos_token_id = [tokenizer.eos_token_id]
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def seeded(seed: int, build):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build()
