@@ -18,17 +18,64 @@ from torch import nn
 __all__ = ["BankView", "PrototypeBank", "PrototypeProjection", "embed_with_bank"]
 
 
-class PrototypeProjection(nn.Module):
-    """Zero-initialised LayerNorm followed by a low-rank residual adapter (``D → rank → D``)."""
+def sinusoid_2d(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed 2-D sin/cos embedding: half the channels encode the row, half the column (no table, no limit)."""
+    quarter = dim // 4
+    freqs = 1.0 / (10000 ** (torch.arange(quarter, device=rows.device, dtype=torch.float32) / max(quarter, 1)))
+    parts = []
+    for coord in (rows, cols):
+        angle = coord.float().unsqueeze(-1) * freqs
+        parts += [angle.sin(), angle.cos()]
+    out = torch.cat(parts, dim=-1)
+    return torch.nn.functional.pad(out, (0, dim - out.shape[-1]))
 
-    def __init__(self, dim: int, rank: int = 64, enabled: bool = True, init_std: float = 0.02):
+
+class PrototypeProjection(nn.Module):
+    """Zero-initialised LayerNorm followed by a low-rank residual adapter (``D → rank → D``).
+
+    Optionally a 2-D position embedding is added (``position``): ``learned`` row + column tables of
+    ``max_grid`` size (a larger grid is an error naming the limit), or ``sinusoidal`` scaled by a
+    learned per-channel gain. Both start at zero, so prototypes still start exactly at zero.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        rank: int = 64,
+        enabled: bool = True,
+        init_std: float = 0.02,
+        position: str = "none",
+        max_grid: tuple[int, int] = (64, 64),
+    ):
         super().__init__()
         self.enabled = enabled
+        self.position = position
+        self.max_grid = tuple(max_grid)
         if enabled:
             self.norm = nn.LayerNorm(dim, eps=1e-5)
             self.down = nn.Linear(dim, rank, bias=False)
             self.up = nn.Linear(rank, dim, bias=False)
             self.reset_parameters(init_std)
+        if position == "learned":
+            self.row_embed = nn.Parameter(torch.zeros(self.max_grid[0], dim))
+            self.col_embed = nn.Parameter(torch.zeros(self.max_grid[1], dim))
+        elif position == "sinusoidal":
+            self.pos_gain = nn.Parameter(torch.zeros(dim))
+        elif position != "none":
+            raise ValueError(f"unknown prototype position embedding {position!r} (none, learned, sinusoidal)")
+
+    def position_embedding(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        h, w = grid
+        rows = torch.arange(h, device=device).repeat_interleave(w)
+        cols = torch.arange(w, device=device).repeat(h)
+        if self.position == "learned":
+            if h > self.max_grid[0] or w > self.max_grid[1]:
+                raise ValueError(
+                    f"VRT grid {h}x{w} exceeds vrt.max_grid {list(self.max_grid)} of the learned prototype "
+                    "position tables; raise vrt.max_grid (retraining them) or use vrt.position: sinusoidal"
+                )
+            return (self.row_embed[rows] + self.col_embed[cols]).to(dtype)
+        return (sinusoid_2d(rows, cols, self.pos_gain.shape[0]) * self.pos_gain).to(dtype)
 
     def reset_parameters(self, init_std: float = 0.02) -> None:
         if not self.enabled:
@@ -38,11 +85,18 @@ class PrototypeProjection(nn.Module):
         nn.init.normal_(self.down.weight, std=init_std)
         nn.init.normal_(self.up.weight, std=init_std)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return tokens
-        x = self.norm(tokens)
-        return x + self.up(self.down(x))
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Prototypes of raster-ordered merged tokens (``grid`` is needed for position embeddings)."""
+        if self.enabled:
+            x = self.norm(tokens)
+            out = x + self.up(self.down(x))
+        else:
+            out = tokens
+        if self.position != "none":
+            if grid is None:
+                raise ValueError("prototype position embeddings need the VRT grid")
+            out = out + self.position_embedding(grid, tokens.device, out.dtype)
+        return out
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,13 @@ class PaDTModel(nn.Module):
         super().__init__()
         self.recipe = recipe
         self.backbone = backbone
-        self.projection = PrototypeProjection(backbone.hidden_size, recipe.vrt.rank, recipe.vrt.projection)
+        self.projection = PrototypeProjection(
+            backbone.hidden_size,
+            recipe.vrt.rank,
+            recipe.vrt.projection,
+            position=recipe.vrt.position,
+            max_grid=recipe.vrt.max_grid,
+        )
         self.decoder = decoder
         self.codec = VRTCodec(backbone.tokenizer, backbone.vocab_rows, backbone.eos_token_ids, backbone.pad_token_id)
 
@@ -168,7 +174,7 @@ class PaDTModel(nn.Module):
     def encode(self, batch: BackboneBatch) -> Encoded:
         """Run the vision tower once and build the per-sample prototype bank."""
         features, model_kwargs = self.backbone.encode_images(_to_device(batch, self.device))
-        prototypes = [self.projection(f.tokens) for f in features]
+        prototypes = [self.projection(f.tokens, f.grid) for f in features]
         image_index = list(batch["image_index"])
         bank = PrototypeBank.from_prototypes(
             prototypes, image_index, self.backbone.hidden_size, self.device, self.dtype

@@ -98,6 +98,10 @@ class VRTConfig(_Section):
 
     projection: bool = Field(True, description="zero-init LayerNorm + low-rank residual on merged tokens")
     rank: int = Field(64, ge=1, description="rank of the residual adapter")
+    position: Literal["none", "learned", "sinusoidal"] = Field(
+        "none", description="2-D position embedding added to prototypes (beyond the reference)"
+    )
+    max_grid: tuple[int, int] = Field((64, 64), description="(rows, cols) of the learned position tables")
 
 
 class DecoderConfig(_Section):
