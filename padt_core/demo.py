@@ -49,7 +49,10 @@ def run_demo(
         raise FileExistsError(f"{out} already holds a demo run; pass --overwrite to replace it or --out another dir")
     n_train, n_val, steps = BUDGETS[budget]
     data_root = out / "data" / f"shapes-{n_train}-{n_val}-{seed}"
-    data = f"{{name: shapes, root: {data_root}, tasks: [rec, res, ovd, ric], n_train: {n_train}, n_val: {n_val}, seed: {seed}}}"
+    data = (
+        f"{{name: shapes, root: {data_root}, tasks: [rec, res, ovd, ric], "
+        f"n_train: {n_train}, n_val: {n_val}, seed: {seed}}}"
+    )
     recipe = load_recipe(
         DEMO_RECIPE,
         [

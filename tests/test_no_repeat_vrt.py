@@ -37,7 +37,7 @@ def test_generate_has_no_repeats_within_runs(tiny_model, kwargs):
     vocab = model.backbone.vocab_rows
     for row in out.tolist():
         run: list[int] = []
-        for token in row + [0]:
+        for token in [*row, 0]:
             if token >= vocab:
                 assert token not in run, f"VRT {token - vocab} repeated within a run: {row}"
                 run.append(token)
