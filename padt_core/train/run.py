@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from transformers import set_seed
 
 from ..data.reader import build_dataset
 from ..data.templates import TaskTemplates
@@ -20,6 +24,7 @@ from .trainer import PaDTTrainer, check_resumable, training_arguments
 __all__ = ["apply_freezing", "load_readers", "train"]
 
 logger = logging.getLogger(__name__)
+_CHECKPOINT = re.compile(r"checkpoint-\d+")
 
 
 def load_readers(sections: Sequence[Any], templates: TaskTemplates | None = None) -> tuple[list, Counter]:
@@ -54,8 +59,14 @@ def apply_freezing(model: PaDTModel, recipe: Recipe) -> None:
         inject_adapter_in_model(lora, model.backbone.hf_model)
 
 
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """The Trainer's ``checkpoint-<step>`` directories of a run, by step."""
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and _CHECKPOINT.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
 def _latest_checkpoint(output_dir: Path) -> Path | None:
-    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    ckpts = _checkpoints(output_dir)
     return ckpts[-1] if ckpts else None
 
 
@@ -85,6 +96,11 @@ def train(
             f"{out} already holds a training run; pass --overwrite to replace it, --resume to continue it, "
             "or choose another train.output_dir"
         )
+    elif overwrite and previous is not None and int(os.environ.get("RANK", "0")) == 0:
+        # A later --resume must not pick up a stale checkpoint of the replaced run (nor the Trainer's
+        # rotation count it): the replaced run's checkpoints go. Only the main process deletes.
+        for stale in _checkpoints(out):
+            shutil.rmtree(stale, ignore_errors=True)
     if spec.data.train == []:
         raise ValueError(f"recipe {spec.name!r} has no data.train datasets")
 
@@ -92,6 +108,9 @@ def train(
     train_set = SampleDataset(readers, seed=spec.train.seed)
     if not len(train_set):
         raise ValueError(f"the data.train datasets of recipe {spec.name!r} yielded no samples")
+    # The backbone seeds its own initialisation; the projection and decoder draw from the global RNG, so
+    # seed it here: the same recipe and train.seed give the same initial weights (and resumable runs).
+    set_seed(spec.train.seed)
     model = PaDTModel.from_recipe(spec)
     apply_freezing(model, spec)
     collator = PaDTCollator(

@@ -7,6 +7,7 @@ each loss term, and padt-format checkpoints (``save_pretrained`` directories).
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -15,12 +16,12 @@ from typing import Any
 import torch
 import yaml
 from safetensors.torch import load_model
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..recipe import Recipe, TrainConfig
 from .step import compute_losses
 
-__all__ = ["PaDTTrainer", "check_resumable", "training_arguments"]
+__all__ = ["DatasetEpochCallback", "PaDTTrainer", "check_resumable", "training_arguments"]
 
 # Sections that define the model: a checkpoint from a recipe that differs here cannot be resumed.
 _MODEL_SECTIONS = ("backbone", "vrt", "decoder")
@@ -76,11 +77,30 @@ def check_resumable(checkpoint: str | os.PathLike, recipe: Recipe) -> None:
         )
 
 
+class DatasetEpochCallback(TrainerCallback):
+    """Tell the training dataset which epoch begins, whatever dataloader wrapper is in between.
+
+    accelerate's ``DataLoaderShard.set_epoch`` forwards the epoch to the dataset only when the batch
+    sampler is not itself wrapped: after ``skip_first_batches`` (a resumed run) and under
+    ``BatchSamplerShard`` (every multi-process run) it sets the sampler's epoch but not the dataset's.
+    ``SampleDataset`` then kept epoch 0: wrong VRT targets and COCO category prompts after a mid-epoch
+    resume (diverging from the uninterrupted run) and the same draws every epoch under DDP.
+    """
+
+    def on_epoch_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        dataset = getattr(kwargs.get("train_dataloader"), "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            # state.epoch = completed epochs (+ fraction of the current one when resuming mid-epoch); the
+            # Trainer's own loop starts at global_step // steps_per_epoch, the same integer.
+            dataset.set_epoch(math.floor(state.epoch or 0))
+
+
 class PaDTTrainer(Trainer):
     """Trainer for :class:`~padt_core.model.PaDTModel`; the batch comes from ``PaDTCollator``."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.add_callback(DatasetEpochCallback())
         self._loss_sums: dict[str, float] = defaultdict(float)
         self._loss_count = 0
 
