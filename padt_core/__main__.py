@@ -1,7 +1,8 @@
-"""``python -m padt_core`` runs the ``padt`` command line."""
+"""``python -m padt_core`` runs the ``padt`` command line (as does ``python -m padt_core.cli``)."""
 
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,9 +1,12 @@
 """The ``padt`` command line: one subcommand per verb, each a plain function.
 
 Subcommands live in :data:`COMMANDS` (``name -> Command``). A ``Command`` adds its arguments to its
-own parser and points the parser at a handler ``fn(args) -> exit code``. New verbs (``train``,
-``eval``, ``data``, ``convert`` …) add one entry; ``demo`` is kept as its own handler,
-:func:`cmd_demo`, so it can be replaced without touching the rest.
+own parser and points the parser at a handler ``fn(args) -> exit code``; a new verb adds one entry.
+Verbs: ``plugins``, ``recipe``, ``data``, ``train``, ``eval``, ``predict``, ``bench``, ``demo``.
+Handlers import the heavy modules (torch, transformers) themselves, so ``padt --help`` stays fast.
+
+``padt train`` also runs under ``torchrun --nproc_per_node N -m padt_core.cli train …`` (or
+``accelerate launch``); only rank 0 prints the summary.
 
 Bad input (missing files, invalid recipes, unknown plugins, an unreachable hub, values our code
 rejects) prints one ``padt: error: …`` message on stderr and exits with status 2; ``--traceback``
@@ -20,7 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMMANDS", "Command", "Handler", "add_subcommand", "build_parser", "cmd_demo", "main"]
+__all__ = [
+    "COMMANDS",
+    "Command",
+    "Handler",
+    "add_subcommand",
+    "build_parser",
+    "cmd_data_shapes",
+    "cmd_demo",
+    "cmd_eval",
+    "cmd_predict",
+    "cmd_train",
+    "main",
+]
 
 EXIT_USAGE = 2  # argparse's own status for bad usage; bad input files/values are usage errors too
 Handler = Callable[[argparse.Namespace], int]  # what `parser.set_defaults(handler=...)` stores
@@ -99,12 +114,21 @@ def _build_or_load(source: str, overrides: Sequence[str]):
     return padt_core.build(recipe=source, overrides=list(overrides) or None)
 
 
-def _prediction_json(prediction: Any, image: str | None = None) -> dict[str, Any]:
+def _prediction_json(prediction: Any, image: str | None = None, rle: bool = False) -> dict[str, Any]:
+    """A prediction as JSON: boxes xyxy in pixels; masks as size + area, or as COCO RLE with ``rle``."""
+    from .decoder import mask_rle
+
     objects = []
     for obj in prediction.objects:
-        item: dict[str, Any] = {"label": obj.label, "vrt": obj.vrt, "box": obj.box, "score": obj.score}
-        # Masks are full-resolution arrays: report their size here, not every pixel.
-        item["mask"] = None if obj.mask is None else {"shape": list(obj.mask.shape), "area": int(obj.mask.sum())}
+        box = None if obj.box is None else [float(v) for v in obj.box]
+        score = None if obj.score is None else float(obj.score)
+        item: dict[str, Any] = {"label": obj.label, "vrt": [int(k) for k in obj.vrt], "box": box, "score": score}
+        if obj.mask is None:
+            item["mask"] = None
+        elif rle:
+            item["mask"] = mask_rle(obj.mask)
+        else:  # full-resolution arrays: report their size here, not every pixel
+            item["mask"] = {"shape": list(obj.mask.shape), "area": int(obj.mask.sum())}
         objects.append(item)
     out: dict[str, Any] = {} if image is None else {"image": image}
     out.update(text=prediction.text, objects=objects, skipped=prediction.skipped, truncated=prediction.truncated)
@@ -260,43 +284,413 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# padt data shapes
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_data_shapes(args: argparse.Namespace) -> int:
+    """Write the synthetic shapes dataset (or reuse an identical one); print a JSON summary."""
+    import time
+
+    from .data.shapes import MANIFEST, ShapesMismatchError, ShapesParams, ensure_shapes
+
+    params = ShapesParams(
+        seed=args.seed,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        image_size=args.image_size,
+        difficulty=args.difficulty,
+        min_objects=args.min_objects,
+        max_objects=args.max_objects,
+    )
+    root = Path(args.out_dir)
+    previous = _read_json(root / MANIFEST)
+    start = time.perf_counter()
+    try:
+        manifest = ensure_shapes(root, params, regenerate=args.overwrite, workers=args.workers)
+    except ShapesMismatchError as err:
+        raise _shapes_conflict(root, previous, params.to_json()) if previous else err from None
+    reused = previous is not None and previous == manifest
+    summary = {
+        "root": str(root),
+        "generated": not reused,
+        "seconds": round(time.perf_counter() - start, 2),
+        "params": manifest["params"],
+        "counts": manifest["counts"],
+        "files": manifest["files"],
+        "images": str(root / "images"),
+    }
+    _print_json(summary)
+    return 0
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when the file does not exist."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _shapes_conflict(root: Path, previous: dict[str, Any], asked: dict[str, Any]) -> FileExistsError:
+    """The error for a folder holding shapes data made with other parameters, naming what differs."""
+    old = previous.get("params") or {}
+    differ = [f"{key}={old.get(key)!r} (asked {value!r})" for key, value in asked.items() if old.get(key) != value]
+    what = ", ".join(differ) or f"format version {previous.get('version')!r}"
+    return FileExistsError(
+        f"{root} already holds shapes data generated with other parameters: {what}; "
+        "pass --overwrite to regenerate it, or choose another OUT_DIR"
+    )
+
+
+def _configure_data(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="{shapes}", required=True)
+    shapes = add_subcommand(sub, "shapes", "write the synthetic shapes dataset (COCO, RefCOCO and RIC formats)")
+    shapes.add_argument("out_dir", metavar="OUT_DIR", help="dataset root (a recipe's `root:`)")
+    shapes.add_argument("--n-train", type=int, required=True, metavar="N", help="images of the train split")
+    shapes.add_argument("--n-val", type=int, required=True, metavar="M", help="images of the val split")
+    shapes.add_argument("--seed", type=int, required=True, metavar="S", help="the same seed gives identical files")
+    shapes.add_argument("--image-size", type=int, default=224, metavar="PX", help="image side (default: 224)")
+    shapes.add_argument(
+        "--difficulty",
+        choices=["easy", "full"],
+        default="full",
+        help="full: distractors, size and spatial expressions (default); easy: colour + shape only",
+    )
+    shapes.add_argument("--min-objects", type=int, default=1, metavar="K", help="fewest objects per image (1-6)")
+    shapes.add_argument("--max-objects", type=int, default=6, metavar="K", help="most objects per image (1-6)")
+    shapes.add_argument(
+        "--workers", type=int, default=1, metavar="K", help="processes that render images (0 = all cores; default: 1)"
+    )
+    shapes.add_argument(
+        "--overwrite", action="store_true", help="regenerate a dataset made with other parameters in OUT_DIR"
+    )
+    shapes.set_defaults(handler=cmd_data_shapes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# padt train
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a recipe (``padt_core.train.run.train``); rank 0 prints a JSON summary."""
+    from .train.run import train
+
+    summary = train(
+        args.recipe, args.overrides or None, output_dir=args.output_dir, overwrite=args.overwrite, resume=args.resume
+    )
+    if _is_main_process():
+        _print_json(_train_summary(summary))
+    return 0
+
+
+def _is_main_process() -> bool:
+    """Whether this is rank 0 of a ``torchrun`` / ``accelerate launch`` job (or a single process)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _train_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The training summary without the full log history: first and last logged value of each loss term."""
+    history = summary.get("log_history", [])
+    losses: dict[str, dict[str, Any]] = {}
+    for entry in history:
+        for key, value in entry.items():
+            if key == "loss" or key.startswith("loss_"):
+                term = losses.setdefault(key, {"first": value, "first_step": entry.get("step")})
+                term.update(last=value, last_step=entry.get("step"))
+    out = {key: value for key, value in summary.items() if key != "log_history"}
+    output_dir = Path(summary["output_dir"])
+    out["checkpoints"] = sorted(
+        (p.name for p in output_dir.glob("checkpoint-*")), key=lambda name: int(name.rpartition("-")[2])
+    )
+    out["logged_steps"] = sum(1 for entry in history if "loss" in entry)
+    out["losses"] = losses
+    return out
+
+
+def _configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", metavar="RECIPE", help="recipe path or bundled name (e.g. tiny_qwen_shapes)")
+    _add_overrides(parser)
+    parser.add_argument(
+        "--output-dir", default=None, metavar="DIR", help="default: the recipe's train.output_dir, else runs/NAME"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace a training run already in the output dir")
+    mode.add_argument("--resume", action="store_true", help="continue from the output dir's latest checkpoint")
+    parser.epilog = "Multi-process: torchrun --nproc_per_node N -m padt_core.cli train RECIPE ..."
+    parser.set_defaults(handler=cmd_train)
+
+
+# ---------------------------------------------------------------------------------------------------
+# padt eval
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Predict over evaluation samples, score them, write the report JSON and print the metrics."""
+    import time
+    from collections import Counter
+
+    import torch
+
+    from .demo import format_table
+    from .eval.run import evaluate_model
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
+    if args.data is not None and not Path(args.data).is_file():
+        raise FileNotFoundError(f"evaluation data not found: {args.data}")
+    model = _build_or_load(args.model, ())
+    model.to(device=torch.device(args.device)).eval()
+    data = args.data if args.data is not None else _recipe_val(model)
+    generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    batch_size = args.batch_size or model.recipe.eval.batch_size
+    start = time.perf_counter()
+    try:
+        report, _, samples = evaluate_model(model, data, args.task, batch_size, args.max_samples, **generation)
+    except ValueError as err:
+        if args.max_samples is None or "no sample to score" not in str(err):
+            raise
+        raise ValueError(f"{err}; --max-samples keeps the first N samples of all tasks together") from None
+    report["eval"] = {
+        "model": args.model,
+        "data": args.data or "the model recipe's data.val",
+        "tasks": list(report["counts"]),
+        "samples": dict(sorted(Counter(str(s.task) for s in samples).items())),
+        "batch_size": batch_size,
+        "generation": generation,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_strict_json(report), indent=2) + "\n")
+    print(format_table(report))
+    for task, counts in report["counts"].items():
+        print(f"{task}: {json.dumps(counts, default=str)}")
+    print(f"report: {out}")
+    return 0
+
+
+def _recipe_val(model: Any) -> list[Any]:
+    """The ``data.val`` sections of the model's own (resolved) recipe: ``padt eval``'s default data."""
+    sections = list(model.recipe.data.val)
+    if not sections:
+        raise ValueError(f"recipe {model.recipe.name!r} of the model has no data.val datasets; pass --data")
+    return sections
+
+
+def _strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None`` (standard JSON has no NaN) and numpy scalars as numbers."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL_DIR", help="saved model directory (or a recipe path or name)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="YAML",
+        help="a recipe (its data.val), or a YAML dataset section {name: ..., ...} or list of them "
+        "(default: the data.val of the model's own recipe)",
+    )
+    parser.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        metavar="TASK",
+        help="metric to compute (repeat: --task rec --task ovd); default: every task in the data",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, metavar="N", help="default: the recipe's eval.batch_size"
+    )
+    parser.add_argument(
+        "--max-samples", type=int, default=None, metavar="N", help="only the first N samples (after the task filter)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="default: the recipe's")
+    parser.add_argument("--out", required=True, metavar="FILE", help="where to write the report JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.set_defaults(handler=cmd_eval)
+
+
+# ---------------------------------------------------------------------------------------------------
 # padt predict
 # ---------------------------------------------------------------------------------------------------
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Answer one prompt about each image; print completions and parsed objects as JSON."""
+    """Answer one prompt about each image; print JSON, or write ``<stem>.json`` + ``<stem>.png`` per image."""
     import torch
 
-    for image in args.image:
-        if not Path(image).is_file():
-            raise FileNotFoundError(f"image file not found: {image}")
+    from .data.templates import DEFAULT_TEMPLATES
+    from .model import load_image
+
+    _task_prompt(args, DEFAULT_TEMPLATES)  # bad flag combinations fail before the model loads
+    images = [load_image(path) for path in args.image]
+    outputs = _output_paths(args.image, Path(args.out), args.overwrite) if args.out else None
     model = _build_or_load(args.model, args.overrides)
     model.to(device=torch.device(args.device))
     model.eval()
+    prompt = _task_prompt(args, model.recipe.data.templates)
     kwargs = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
-    predictions = model.predict(args.image, args.prompt, batch_size=args.batch_size, **kwargs)
-    _print_json([_prediction_json(p, image) for p, image in zip(predictions, args.image)])
+    predictions = model.predict(images, prompt, batch_size=args.batch_size, **kwargs)
+    if outputs is None:
+        _print_json([_prediction_json(p, image) for p, image in zip(predictions, args.image)])
+        return 0
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    written = [
+        _write_prediction(model, path, image, prediction, prompt, files)
+        for path, image, prediction, files in zip(args.image, images, predictions, outputs)
+    ]
+    _print_json(written)
     return 0
+
+
+def _task_prompt(args: argparse.Namespace, templates: Any) -> str:
+    """The prompt sent to the model: ``--prompt`` verbatim, or ``--task``'s template (``TaskTemplates``)."""
+    from .data.templates import ovd_prompt, rec_prompt, ric_prompt
+
+    if args.labels is not None and args.task != "ovd":
+        raise ValueError("--labels names the categories of --task ovd; add --task ovd")
+    if args.task is None:
+        if args.prompt is None:
+            raise ValueError("pass --prompt, or --task rec|ovd|ric to use a task's prompt template")
+        return args.prompt
+    if args.task == "rec":
+        if args.prompt is None:
+            raise ValueError('--task rec needs --prompt with the referring sentence (e.g. --prompt "the red square")')
+        return rec_prompt(args.prompt, templates)
+    if args.prompt is not None:
+        raise ValueError(
+            f"--task {args.task} writes its own prompt; drop --prompt (or drop --task to send it verbatim)"
+        )
+    if args.task == "ric":
+        return ric_prompt(templates)
+    labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]
+    if not labels:
+        raise ValueError("--task ovd needs --labels with the categories to detect (e.g. --labels cat,dog)")
+    return ovd_prompt(labels, templates)
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    """Raise ``FileExistsError`` if ``path`` exists and ``--overwrite`` was not given."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def _output_paths(images: Sequence[str], out: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """``(json, png)`` per image in ``out``, named after the image's stem; checked before any work is done."""
+    from collections import Counter
+
+    stems = [Path(image).stem for image in images]
+    repeated = sorted(stem for stem, n in Counter(stems).items() if n > 1)
+    if repeated:
+        raise ValueError(f"images with the same file name would write the same files in {out}: {', '.join(repeated)}")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory")
+    paths = [(out / f"{stem}.json", out / f"{stem}.png") for stem in stems]
+    for pair in paths:
+        for path in pair:
+            _refuse_existing(path, overwrite)
+    return paths
+
+
+def _write_prediction(
+    model: Any, source: str, image: Any, prediction: Any, prompt: str, files: tuple[Path, Path]
+) -> dict[str, Any]:
+    """Write one image's prediction as JSON (masks as COCO RLE) and as a drawing; return what was written."""
+    from .viz import draw_prediction
+
+    grid = _vrt_grid(model, image)
+    record = {"image": source, "image_size": [image.height, image.width], "vrt_grid": list(grid), "prompt": prompt}
+    record.update(_prediction_json(prediction, rle=True))
+    json_file, png_file = files
+    json_file.write_text(json.dumps(_strict_json(record), indent=2) + "\n")
+    draw_prediction(image, prediction, grid).save(png_file)
+    return {"image": source, "json": str(json_file), "png": str(png_file), "objects": len(prediction.objects)}
+
+
+def _vrt_grid(model: Any, image: Any) -> tuple[int, int]:
+    """The ``(h, w)`` VRT grid of ``image`` as the model's processor sees it."""
+    batch = model.backbone.process([model.backbone.format_prompt("x", True)], [image])
+    rows, cols = (int(v) for v in batch["image_grids"][0])
+    return rows, cols
 
 
 def _configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL_DIR_OR_RECIPE", help="saved model directory, recipe path or name")
     parser.add_argument("--image", action="append", required=True, help="image file (repeat for several)")
-    parser.add_argument("--prompt", required=True, help="the question, asked of every image")
+    parser.add_argument(
+        "--prompt", default=None, help="the question asked of every image (with --task rec: the sentence)"
+    )
+    parser.add_argument(
+        "--task",
+        choices=["rec", "ovd", "ric"],
+        default=None,
+        help="use the model's prompt template: rec (--prompt is the referring sentence; RES masks come with it), "
+        "ovd (--labels), ric (captioning)",
+    )
+    parser.add_argument("--labels", default=None, metavar="A,B,C", help="categories to detect, with --task ovd")
     parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="default: the recipe's")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="write <stem>.json (masks as COCO RLE) and <stem>.png per image"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     _add_overrides(parser)
     parser.set_defaults(handler=cmd_predict)
 
 
 # ---------------------------------------------------------------------------------------------------
-# padt demo (a smoke run until the real demo lands; replace cmd_demo only)
+# padt demo
 # ---------------------------------------------------------------------------------------------------
 
+_DEMO_OUT = "runs/demo"
+_SMOKE_ONLY = ("recipe", "prompt", "max_new_tokens")
+_FULL_ONLY = ("out", "seed", "quick", "long", "overwrite")
 
-def _demo_image(size: int = 224):
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Shapes → train → eval → ``report.json`` + ``gallery.png`` (``padt_core.demo``); ``--smoke``: instant check."""
+    unused = _FULL_ONLY if args.smoke else _SMOKE_ONLY
+    given = [name for name in unused if getattr(args, name) is not None and getattr(args, name) is not False]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(
+            f"{flags} {'do' if len(given) > 1 else 'does'} not apply {'with' if args.smoke else 'without'} --smoke"
+        )
+    if args.smoke:
+        return _demo_smoke(args)
+    from .demo import format_table, run_demo
+
+    out = Path(args.out or _DEMO_OUT)
+    budget = "quick" if args.quick else "long" if args.long else "default"
+    report = run_demo(
+        out, budget=budget, overwrite=args.overwrite, seed=args.seed or 0, overrides=args.overrides or None
+    )
+    print(format_table(report))
+    info = report.get("budget", {})
+    if info:
+        print(
+            f"budget {info.get('name')}: {info.get('train_images')} train images, {info.get('steps')} steps, "
+            f"trained in {info.get('train_seconds')}s, {info.get('total_seconds')}s in all"
+        )
+    print(f"report:  {out / 'report.json'}")
+    print(f"gallery: {out / 'gallery.png'}")
+    return 0
+
+
+def _demo_image(size: int = 224) -> Any:
     """A grey image with a red square and a blue disc: something to point at, made without files."""
     from PIL import Image, ImageDraw
 
@@ -307,20 +701,23 @@ def _demo_image(size: int = 224):
     return image
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """End-to-end smoke run: build a recipe, predict on a generated image, print completion and objects."""
+def _demo_smoke(args: argparse.Namespace) -> int:
+    """Build a recipe, predict on a generated image, print completion and objects (every stage runs)."""
     import time
 
     import padt_core
 
+    recipe = args.recipe or "tiny_qwen"
+    prompt = args.prompt or "Please find the red square."
     start = time.perf_counter()
-    model = padt_core.build(recipe=args.recipe, overrides=args.overrides or None)
+    model = padt_core.build(recipe=recipe, overrides=args.overrides or None)
     model.eval()
     built = time.perf_counter()
     params = sum(p.numel() for p in model.parameters())
     print(f"built {model.recipe.name!r} in {built - start:.1f}s ({params:,} parameters)")
-    prediction = model.predict(_demo_image(), args.prompt, max_new_tokens=args.max_new_tokens)[0]
-    print(f"prompt: {args.prompt}")
+    max_new_tokens = 24 if args.max_new_tokens is None else args.max_new_tokens
+    prediction = model.predict(_demo_image(), prompt, max_new_tokens=max_new_tokens)[0]
+    print(f"prompt: {prompt}")
     print(f"completion ({len(prediction.ids)} tokens, {time.perf_counter() - built:.1f}s): {prediction.text!r}")
     _print_json(_prediction_json(prediction)["objects"])
     if model.recipe.name == "tiny_qwen":
@@ -329,9 +726,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", default="tiny_qwen", help="recipe path or bundled name (default: tiny_qwen)")
-    parser.add_argument("--prompt", default="Please find the red square.")
-    parser.add_argument("--max-new-tokens", type=int, default=24, metavar="N")
+    parser.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default: {_DEMO_OUT})")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--quick", action="store_true", help="a small budget: fewer images and steps")
+    budget.add_argument("--long", action="store_true", help="a larger budget: more data and steps, better numbers")
+    parser.add_argument("--seed", type=int, default=None, help="data and training seed (default: 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a demo run already in --out")
+    smoke = parser.add_argument_group("smoke run (--smoke)")
+    smoke.add_argument("--smoke", action="store_true", help="only build a recipe and predict on a drawn image")
+    smoke.add_argument("--recipe", default=None, help="recipe path or bundled name (default: tiny_qwen)")
+    smoke.add_argument("--prompt", default=None, help='default: "Please find the red square."')
+    smoke.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="default: 24")
     _add_overrides(parser)
     parser.set_defaults(handler=cmd_demo)
 
@@ -343,9 +748,16 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, Command] = {
     "plugins": Command("list registered plugins", _configure_plugins),
     "recipe": Command("validate recipes, print the recipe schema", _configure_recipe),
+    "data": Command("write datasets (synthetic shapes)", _configure_data),
+    "train": Command(
+        "train a recipe (Hugging Face Trainer; torchrun / accelerate for several processes)", _configure_train
+    ),
+    "eval": Command("evaluate a model on a recipe's or a dataset's samples; write a report JSON", _configure_eval),
     "predict": Command("predict objects in images with a saved model or a recipe", _configure_predict),
     "bench": Command("benchmarks (JSON on stdout)", _configure_bench),
-    "demo": Command("end-to-end smoke run on the tiny offline model", _configure_demo),
+    "demo": Command(
+        "end-to-end demo: shapes -> train -> eval -> report + gallery (--smoke: instant check)", _configure_demo
+    ),
 }
 
 
