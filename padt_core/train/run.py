@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 
 from ..data.reader import build_dataset
 from ..data.templates import TaskTemplates
@@ -77,11 +77,13 @@ def train(
     output_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    callbacks: Sequence[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """Train a recipe; returns a summary (output dir, steps, last logged losses, skipped samples).
 
     A directory that already holds checkpoints or a model is never overwritten unless
-    ``overwrite``; ``resume`` continues the latest checkpoint of the same recipe.
+    ``overwrite``; ``resume`` continues the latest checkpoint of the same recipe. ``callbacks`` are
+    Hugging Face ``TrainerCallback`` objects added to the Trainer (logging, early stopping, …).
     """
     spec = load_recipe(recipe, overrides)
     out = Path(output_dir or spec.train.output_dir or Path("runs") / spec.name)
@@ -126,6 +128,7 @@ def train(
         args=training_arguments(spec.train, str(out)),
         train_dataset=train_set,
         data_collator=collator,
+        callbacks=list(callbacks) if callbacks else None,
     )
     result = trainer.train(resume_from_checkpoint=str(previous) if resume else None)
     if trainer.is_world_process_zero():

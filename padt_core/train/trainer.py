@@ -116,8 +116,14 @@ class PaDTTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._loss_count and "loss" in logs:
-            for key, total in self._loss_sums.items():
-                logs[f"loss_{key}"] = round(total / self._loss_count, 6)
+            keys = list(self._loss_sums)
+            means = torch.tensor([self._loss_sums[k] / self._loss_count for k in keys], device=self.args.device)
+            if self.args.world_size > 1:
+                # Like "loss" (gathered by the Trainer), each term is the mean over processes, not rank 0's
+                # share. Every rank logs at the same steps with the same keys, so this collective matches.
+                means = self.accelerator.reduce(means, reduction="mean")
+            for key, value in zip(keys, means.tolist()):
+                logs[f"loss_{key}"] = round(value, 6)
             self._loss_sums.clear()
             self._loss_count = 0
         super().log(logs, start_time)
