@@ -28,7 +28,15 @@ _MODEL_SECTIONS = ("backbone", "vrt", "decoder")
 
 
 def training_arguments(cfg: TrainConfig, output_dir: str, **extra: Any) -> TrainingArguments:
-    """``TrainingArguments`` from a recipe's ``train:`` section."""
+    """``TrainingArguments`` from a recipe's ``train:`` section (``extra`` adds or overrides arguments).
+
+    ``ddp_find_unused_parameters`` is False: the decoder runs on the LLM's outputs *outside* the
+    DDP-wrapped forward, so DDP's search for unused parameters (at the end of that forward) would
+    wrongly mark the decoder's parameters ready before backward ("Expected to mark a variable ready
+    only once"). Every trainable parameter takes part in every step's loss instead (zero-object
+    batches decode a dummy object; ``tests/test_train.py`` checks this).
+    """
+    settings: dict[str, Any] = {"ddp_find_unused_parameters": False, **extra}
     return TrainingArguments(
         output_dir=output_dir,
         learning_rate=cfg.lr,
@@ -57,7 +65,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str, **extra: Any) -> Train
         fsdp=cfg.fsdp or "",
         fsdp_config=cfg.fsdp_config,
         use_cpu=not torch.cuda.is_available(),
-        **extra,
+        **settings,
     )
 
 
