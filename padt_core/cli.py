@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -371,21 +372,28 @@ def _configure_data(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a recipe (``padt_core.train.run.train``); rank 0 prints a JSON summary."""
+    """Train a recipe (``padt_core.train.run.train``); rank 0 prints a JSON summary (and writes ``--summary``)."""
+    from contextlib import redirect_stdout
+
     from .train.run import train
 
-    summary = train(
-        args.recipe, args.overrides or None, output_dir=args.output_dir, overwrite=args.overwrite, resume=args.resume
-    )
+    with redirect_stdout(sys.stderr):  # the Trainer's log lines go to stderr: stdout is the JSON summary alone
+        summary = train(
+            args.recipe,
+            args.overrides or None,
+            output_dir=args.output_dir,
+            overwrite=args.overwrite,
+            resume=args.resume,
+        )
     if _is_main_process():
+        if args.summary:
+            Path(args.summary).write_text(json.dumps(summary, indent=2, default=str) + "\n")
         _print_json(_train_summary(summary))
     return 0
 
 
 def _is_main_process() -> bool:
     """Whether this is rank 0 of a ``torchrun`` / ``accelerate launch`` job (or a single process)."""
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -417,6 +425,9 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace a training run already in the output dir")
     mode.add_argument("--resume", action="store_true", help="continue from the output dir's latest checkpoint")
+    parser.add_argument(
+        "--summary", default=None, metavar="FILE", help="also write the summary with the full log history"
+    )
     parser.epilog = "Multi-process: torchrun --nproc_per_node N -m padt_core.cli train RECIPE ..."
     parser.set_defaults(handler=cmd_train)
 
@@ -611,7 +622,7 @@ def _write_prediction(
     from .viz import draw_prediction
 
     grid = _vrt_grid(model, image)
-    record = {"image": source, "image_size": [image.height, image.width], "vrt_grid": list(grid), "prompt": prompt}
+    record = {"image": source, "width": image.width, "height": image.height, "vrt_grid": list(grid), "prompt": prompt}
     record.update(_prediction_json(prediction, rle=True))
     json_file, png_file = files
     json_file.write_text(json.dumps(_strict_json(record), indent=2) + "\n")
@@ -787,6 +798,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("padt: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `padt … | head`: the reader left; stay quiet, as other command-line tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit, which would fail again
+        return 141
     except _user_errors() as err:
         if show_trace:
             raise
