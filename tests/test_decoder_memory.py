@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from padt_plugins.decoders.factored_memory import FactoredMemory
 from padt_plugins.decoders.layers import RMSNorm, split_heads
-from padt_plugins.decoders.memory import DenseMemory, FactoredMemory
+from padt_plugins.decoders.memory import DenseMemory, MemoryPositions
 from torch import nn
 
-D, H = 16, 2
+D, H = 16, 2  # head dim 8: 2 row + 2 column rotary pairs
 
 
 def _pair(num_images: int, seed: int = 0):
@@ -21,21 +22,30 @@ def _pair(num_images: int, seed: int = 0):
     return DenseMemory.from_shared(base, valid, index, grids), FactoredMemory.from_shared(base, valid, index, grids)
 
 
-def _update(memory, seed: int):
+def _positions(num_images: int, fine: bool) -> MemoryPositions:
+    """Rows of image 0 on a 2x3 grid, of image 1 on 2x2 (+ 2 padding rows); cells of 2 fine patches."""
+    cells = [[(r, c) for r in range(2) for c in range(3)], [(r, c) for r in range(2) for c in range(2)] + [(0, 0)] * 2]
+    return MemoryPositions(torch.tensor(cells[:num_images]), 1 if fine else 2, D // H, 10000.0)
+
+
+def _projection(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(D, D, generator=gen) / D**0.5, torch.randn(D, generator=gen)
+
+
+def _update(memory, positions: MemoryPositions, seed: int):
     gen = torch.Generator().manual_seed(seed)
     n, L = memory.image_index.shape[0], 3
     out = nn.Linear(D, D)
     with torch.no_grad():
         out.weight.normal_(generator=gen)
         out.bias.normal_(generator=gen)
-    queries = split_heads(torch.randn(n, 6, D, generator=gen), H)
     keys, values = (split_heads(torch.randn(n, L, D, generator=gen), H) for _ in range(2))
     key_mask = torch.ones(n, L, dtype=torch.bool)
     key_mask[0, 2] = False
-    return memory.attend(queries, keys, values, key_mask, out)
+    return memory.update(keys, values, key_mask, _projection(gen), out, rms_eps=1e-6, positions=positions)
 
 
-def _check(dense: DenseMemory, factored: FactoredMemory) -> None:
+def _check(dense: DenseMemory, factored: FactoredMemory, positions: MemoryPositions) -> None:
     valid = dense.valid[..., None]
     torch.testing.assert_close(factored.dense() * valid, dense.dense() * valid, atol=1e-5, rtol=1e-5)
     gen = torch.Generator().manual_seed(1)
@@ -44,14 +54,20 @@ def _check(dense: DenseMemory, factored: FactoredMemory) -> None:
         got, want = factored.project(weight, **kwargs), dense.project(weight, **kwargs)
         assert got.shape == want.shape == (dense.valid.shape[0], 6, 5)
         torch.testing.assert_close(got * valid, want * valid, atol=1e-5, rtol=1e-4)
+    queries = split_heads(torch.randn(dense.valid.shape[0], 3, D, generator=gen), H)
+    key, value = _projection(gen), _projection(gen)
+    got = factored.read(queries, key, value, rms_eps=1e-6, positions=positions)
+    want = dense.read(queries, key, value, rms_eps=1e-6, positions=positions)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("num_images", [1, 2])
 def test_factored_memory_tracks_dense_memory(num_images):
     dense, factored = _pair(num_images)
-    _check(dense, factored)  # shared rows only
-    dense, factored = _update(dense, 2), _update(factored, 2)
-    _check(dense, factored)  # + one update (rank H*L + bias)
+    low = _positions(num_images, fine=False)
+    _check(dense, factored, low)  # shared rows only
+    dense, factored = _update(dense, low, 2), _update(factored, low, 2)
+    _check(dense, factored, low)  # + one update (rank H*L + bias)
     norm = RMSNorm(D)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
@@ -63,15 +79,16 @@ def test_factored_memory_tracks_dense_memory(num_images):
     fine_grids = dense.grids
     dense = dense.to_fine(fine, parents, fine_valid, fine_grids, norm)
     factored = factored.to_fine(fine, parents, fine_valid, fine_grids, norm)
-    _check(dense, factored)  # normalised: per-row scale on both factors
-    dense, factored = _update(dense, 4), _update(factored, 4)
-    _check(dense, factored)  # rank grows: two updates
+    high = _positions(num_images, fine=True)
+    _check(dense, factored, high)  # normalised: per-row scale on both factors
+    dense, factored = _update(dense, high, 4), _update(factored, high, 4)
+    _check(dense, factored, high)  # rank grows: two updates
 
 
 def test_factored_projection_is_cheap_in_objects():
     """Projecting shares the image part: the shared product is computed once, not per object."""
     _, factored = _pair(1)
-    factored = _update(factored, 0)
+    factored = _update(factored, _positions(1, fine=False), 0)
     calls = []
     original = torch.nn.functional.linear
 

@@ -30,6 +30,7 @@ from padt_core.decoder import DecoderInputs, Trunk, TrunkOutput, pad_packed, pad
 from padt_core.layout import Layout
 from padt_core.plugins import PluginConfig
 
+from .factored_memory import FactoredMemory
 from .layers import (
     MLP,
     Attention,
@@ -38,13 +39,13 @@ from .layers import (
     init_weights,
     merge_heads,
     pair_permutation,
-    rotary_cis,
-    rotate_pairs_,
     split_heads,
 )
-from .memory import MEMORY_KINDS, TrunkMemory
+from .memory import DenseMemory, MemoryPositions, TrunkMemory
 
-__all__ = ["PaDTTrunk", "PaDTTrunkConfig", "TwoWayBlock"]
+__all__ = ["MEMORY_KINDS", "PaDTTrunk", "PaDTTrunkConfig", "TwoWayBlock"]
+
+MEMORY_KINDS: dict[str, type[TrunkMemory]] = {"dense": DenseMemory, "factored": FactoredMemory}  # config.memory
 
 
 class PaDTTrunkConfig(PluginConfig):
@@ -95,11 +96,10 @@ class TwoWayBlock(nn.Module):
         q_pos: torch.Tensor,
         q_mask: torch.Tensor | None,
         memory: TrunkMemory,
-        rope: torch.Tensor,
-        memory_mask: torch.Tensor | None,
+        positions: MemoryPositions,
     ) -> tuple[torch.Tensor, TrunkMemory]:
-        """``q``/``q_pos`` ``[n, L, d]``, ``q_mask`` ``[n, L]``; ``rope`` complex ``[n|1, N, 1, dh/2]``."""
-        heads, d, pairs = self.num_heads, q.shape[-1], self.pairs
+        """``q``/``q_pos`` ``[n, L, d]``, ``q_mask`` ``[n, L]``; ``positions`` of the memory rows."""
+        heads, pairs = self.num_heads, self.pairs
         # 1. self-attention among each object's own queries
         x = self.norm1(q)
         sa = self.self_attn
@@ -108,23 +108,17 @@ class TwoWayBlock(nn.Module):
                    split_heads(sa.v_proj(x), heads), q_mask)  # fmt: skip
         q = q + sa.proj(merge_heads(y))
 
-        # 2. queries read their image. Keys, values and the memory-side queries of step 4 are all
-        # projections of the same normalised memory: one call, norm gains folded into the weights.
-        # Rotated projections use pair-permuted rows on both sides of their attention (layers.py).
+        # 2. queries read their image; rotated keys and the queries use pair-permuted rows (layers.py)
         qi = self.cross_attn_query_to_image
-        weights = [qi.k_proj.weight[pairs] * self.norm3.weight]
-        biases = [qi.k_proj.bias[pairs]]
-        if self.update_memory:  # norm6 has the same eps as norm3, so both share one normalisation
-            iq = self.cross_attn_image_to_query
-            weights.append(iq.q_proj.weight[pairs] * self.norm6.weight)
-            biases.append(iq.q_proj.bias[pairs])
-        weights.append(qi.v_proj.weight * self.norm3.weight)
-        biases.append(qi.v_proj.bias)
-        projected = memory.project(torch.cat(weights), torch.cat(biases), rms_eps=self.norm3.eps)
-        rotate_pairs_(projected[..., : d * (len(weights) - 1)], rope)
-        k, *mq, v = projected.split(d, dim=-1)
         queries = F.linear(self.norm2(q) + q_pos, qi.q_proj.weight[pairs], qi.q_proj.bias[pairs])
-        y = attend(split_heads(queries, heads), split_heads(k, heads), split_heads(v, heads), memory_mask)
+        gain = self.norm3.weight
+        y = memory.read(
+            split_heads(queries, heads),
+            key=(qi.k_proj.weight[pairs] * gain, qi.k_proj.bias[pairs]),
+            value=(qi.v_proj.weight * gain, qi.v_proj.bias),
+            rms_eps=self.norm3.eps,
+            positions=positions,
+        )
         q = q + qi.proj(merge_heads(y))
 
         # 3. MLP
@@ -132,10 +126,17 @@ class TwoWayBlock(nn.Module):
 
         # 4. the image reads this object's queries: every object updates its own memory
         if self.update_memory:
+            iq = self.cross_attn_image_to_query
             x = self.norm5(q)
             keys = F.linear(x + q_pos, iq.k_proj.weight[pairs], iq.k_proj.bias[pairs])
-            memory = memory.attend(
-                split_heads(mq[0], heads), split_heads(keys, heads), split_heads(iq.v_proj(x), heads), q_mask, iq.proj
+            memory = memory.update(
+                split_heads(keys, heads),
+                split_heads(iq.v_proj(x), heads),
+                q_mask,
+                query=(iq.q_proj.weight[pairs] * self.norm6.weight, iq.q_proj.bias[pairs]),
+                out=iq.proj,
+                rms_eps=self.norm6.eps,
+                positions=positions,
             )
         return q, memory
 
@@ -208,9 +209,10 @@ class PaDTTrunk(Trunk):
         protos, proto_valid = pad_rows([p.to(dtype) for p in inputs.prototypes])
         grids = _per_object([f.grid for f in features], index)
         memory = self.memory_cls.from_shared(self.input_projection(protos), proto_valid, index, grids)
-        positions, _ = pad_rows([self.layout.cell_positions(f.grid, factor, protos.device) for f in features])
-        args = self._rope(positions, index), _key_mask(memory.valid)
-        q, memory = self.low_res_transformer(q, q_pos, q_mask, memory, *args)
+        positions = self._positions(
+            [self.layout.cell_positions(f.grid, factor, protos.device) for f in features], factor
+        )
+        q, memory = self.low_res_transformer(q, q_pos, q_mask, memory, positions)
 
         # High-res memory: each fine patch = its cell's memory row + the fine feature, normalised.
         if inputs.has_fine and self.vision_hidden_size is not None:
@@ -219,16 +221,15 @@ class PaDTTrunk(Trunk):
             parents, _ = pad_rows([self.layout.fine_to_cell(f.grid, f.fine_grid, fine.device) for f in features])
             fine_grids = _per_object([f.fine_grid for f in features], index)
             memory = memory.to_fine(self.fine_projection(fine), parents, fine_valid, fine_grids, self.high_res_norm)
-            positions, _ = pad_rows([self.layout.fine_positions(f.fine_grid, fine.device) for f in features])
-            args = self._rope(positions, index), _key_mask(memory.valid)
-            q, memory = self.high_res_transformer1(q, q_pos, q_mask, memory, *args)
-            q, memory = self.high_res_transformer2(q, q_pos, q_mask, memory, *args)
+            positions = self._positions([self.layout.fine_positions(f.fine_grid, fine.device) for f in features], 1)
+            q, memory = self.high_res_transformer1(q, q_pos, q_mask, memory, positions)
+            q, memory = self.high_res_transformer2(q, q_pos, q_mask, memory, positions)
         return TrunkOutput(queries=q[:, :num_head_queries], memory=memory if return_memory else None)
 
-    def _rope(self, positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Per-image positions ``[B, N, 2]`` → per-object rotations ``[n|1, N, 1, dh/2]`` (broadcast over heads)."""
-        cis = rotary_cis(positions, self.head_dim, self.config.rope_theta)[:, :, None]
-        return cis if cis.shape[0] == 1 else cis[index]  # one image: broadcast instead of copying per object
+    def _positions(self, per_image: list[torch.Tensor], factor: int) -> MemoryPositions:
+        """Rotary positions (fine-patch units, ``[N_b, 2]`` per image, multiples of ``factor``) of the memory rows."""
+        cells, _ = pad_rows([p // factor for p in per_image])
+        return MemoryPositions(cells, factor, self.head_dim, self.config.rope_theta)
 
     def _check_widths(self, inputs: DecoderInputs) -> None:
         d_llm = inputs.vrt_states.shape[-1]
@@ -245,8 +246,3 @@ class PaDTTrunk(Trunk):
 
 def _per_object(grids: list[tuple[int, int] | None], index: torch.Tensor) -> torch.Tensor:
     return torch.tensor(grids, dtype=torch.long, device=index.device)[index]
-
-
-def _key_mask(valid: torch.Tensor) -> torch.Tensor | None:
-    """Memory key mask for attention, or ``None`` when no row is padding (lets SDPA take its fast path)."""
-    return None if bool(valid.all()) else valid
