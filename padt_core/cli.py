@@ -100,10 +100,9 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _build_or_load(source: str, overrides: Sequence[str]):
-    """A model from a directory written by ``save_pretrained`` (holds ``padt.json``) or from a recipe."""
-    import padt_core
-    from padt_core.model import META_NAME
+def _check_model_source(source: str, overrides: Sequence[str]) -> None:
+    """Fail fast on a directory that is not a saved model, before images or data are read."""
+    from .model import META_NAME
 
     path = Path(source)
     if path.is_dir():
@@ -111,7 +110,15 @@ def _build_or_load(source: str, overrides: Sequence[str]):
             raise FileNotFoundError(f"{path} is a directory but not a padt model (no {META_NAME})")
         if overrides:
             raise ValueError("recipe overrides apply to recipes, not to a saved model directory")
-        return padt_core.load(path)
+
+
+def _build_or_load(source: str, overrides: Sequence[str]) -> Any:
+    """A model from a directory written by ``save_pretrained`` (holds ``padt.json``) or from a recipe."""
+    import padt_core
+
+    _check_model_source(source, overrides)
+    if Path(source).is_dir():
+        return padt_core.load(source)
     return padt_core.build(recipe=source, overrides=list(overrides) or None)
 
 
@@ -451,6 +458,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _refuse_existing(out, args.overwrite)
     if args.data is not None and not Path(args.data).is_file():
         raise FileNotFoundError(f"evaluation data not found: {args.data}")
+    _check_model_source(args.model, ())
     model = _build_or_load(args.model, ())
     model.to(device=torch.device(args.device)).eval()
     data = args.data if args.data is not None else _recipe_val(model)
@@ -546,6 +554,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .model import load_image
 
     _task_prompt(args, DEFAULT_TEMPLATES)  # bad flag combinations fail before the model loads
+    for path in args.image:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+    _check_model_source(args.model, args.overrides)
     images = [load_image(path) for path in args.image]
     outputs = _output_paths(args.image, Path(args.out), args.overwrite) if args.out else None
     model = _build_or_load(args.model, args.overrides)

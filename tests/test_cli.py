@@ -183,10 +183,186 @@ def test_predict_directory_without_padt_json_exits_2(capsys, tmp_path):
     assert "padt.json" in err
 
 
-def test_demo_runs_end_to_end(capsys):
-    code, out, _ = run(capsys, "demo", "--max-new-tokens", "4")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "--prompt"),
+        (["--task", "rec"], "referring sentence"),
+        (["--task", "ovd"], "--labels"),
+        (["--task", "ovd", "--labels", " , "], "--labels"),
+        (["--task", "ric", "--prompt", "x"], "drop --prompt"),
+        (["--prompt", "x", "--labels", "a,b"], "--task ovd"),
+    ],
+    ids=["nothing", "rec-without-sentence", "ovd-without-labels", "ovd-empty-labels", "ric-with-prompt", "labels"],
+)
+def test_predict_prompt_flags_are_checked_before_the_model_loads(capsys, monkeypatch, argv, message):
+    monkeypatch.setattr("padt_core.build", lambda *a, **k: pytest.fail("the model was built"))
+    code, out, err = run(capsys, "predict", "tiny_qwen", "--image", __file__, *argv)
+    assert (code, out) == (2, "")
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--task", "rec", "--prompt", "the red square"], ("rec", "the red square")),
+        (["--task", "ovd", "--labels", "circle, red square"], ("ovd", ["circle", "red square"])),
+        (["--task", "ric"], ("ric", None)),
+        (["--prompt", "Verbatim."], (None, "Verbatim.")),
+    ],
+    ids=["rec", "ovd", "ric", "verbatim"],
+)
+def test_predict_task_uses_the_models_templates(capsys, monkeypatch, tmp_path, argv, expected):
+    from padt_core.data.templates import ovd_prompt, rec_prompt, ric_prompt
+    from padt_core.model import PaDTModel, Prediction
+
+    image = tmp_path / "a.png"
+    noise_image(56, 56).save(image)
+    prompts: list[str] = []
+    monkeypatch.setattr(
+        PaDTModel, "predict", lambda self, images, prompt, **kw: prompts.append(prompt) or [Prediction("")]
+    )
+    code, _, err = run(capsys, "predict", "tiny_qwen", "--image", str(image), *argv)
+    assert code == 0, err
+    task, arg = expected
+    want = {"rec": lambda: rec_prompt(arg), "ovd": lambda: ovd_prompt(arg), "ric": ric_prompt, None: lambda: arg}[
+        task
+    ]()
+    assert prompts == [want]
+
+
+def _fake_prediction(height: int, width: int):
+    """A prediction with one complete object (box, score, mask) — what a trained model returns."""
+    import numpy as np
+
+    from padt_core.model import PredictedObject, Prediction
+
+    mask = np.zeros((height, width), dtype=bool)
+    mask[10:30, 20:50] = True
+    obj = PredictedObject(label="red square", vrt=[0, 1], box=[20.0, 10.0, 50.0, 30.0], score=0.75, mask=mask)
+    return Prediction(text='"red square"<|VRT_0|><|VRT_1|>', objects=[obj]), mask
+
+
+def test_predict_out_writes_json_with_rle_masks_and_a_drawing(capsys, monkeypatch, tmp_path):
+    from PIL import Image
+
+    from padt_core.data.sample import rle_decode
+    from padt_core.model import PaDTModel
+
+    image = tmp_path / "scene.png"
+    noise_image(60, 90).save(image)
+    prediction, mask = _fake_prediction(60, 90)
+    monkeypatch.setattr(PaDTModel, "predict", lambda self, images, prompt, **kw: [prediction])
+    out = tmp_path / "out"
+    argv = ["predict", "tiny_qwen", "--image", str(image), "--prompt", "Find it.", "--out", str(out)]
+    code, stdout, err = run(capsys, *argv)
+    assert code == 0, err
+    [written] = json.loads(stdout)
+    assert written == {
+        "image": str(image),
+        "json": str(out / "scene.json"),
+        "png": str(out / "scene.png"),
+        "objects": 1,
+    }
+    record = json.loads((out / "scene.json").read_text())
+    assert (record["width"], record["height"], record["prompt"]) == (90, 60, "Find it.")
+    assert len(record["vrt_grid"]) == 2
+    assert record["text"] == prediction.text
+    [obj] = record["objects"]
+    assert (obj["label"], obj["vrt"], obj["box"], obj["score"]) == (
+        "red square",
+        [0, 1],
+        [20.0, 10.0, 50.0, 30.0],
+        0.75,
+    )
+    assert isinstance(obj["mask"]["counts"], str)
+    assert obj["mask"]["size"] == [60, 90]
+    assert (rle_decode(obj["mask"]) == mask).all()
+    with Image.open(out / "scene.png") as drawn:
+        assert drawn.size == (90, 60)
+
+    code, _, err = run(capsys, *argv)  # refuses to overwrite, naming the file
+    assert code == 2
+    assert str(out / "scene.json") in err
+    code, _, err = run(capsys, *argv, "--overwrite")
+    assert code == 0, err
+
+
+def test_predict_out_refuses_images_with_the_same_stem(capsys, tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        noise_image(56, 56).save(tmp_path / sub / "x.png")
+    images = ["--image", str(tmp_path / "a" / "x.png"), "--image", str(tmp_path / "b" / "x.png")]
+    code, _, err = run(capsys, "predict", "tiny_qwen", *images, "--prompt", "x", "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert "x" in err and "same file name" in err
+
+
+def test_eval_missing_data_file_exits_2(capsys, tmp_path):
+    out = tmp_path / "report.json"
+    code, _, err = run(capsys, "eval", "tiny_qwen", "--data", str(tmp_path / "nope.yaml"), "--out", str(out))
+    assert code == 2
+    assert "nope.yaml" in err
+    assert not out.exists()
+
+
+def test_eval_refuses_an_existing_report(capsys, tmp_path):
+    out = tmp_path / "report.json"
+    out.write_text("{}")
+    code, _, err = run(capsys, "eval", "tiny_qwen", "--out", str(out))
+    assert code == 2
+    assert "--overwrite" in err and str(out) in err
+    assert out.read_text() == "{}"
+
+
+def test_demo_smoke_runs_end_to_end(capsys):
+    code, out, _ = run(capsys, "demo", "--smoke", "--max-new-tokens", "4")
     assert code == 0
     assert "completion" in out
+
+
+def test_demo_calls_run_demo_and_prints_table_and_paths(capsys, monkeypatch, tmp_path):
+    import padt_core.demo
+
+    calls: list[tuple] = []
+
+    def fake_run_demo(out_dir, budget="default", overwrite=False, seed=0, overrides=None):
+        calls.append((Path(out_dir), budget, overwrite, seed, overrides))
+        return {"rec_acc50": 0.5, "ovd_map": 0.25, "budget": {"name": budget, "steps": 3}, "counts": {}}
+
+    monkeypatch.setattr(padt_core.demo, "run_demo", fake_run_demo)
+    argv = ["demo", "--out", str(tmp_path), "--quick", "--seed", "3", "--overwrite", "train.lr=0.1"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert calls == [(tmp_path, "quick", True, 3, ["train.lr=0.1"])]
+    assert "rec_acc50" in out and "0.5000" in out
+    assert str(tmp_path / "report.json") in out
+    assert str(tmp_path / "gallery.png") in out
+    code, _, _ = run(capsys, "demo", "--long")
+    assert code == 0
+    assert calls[-1] == (Path("runs/demo"), "long", False, 0, None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [(["--smoke", "--quick"], "--quick"), (["--smoke", "--out", "x"], "--out"), (["--prompt", "x"], "--prompt")],
+    ids=["smoke-quick", "smoke-out", "prompt-without-smoke"],
+)
+def test_demo_rejects_options_of_the_other_mode(capsys, monkeypatch, argv, flag):
+    import padt_core.demo
+
+    monkeypatch.setattr(padt_core.demo, "run_demo", lambda *a, **k: pytest.fail("run_demo called"))
+    code, _, err = run(capsys, "demo", *argv)
+    assert code == 2
+    assert flag in err and "--smoke" in err
+
+
+def test_demo_quick_and_long_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--quick", "--long"])
+    assert exc.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
 
 
 def test_every_command_has_help(capsys):
@@ -195,3 +371,8 @@ def test_every_command_has_help(capsys):
             main([name, "--help"])
         assert exc.value.code == 0
         assert f"padt {name}" in capsys.readouterr().out
+    for nested in (["data", "shapes"], ["recipe", "validate"], ["bench", "generate"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*nested, "--help"])
+        assert exc.value.code == 0
+        assert f"padt {' '.join(nested)}" in capsys.readouterr().out
