@@ -12,13 +12,13 @@ from torch import nn
 D, H = 16, 2  # head dim 8: 2 row + 2 column rotary pairs
 
 
-def _pair(num_images: int, seed: int = 0):
+def _pair(num_images: int, num_objects: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     rows = [6, 4][:num_images]  # image 1 (if any) is smaller: its rows 4..5 are padding
     base = torch.randn(num_images, 6, D, generator=gen)
     valid = torch.arange(6)[None, :] < torch.tensor(rows)[:, None]
-    index = torch.tensor([0, 0, 0] if num_images == 1 else [0, 1, 1, 0])
-    grids = torch.tensor([[2, 3], [2, 2]])[index] if num_images == 2 else torch.tensor([[2, 3]] * 3)
+    index = torch.arange(num_objects) % num_images
+    grids = torch.tensor([[2, 3], [2, 2]])[index]
     return DenseMemory.from_shared(base, valid, index, grids), FactoredMemory.from_shared(base, valid, index, grids)
 
 
@@ -61,9 +61,10 @@ def _check(dense: DenseMemory, factored: FactoredMemory, positions: MemoryPositi
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("num_images", [1, 2])
-def test_factored_memory_tracks_dense_memory(num_images):
-    dense, factored = _pair(num_images)
+# few objects per image: per-object basis rows; many: shared head-space products (both paths)
+@pytest.mark.parametrize(("num_images", "num_objects"), [(1, 3), (2, 4), (1, 12), (2, 24)])
+def test_factored_memory_tracks_dense_memory(num_images, num_objects):
+    dense, factored = _pair(num_images, num_objects)
     low = _positions(num_images, fine=False)
     _check(dense, factored, low)  # shared rows only
     dense, factored = _update(dense, low, 2), _update(factored, low, 2)
@@ -87,7 +88,7 @@ def test_factored_memory_tracks_dense_memory(num_images):
 
 def test_factored_projection_is_cheap_in_objects():
     """Projecting shares the image part: the shared product is computed once, not per object."""
-    _, factored = _pair(1)
+    _, factored = _pair(1, 3)
     factored = _update(factored, _positions(1, fine=False), 0)
     calls = []
     original = torch.nn.functional.linear

@@ -59,6 +59,18 @@ class _AttentionPart:
         rows = torch.einsum("nhld,hde->nhle", self.values, out_map.view(heads, dh, -1)).reshape(n, self.rank, -1)
         return rows if fused or wt is None else rows @ wt
 
+    def cross(self, shared: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """``shared[image(o)] @ rows_oᵀ`` (model-space rows) in float32, ``[n, N, H*L]``."""
+        n, heads, length, dh = self.values.shape
+        images, rows, d = shared.shape
+        values, out_map = self.values.float(), self.out_map.float()
+        if images * d * d >= n * self.rank * (d - dh):  # few objects per image: form the rows
+            return _shared_times(shared, self.through(None).float(), image_index)
+        # many: map the image's rows to head space once, dot with each object's per-head values
+        head_space = split_heads(shared @ out_map.t(), heads)  # [B, H, N, dh]
+        cross = _per_image_matmul(values, head_space.transpose(-1, -2), image_index)  # [n, H, L, N]
+        return cross.permute(0, 3, 1, 2).reshape(n, rows, heads * length)
+
     def scale_channels(self, gain: torch.Tensor) -> _AttentionPart:
         return replace(self, out_map=self.out_map * gain)
 
@@ -75,6 +87,9 @@ class _BiasPart:
     def through(self, wt: torch.Tensor | None) -> torch.Tensor:
         v = self.vector if wt is None else self.vector @ wt
         return v.expand(self.num_objects, 1, -1)
+
+    def cross(self, shared: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        return (shared @ self.vector.float())[image_index][..., None]
 
     def scale_channels(self, gain: torch.Tensor) -> _BiasPart:
         return replace(self, vector=self.vector * gain)
@@ -217,7 +232,8 @@ class FactoredMemory(TrunkMemory):
             total = total * scale.pow(2)
         if self.coef is not None:
             coef, basis = self.coef.float(), self._basis(None).float()
-            cross = (coef * _shared_times(base, basis, self.image_index)).sum(-1)
+            cross = torch.cat([p.cross(base, self.image_index) for p in self.parts], dim=-1)
+            cross = (coef * cross).sum(-1)
             total = total + 2 * (cross if scale is None else scale * cross)
             total = total + (torch.bmm(coef, basis @ basis.transpose(1, 2)) * coef).sum(-1)
         self._ms_cache = total.clamp(min=0) / self.hidden_size
@@ -276,15 +292,17 @@ class FactoredMemory(TrunkMemory):
         for axis, size, pairs in ((0, grid_h, slice(0, half)), (1, grid_w, slice(half, 2 * half))):
             turn = positions.axis_cis(axis, size).conj()  # [size, dh/4]: R(-ρ) on this axis's pairs
             z_turned = torch.view_as_real(zc[:, :, :, None, pairs] * turn).flatten(-2)  # [n, H, L, size, dh/2]
+            z_turned = z_turned.transpose(2, 3).to(b.dtype)  # [n, H, size, L, dh/2]
             ch = slice(pairs.start * 2, pairs.stop * 2)
-            t = b[..., ch] @ z_turned.to(b.dtype).flatten(2, 3).transpose(-1, -2)  # [n, H, R, L*size]
-            tables.append(t.view(n, heads, rank, length, size).permute(0, 4, 2, 1, 3).reshape(n, size, rank, -1))
+            t = z_turned.flatten(2, 3) @ b[..., ch].transpose(-1, -2)  # [n, H, size*L, R]
+            # [n, size, H*L, R]: a copy of contiguous R-long runs, cheap beside a full transpose
+            tables.append(t.view(n, heads, size, length, rank).transpose(1, 2).reshape(n * size, -1, rank))
         # coefficients on the grid (zero where an image has no cell), one product per grid row / column
         where = (cells[..., 0] * grid_w + cells[..., 1])[..., None]  # [n, N, 1]
         grid = coef.new_zeros(n, grid_h * grid_w, rank).scatter_add_(1, where.expand(-1, -1, rank), coef)
         grid = grid.view(n, grid_h, grid_w, rank)
-        by_row = grid.flatten(0, 1) @ tables[0].flatten(0, 1)  # [n*gh, gw, H*L]
-        by_col = grid.transpose(1, 2).flatten(0, 1) @ tables[1].flatten(0, 1)  # [n*gw, gh, H*L]
+        by_row = grid.flatten(0, 1) @ tables[0].transpose(-1, -2)  # [n*gh, gw, H*L]
+        by_col = grid.transpose(1, 2).flatten(0, 1) @ tables[1].transpose(-1, -2)  # [n*gw, gh, H*L]
         total = by_row.view(n, grid_h, grid_w, -1) + by_col.view(n, grid_w, grid_h, -1).transpose(1, 2)
         per_row = total.reshape(n, grid_h * grid_w, -1).gather(1, where.expand(-1, -1, heads * length))
         return per_row.view(n, -1, heads, length).permute(0, 2, 3, 1)
