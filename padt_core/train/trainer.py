@@ -25,6 +25,12 @@ __all__ = ["DatasetEpochCallback", "PaDTTrainer", "check_resumable", "training_a
 
 # Sections that define the model: a checkpoint from a recipe that differs here cannot be resumed.
 _MODEL_SECTIONS = ("backbone", "vrt", "decoder")
+# transformers 5.x renamed `gradient_checkpointing` (deprecated alias, removed in v6) to `activation_checkpointing`.
+_CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 
 
 def training_arguments(cfg: TrainConfig, output_dir: str, **extra: Any) -> TrainingArguments:
@@ -36,7 +42,11 @@ def training_arguments(cfg: TrainConfig, output_dir: str, **extra: Any) -> Train
     only once"). Every trainable parameter takes part in every step's loss instead (zero-object
     batches decode a dummy object; ``tests/test_train.py`` checks this).
     """
-    settings: dict[str, Any] = {"ddp_find_unused_parameters": False, **extra}
+    settings: dict[str, Any] = {
+        "ddp_find_unused_parameters": False,
+        _CHECKPOINTING: cfg.gradient_checkpointing,
+        **extra,
+    }
     return TrainingArguments(
         output_dir=output_dir,
         learning_rate=cfg.lr,
@@ -51,7 +61,6 @@ def training_arguments(cfg: TrainConfig, output_dir: str, **extra: Any) -> Train
         gradient_accumulation_steps=cfg.grad_accum,
         bf16=cfg.precision == "bf16",
         fp16=cfg.precision == "fp16",
-        gradient_checkpointing=cfg.gradient_checkpointing,
         max_grad_norm=cfg.max_grad_norm,
         seed=cfg.seed,
         data_seed=cfg.seed,
