@@ -33,6 +33,7 @@ def run_demo(
     seed: int = 0,
     overrides: list[str] | None = None,
     gallery_size: int = 8,
+    difficulty: str = "easy",
 ) -> dict[str, Any]:
     """Data → train → eval → ``report.json`` + ``gallery.png`` in ``out_dir``; returns the report."""
     from . import load
@@ -48,10 +49,10 @@ def run_demo(
     if (report_file.exists() or (out / "model").exists()) and not overwrite:
         raise FileExistsError(f"{out} already holds a demo run; pass --overwrite to replace it or --out another dir")
     n_train, n_val, steps = BUDGETS[budget]
-    data_root = out / "data" / f"shapes-{n_train}-{n_val}-{seed}"
+    data_root = out / "data" / f"shapes-{difficulty}-{n_train}-{n_val}-{seed}"
     data = (
         f"{{name: shapes, root: {data_root}, tasks: [rec, res, ovd, ric], "
-        f"n_train: {n_train}, n_val: {n_val}, seed: {seed}}}"
+        f"n_train: {n_train}, n_val: {n_val}, seed: {seed}, difficulty: {difficulty}}}"
     )
     recipe = load_recipe(
         DEMO_RECIPE,
