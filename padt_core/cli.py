@@ -394,6 +394,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if _is_main_process():
         if args.summary:
+            Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
             Path(args.summary).write_text(json.dumps(summary, indent=2, default=str) + "\n")
         _print_json(_train_summary(summary))
     return 0
@@ -415,9 +416,8 @@ def _train_summary(summary: dict[str, Any]) -> dict[str, Any]:
                 term.update(last=value, last_step=entry.get("step"))
     out = {key: value for key, value in summary.items() if key != "log_history"}
     output_dir = Path(summary["output_dir"])
-    out["checkpoints"] = sorted(
-        (p.name for p in output_dir.glob("checkpoint-*")), key=lambda name: int(name.rpartition("-")[2])
-    )
+    steps = sorted(int(p.name[11:]) for p in output_dir.glob("checkpoint-*") if p.name[11:].isdigit())
+    out["checkpoints"] = [f"checkpoint-{step}" for step in steps]
     out["logged_steps"] = sum(1 for entry in history if "loss" in entry)
     out["losses"] = losses
     return out
@@ -446,21 +446,33 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Predict over evaluation samples, score them, write the report JSON and print the metrics."""
-    import time
-    from collections import Counter
-
     import torch
 
     from .demo import format_table
-    from .eval.run import evaluate_model
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
     if args.data is not None and not Path(args.data).is_file():
         raise FileNotFoundError(f"evaluation data not found: {args.data}")
-    _check_model_source(args.model, ())
     model = _build_or_load(args.model, ())
     model.to(device=torch.device(args.device)).eval()
+    report = _evaluate(model, args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_strict_json(report), indent=2) + "\n")
+    print(format_table(report))
+    for task, counts in report["counts"].items():
+        print(f"{task}: {json.dumps(counts, default=str)}")
+    print(f"report: {out}")
+    return 0
+
+
+def _evaluate(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``evaluate_model`` with the command's options; the report gains an ``eval`` entry saying what ran."""
+    import time
+    from collections import Counter
+
+    from .eval.run import evaluate_model
+
     data = args.data if args.data is not None else _recipe_val(model)
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     batch_size = args.batch_size or model.recipe.eval.batch_size
@@ -480,13 +492,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "generation": generation,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_strict_json(report), indent=2) + "\n")
-    print(format_table(report))
-    for task, counts in report["counts"].items():
-        print(f"{task}: {json.dumps(counts, default=str)}")
-    print(f"report: {out}")
-    return 0
+    return report
 
 
 def _recipe_val(model: Any) -> list[Any]:
