@@ -102,11 +102,8 @@ _SINGULAR = {
 }
 
 
-class UnknownPluginError(KeyError):
+class UnknownPluginError(LookupError):
     """A recipe or call named a plugin that is not registered."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
 
 
 class DuplicatePluginError(ValueError):
@@ -155,9 +152,29 @@ def _manager() -> pluggy.PluginManager:
     if _State.manager is None:
         pm = pluggy.PluginManager(PROJECT_NAME)
         pm.add_hookspecs(HookSpecs)
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        _load_entry_points(pm)
         _State.manager = pm
     return _State.manager
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """``load_setuptools_entrypoints``, with an error naming the plugin package that failed to import."""
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    except Exception as err:
+        import importlib.metadata
+
+        broken = []
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                ep.load()
+            except Exception:
+                package = ep.dist.metadata["name"] if ep.dist is not None else "?"
+                broken.append(f"{ep.name} = {ep.value} (package {package})")
+        raise ImportError(
+            f"padt plugin(s) failed to import: {'; '.join(broken) or 'unknown'} — {type(err).__name__}: {err}. "
+            "Reinstall or uninstall the package that provides them."
+        ) from err
 
 
 def _source_of(pm: pluggy.PluginManager, plugin: Any) -> str:

@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .data.templates import TaskTemplates
-from .plugins import PluginConfig, get_plugin
+from .plugins import PluginConfig, UnknownPluginError, get_plugin
 
 __all__ = [
     "DecoderConfig",
@@ -49,6 +49,17 @@ class RecipeError(ValueError):
     """A recipe could not be found, parsed or validated. The message names the file and key."""
 
 
+def _describe(error: Mapping[str, Any]) -> str:
+    """``key.sub: message (got value)``; no empty location, no echo of whole sections."""
+    loc = ".".join(str(p) for p in error["loc"])
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    got = error.get("input")
+    shown = (
+        "" if isinstance(got, Mapping) or error["type"] in {"plugin_config", "unknown_plugin"} else f" (got {got!r})"
+    )
+    return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
+
+
 def _plugin_section(kind: str):
     """Annotated type of a recipe section validated against the named plugin's ``Config``."""
 
@@ -65,14 +76,12 @@ def _plugin_section(kind: str):
             )
         try:
             cls = get_plugin(kind, value["name"])
-        except KeyError as err:
+        except UnknownPluginError as err:
             raise PydanticCustomError("unknown_plugin", "{msg}", {"msg": str(err)}) from None
         try:
             return cls.Config.model_validate(dict(value))
         except ValidationError as err:
-            msg = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()
-            )
+            msg = "; ".join(_describe(e) for e in err.errors())
             raise PydanticCustomError(
                 "plugin_config",
                 "invalid options for {kind} '{name}': {msg}",
@@ -343,11 +352,13 @@ def load_recipe(
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        lines = [
-            f"  {'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg']}"
-            + ("" if e["type"] in {"plugin_config", "unknown_plugin"} else f" (got {e.get('input')!r})")
-            for e in err.errors()
-        ]
+        keys = set(parse_overrides(overrides))
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            blamed = [k for k in keys if loc.startswith(k) or k.startswith(loc + ".")] if loc else []
+            origin_note = f" (from override {', '.join(sorted(blamed))})" if blamed else ""
+            lines.append(f"  {_describe(e) if loc else '<top>: ' + _describe(e)}{origin_note}")
         raise RecipeError(f"{origin}: invalid recipe:\n" + "\n".join(lines)) from None
 
 
