@@ -22,7 +22,7 @@ def format_table(report: dict[str, Any]) -> str:
     rows = [(k, report[k]) for k in METRIC_KEYS if k in report]
     width = max(len(k) for k, _ in rows) if rows else 10
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
-    lines += [f"{k:<{width}}  {v:.4f}" for k, v in rows]
+    lines += [f"{k:<{width}}  {'n/a' if v is None or v != v else f'{v:.4f}'}" for k, v in rows]
     return "\n".join(lines)
 
 
@@ -82,7 +82,7 @@ def run_demo(
         "total_seconds": round(time.time() - started, 1),
     }
     report["train"] = {"final_loss": summary["train_loss"], "skipped": summary["skipped"]}
-    report_file.write_text(json.dumps(report, indent=2, default=_jsonable))
+    report_file.write_text(json.dumps(_finite(report), indent=2, default=_jsonable, allow_nan=False))
 
     tiles, captions, seen = [], [], set()
     for sample, prediction in zip(samples, predictions):
@@ -101,6 +101,17 @@ def run_demo(
 def _grid(model, image: Image.Image) -> tuple[int, int]:
     batch = model.backbone.process([model.backbone.format_prompt("x", True)], [image])
     return tuple(batch["image_grids"][0])
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a metric with nothing to score) becomes null, as in ``padt eval``'s report."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

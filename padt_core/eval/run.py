@@ -67,8 +67,14 @@ def evaluate_model(
     samples = load_eval_samples(data, templates=model.recipe.data.templates)
     if tasks:
         samples = [s for s in samples if s.task in tasks]
-    if max_samples is not None:
-        samples = samples[:max_samples]
+    if max_samples is not None:  # per task, so every requested metric gets samples
+        seen: dict[str, int] = {}
+        capped = []
+        for s in samples:
+            seen[s.task] = seen.get(s.task, 0) + 1
+            if seen[s.task] <= max_samples:
+                capped.append(s)
+        samples = capped
     if not samples:
         raise ValueError(f"no evaluation samples for tasks {list(tasks or [])} in {data}")
     tasks = list(tasks) if tasks else sorted({s.task for s in samples})

@@ -133,6 +133,7 @@ def train(
     result = trainer.train(resume_from_checkpoint=str(previous) if resume else None)
     if trainer.is_world_process_zero():
         model.save_pretrained(out, overwrite=True)
+        trainer.save_state()  # trainer_state.json (log history) at the top of the run directory
     skipped.update(collator.skipped)
     history = trainer.state.log_history
     summary = {
