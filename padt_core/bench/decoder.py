@@ -6,11 +6,12 @@ Qwen2.5-VL image: a 17x23 VRT grid and a 34x46 fine grid (reference §0), 5 VRTs
 width 2048 (Qwen2.5-VL-3B). "One by one" calls the same decoder once per object with only that
 object's image, which is what a decoder without packing (the reference, §12.4) must do.
 
-Reported per case: median wall time of each mode, ``speedup`` = one-by-one / packed, and the peak
-memory above the starting point during each mode (CUDA: allocator peak; CPU: peak resident set size,
-sampled every millisecond; on CPU, memory freed earlier and kept by the C allocator is reused without
-showing up, so small one-object peaks can read near 0). Top level: ``speedup_100`` and ``growth_100_over_10`` (packed
-time at 100 objects / at 10; ≤ 10 means no worse than linear).
+Reported per case: median wall and CPU time of each mode, ``speedup`` = one-by-one / packed wall
+time (``speedup_cpu``: the same from CPU time, steadier when other processes share the machine),
+and the peak memory above the starting point during each mode (CUDA: allocator peak; CPU: peak
+resident set size sampled every millisecond; memory the C allocator kept from earlier calls is reused
+unseen, so small one-object peaks can read near 0). Top level: ``speedup_100`` (and ``_cpu``) and
+``growth_100_over_10`` = packed time at 100 objects / at 10 (≤ 10: no worse than linear).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -84,12 +86,13 @@ def bench_decoder(
             row: dict[str, Any] = {"case": name, "images": len(per_image), "objects": sum(per_image)}
             if one_by_one:  # first, so that neither mode runs in memory the other one left behind
                 singles = [_single(inputs, o) for o in range(inputs.num_objects)]
-                single_s, single_mem = _measure(lambda s=singles: [_run(decoder, x) for x in s], repeats, dev)
-                row.update(one_by_one_s=round(single_s, 4), one_by_one_peak_mem_mb=single_mem)
-            packed_s, packed_mem = _measure(lambda inputs=inputs: _run(decoder, inputs), repeats, dev)
-            row.update(packed_s=round(packed_s, 4), packed_peak_mem_mb=packed_mem)
+                single = _measure(lambda s=singles: [_run(decoder, x) for x in s], repeats, dev)
+                row.update(one_by_one_s=single.wall, one_by_one_cpu_s=single.cpu, one_by_one_peak_mem_mb=single.mem)
+            packed = _measure(lambda inputs=inputs: _run(decoder, inputs), repeats, dev)
+            row.update(packed_s=packed.wall, packed_cpu_s=packed.cpu, packed_peak_mem_mb=packed.mem)
             if one_by_one:
-                row["speedup"] = round(single_s / packed_s, 2)
+                row["speedup"] = round(single.wall / packed.wall, 2)
+                row["speedup_cpu"] = round(single.cpu / packed.cpu, 2)
             results.append(row)
             del inputs
             gc.collect()
@@ -117,6 +120,7 @@ def bench_decoder(
     }
     if 100 in by_count and "speedup" in by_count[100]:
         out["speedup_100"] = by_count[100]["speedup"]
+        out["speedup_100_cpu"] = by_count[100]["speedup_cpu"]
     if 100 in by_count and 10 in by_count:
         out["growth_100_over_10"] = round(by_count[100]["packed_s"] / by_count[10]["packed_s"], 2)
     return out
@@ -183,18 +187,25 @@ def _run(decoder: PaDTDecoder, inputs: DecoderInputs) -> Any:
     return dict(decoder(inputs))
 
 
-def _measure(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, float]:
-    """Median seconds over ``repeats`` calls and the peak memory (MiB) above the level before them."""
-    times = []
+@dataclass
+class _Timing:
+    wall: float  # median wall-clock seconds
+    cpu: float  # median CPU seconds of this process (all threads): steadier than wall time on a shared machine
+    mem: float  # peak memory (MiB) above the level before the calls
+
+
+def _measure(fn: Callable[[], Any], repeats: int, device: torch.device) -> _Timing:
+    walls, cpus = [], []
     with _PeakMemory(device) as peak:
         for _ in range(repeats):
             _sync(device)
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             result = fn()
             _sync(device)
-            times.append(time.perf_counter() - start)
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
             del result
-    return statistics.median(times), round(peak.bytes / 2**20, 1)
+    return _Timing(round(statistics.median(walls), 4), round(statistics.median(cpus), 4), round(peak.bytes / 2**20, 1))
 
 
 def _sync(device: torch.device) -> None:
