@@ -122,6 +122,7 @@ class FactoredMemory(TrunkMemory):
         self.hidden_size = base.shape[-1]
         self._basis_cache: torch.Tensor | None = None
         self._ms_cache: torch.Tensor | None = None
+        self._normalised_cache: tuple[float, tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
     @classmethod
     def from_shared(cls, base, base_valid, image_index, grids) -> FactoredMemory:
@@ -213,10 +214,13 @@ class FactoredMemory(TrunkMemory):
 
     def _normalised(self, rms_eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Row scale ``[n, N]`` and coefficients of ``rmsnorm(M)`` (no gain): both factors of a row times 1/rms."""
+        if self._normalised_cache is not None and self._normalised_cache[0] == rms_eps:
+            return self._normalised_cache[1]  # a block's read and update normalise the same memory
         inv = torch.rsqrt(self._mean_square() + rms_eps)
         scale = inv if self.scale is None else self.scale.float() * inv
         coef = None if self.coef is None else self.coef * inv[..., None].to(self.coef.dtype)
-        return scale.to(self.base.dtype), coef
+        self._normalised_cache = (rms_eps, (scale.to(self.base.dtype), coef))
+        return self._normalised_cache[1]
 
     def _mean_square(self) -> torch.Tensor:
         """``mean(M_o[i]²)`` per object and row, ``[n, N]`` float32, from the factors alone.
