@@ -1,0 +1,354 @@
+"""Training-step benchmark: a PaDT step against a plain next-token SFT step of the same backbone.
+
+Both sides train on the same collated batch (generated shapes images, every task of the recipe's data
+mix, ``batch_size`` samples) and are timed as one optimiser step each: forward, backward, AdamW step
+(``zero_grad(set_to_none=True)`` included).
+
+- **PaDT**: :func:`padt_core.train.step.compute_losses` — vision once, the VRT hooks (prototype
+  bank in, VRT logits out), robust per-token CE over text + VRT logits, and the decoder trunk with
+  every head's loss — then AdamW over all parameters (backbone, projection, decoder). ``step`` picks
+  the phase: ``"main"`` (decoder fed the LLM's states, the default) or ``"warmup"`` (fed prototypes).
+- **plain**: ``backbone.hf_model`` on the same prompt + completion ids with every VRT id replaced by
+  one text id, pixels encoded inside its forward, standard causal-LM cross-entropy over the
+  completion tokens (logits for the same ``L + 1`` positions as PaDT), AdamW over the backbone's
+  parameters. No hooks, no bank, no decoder.
+
+Timing: warm-up steps, then ``repeats`` rounds with PaDT and plain steps interleaved (machine drift hits
+both alike), the garbage collector paused; the median per side. ``ratio`` = PaDT step time / plain
+step time. Collation (the PaDT collator, and the processor alone for the plain side) is timed apart.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over one step (above the memory held
+before it: weights, optimiser state). On CPU torch's allocations are invisible to ``tracemalloc``, so
+the resident set size is sampled every ~0.2 ms during a separate, untimed step, after returning
+freed heap pages to the OS (``malloc_trim``); reported as the peak RSS increase over the step — an
+estimate of activations + gradients + temporaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from .generate import _CLOCKS, _DTYPES, _jsonable_overrides, machine_info
+
+__all__ = ["bench_train"]
+
+DEFAULT_RECIPE = "recipes/tiny_qwen_shapes.yaml"
+
+
+def bench_train(
+    recipe: Any = DEFAULT_RECIPE,
+    batch_size: int = 8,
+    steps: int = 5,
+    device: str = "cpu",
+    dtype: str | None = None,
+    seed: int = 0,
+    *,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    warmup: int = 2,
+    step: Literal["main", "warmup"] = "main",
+    data_root: str | os.PathLike | None = None,
+    n_images: int | None = None,
+    threads: int | None = None,
+    clock: Literal["wall", "cpu"] = "wall",
+    memory: bool = True,
+) -> dict[str, Any]:
+    """Samples/s and peak memory of a PaDT training step vs a plain SFT step; a JSON-serialisable dict.
+
+    ``recipe`` is anything ``padt_core.build`` accepts, with dotted ``overrides``; its first
+    ``data.train`` section must be a ``shapes`` section (its tasks and image size are used). The data
+    is generated into ``data_root`` (default: a temporary folder) with ``n_images`` train images
+    (default: enough for one batch). ``steps`` timed steps per side after ``warmup`` untimed ones.
+    ``threads`` and ``clock`` as in :func:`padt_core.bench.generate.bench_generate`.
+    """
+    import padt_core
+    from padt_core.recipe import load_recipe
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if step not in ("main", "warmup"):
+        raise ValueError(f"step {step!r} is not one of main, warmup")
+    if dtype is not None and dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    if clock not in _CLOCKS:
+        raise ValueError(f"clock {clock!r} is not one of {', '.join(_CLOCKS)}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    if clock == "cpu" and dev.type != "cpu":
+        raise ValueError(f"clock 'cpu' measures host CPU time; it cannot time device {device!r} (use 'wall')")
+
+    spec = load_recipe(recipe, overrides)
+    if spec.decoder is None:
+        raise ValueError(f"recipe {spec.name!r} has no decoder: nothing PaDT-specific to compare")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="padt-bench-train-") as tmp:
+            items = _samples(spec, Path(data_root) if data_root else Path(tmp) / "shapes", batch_size, n_images)
+            torch.manual_seed(seed)
+            model = padt_core.build(spec)
+            model.to(device=dev, dtype=_DTYPES[dtype] if dtype else None)
+            model.train()
+            result = _bench(model, items, steps, warmup, step, _CLOCKS[clock], memory)
+        info = machine_info(dev, model.dtype)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    text = model.backbone.hf_model.config.get_text_config()
+    return {
+        "benchmark": "train",
+        "recipe": spec.name,
+        "overrides": _jsonable_overrides(overrides),
+        "machine": info,
+        "model": {
+            "hidden_size": getattr(text, "hidden_size", None),
+            "num_hidden_layers": getattr(text, "num_hidden_layers", None),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "backbone_parameters": sum(p.numel() for p in model.backbone.hf_model.parameters()),
+        },
+        "settings": {
+            "batch_size": batch_size,
+            "steps": steps,
+            "warmup": warmup,
+            "step": step,
+            "seed": seed,
+            "clock": clock,
+            "optimizer": "AdamW (torch defaults, lr 1e-5)",
+            "method": "median of interleaved PaDT / plain optimiser steps (forward + backward + AdamW step)",
+        },
+        **result,
+    }
+
+
+def _samples(spec: Any, root: Path, batch_size: int, n_images: int | None) -> list[dict[str, Any]]:
+    """``batch_size`` dataset items, tasks interleaved (the recipe's shapes section, ``n_images`` images)."""
+    from padt_core.train.dataset import SampleDataset
+    from padt_core.train.run import load_readers
+
+    sections = spec.data.train
+    if not sections or sections[0].name != "shapes":
+        raise ValueError("bench_train generates its data: the recipe's first data.train section must be `shapes`")
+    images = n_images or max(2, batch_size)
+    section = sections[0].model_copy(update={"root": str(root), "n_train": images, "n_val": 0, "split": "train"})
+    readers, _ = load_readers([section], spec.data.templates)
+    dataset = SampleDataset(readers, seed=spec.train.seed)
+    by_task: dict[str, list[int]] = {}
+    for i in range(len(dataset)):
+        by_task.setdefault(dataset[i]["sample"].task, []).append(i)
+    order = [i for group in zip(*by_task.values()) for i in group]  # round-robin over tasks
+    order += [i for i in range(len(dataset)) if i not in set(order)]
+    if len(order) < batch_size:
+        raise ValueError(f"{len(order)} samples generated, fewer than batch_size {batch_size}; raise n_images")
+    return [dataset[i] for i in order[:batch_size]]
+
+
+def _bench(model: Any, items: list, steps: int, warmup: int, phase: str, clock: Callable[[], float], memory: bool):
+    from padt_core.train.collator import PaDTCollator
+    from padt_core.train.step import compute_losses
+
+    cfg = model.recipe.train
+    collator = PaDTCollator(model, vrt_per_object=cfg.vrt_per_object, vrt_sampling=cfg.vrt_sampling, seed=0)
+    dev = model.device
+    timed = _timer(dev, clock)
+    collate_ms = [timed(lambda: collator(items))[0] * 1e3 for _ in range(3)]
+    samples = [it["sample"] for it in items]
+    prepare_ms = [
+        timed(lambda: model.prepare([s.image for s in samples], [s.prompt for s in samples]))[0] * 1e3 for _ in range(3)
+    ]
+    batch = _to_device(collator(items), dev)
+    plain_inputs, plain_targets = _plain_inputs(model, batch)
+    length = batch["completion_ids"].shape[1]
+    step_index = 0 if phase == "warmup" else cfg.prototype_warmup_steps
+    if phase == "warmup" and cfg.prototype_warmup_steps == 0:
+        raise ValueError("step='warmup' but the recipe's train.prototype_warmup_steps is 0")
+
+    hf = model.backbone.hf_model
+    opt_padt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    opt_plain = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-5)
+    losses: dict[str, float] = {}
+
+    def padt() -> None:
+        opt_padt.zero_grad(set_to_none=True)
+        out = compute_losses(model, batch, step=step_index)
+        out["loss"].backward()
+        opt_padt.step()
+        losses["padt"] = float(out["loss"].detach())
+
+    def plain() -> None:
+        opt_plain.zero_grad(set_to_none=True)
+        logits = hf(**plain_inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :length]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), plain_targets.flatten(), ignore_index=-100)
+        loss.backward()
+        opt_plain.step()
+        losses["plain"] = float(loss.detach())
+
+    runs: dict[str, Callable[[], None]] = {"padt": padt, "plain": plain}
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    peak = {name: _peak_memory(run, dev) for name, run in runs.items()} if memory else {}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    gc.collect()
+    gc.disable()  # as timeit does: a collection inside one step would be charged to it
+    try:
+        for _ in range(steps):
+            for name, run in runs.items():  # interleaved, so drift hits both sides alike
+                times[name].append(timed(run)[0] * 1e3)
+    finally:
+        gc.enable()
+
+    bs = batch["completion_ids"].shape[0]
+    padt_ms, plain_ms = statistics.median(times["padt"]), statistics.median(times["plain"])
+    result: dict[str, Any] = {
+        "padt": {
+            "step_ms": round(padt_ms, 2),
+            "samples_per_s": round(bs * 1e3 / padt_ms, 3),
+            "step_ms_runs": [round(t, 2) for t in times["padt"]],
+            "loss": round(losses["padt"], 4),
+        },
+        "plain": {
+            "step_ms": round(plain_ms, 2),
+            "samples_per_s": round(bs * 1e3 / plain_ms, 3),
+            "step_ms_runs": [round(t, 2) for t in times["plain"]],
+            "loss": round(losses["plain"], 4),
+        },
+        "ratio": round(padt_ms / plain_ms, 4),
+        "collate_ms": round(statistics.median(collate_ms), 2),
+        "prepare_ms": round(statistics.median(prepare_ms), 2),
+        "batch": {
+            "samples": bs,
+            "tasks": sorted({s.task for s in samples}),
+            "objects": int(batch["obj_counts"].numel()),
+            "vrt_targets": int(batch["obj_counts"].sum()),
+            "prompt_tokens": int(batch["prompt"]["input_ids"].shape[1]),
+            "completion_tokens": int(length),
+            "image_cells": [int(h * w) for h, w in batch["prompt"]["image_grids"]][:1],
+        },
+    }
+    if memory:
+        result["padt"]["peak_memory_mb"] = peak["padt"]
+        result["plain"]["peak_memory_mb"] = peak["plain"]
+        result["memory_method"] = (
+            "torch.cuda.max_memory_allocated above the pre-step allocation"
+            if dev.type == "cuda"
+            else "peak RSS increase during one step (sampled ~0.2 ms, after gc + malloc_trim)"
+        )
+    return result
+
+
+def _plain_inputs(model: Any, batch: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+    """The backbone's own inputs for prompt + completion (VRT ids -> one text id) and the CE targets."""
+    backbone = model.backbone
+    prompt = batch["prompt"]
+    text_id = backbone.tokenizer.encode("x", add_special_tokens=False)[0]
+    completion = batch["completion_ids"]
+    completion = completion.masked_fill(completion >= backbone.vocab_rows, text_id)
+    mask = batch["completion_mask"]
+    inputs: dict[str, Any] = {
+        "input_ids": torch.cat([prompt["input_ids"], completion], dim=1),
+        "attention_mask": torch.cat([prompt["attention_mask"], mask.to(prompt["attention_mask"])], dim=1),
+    }
+    if prompt.get("pixel_values") is not None:
+        inputs["pixel_values"] = prompt["pixel_values"]
+    inputs.update(backbone.extend_model_inputs(prompt, completion))
+    return inputs, completion.masked_fill(mask == 0, -100)
+
+
+def _to_device(batch: dict[str, Any], dev: torch.device) -> dict[str, Any]:
+    out = dict(batch)
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.to(dev)
+    out["prompt"] = type(batch["prompt"])(
+        {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch["prompt"].items()}
+    )
+    out["obj_masks"] = [m if m is None else m.to(dev) for m in batch["obj_masks"]]
+    return out
+
+
+def _timer(device: torch.device, clock: Callable[[], float]) -> Callable[[Callable[[], Any]], tuple[float, Any]]:
+    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = clock()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return clock() - start, out
+
+    return timed
+
+
+# --- memory ------------------------------------------------------------------------------------------------
+
+
+def _peak_memory(run: Callable[[], None], device: torch.device) -> float | None:
+    """Peak memory (MiB) that one call of ``run`` adds to what is held before it."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        torch.cuda.synchronize(device)
+        return round((torch.cuda.max_memory_allocated(device) - before) / 2**20, 2)
+    rss = _rss_reader()
+    if rss is None:
+        return None
+    _malloc_trim()
+    before = rss()
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.0002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        run()
+    finally:
+        done.set()
+        sampler.join()
+    peak[0] = max(peak[0], rss())
+    return round((peak[0] - before) / 2**20, 2)
+
+
+def _rss_reader() -> Callable[[], int] | None:
+    """A cheap reader of this process's resident set size in bytes (Linux /proc, else psutil, else None)."""
+    statm = Path("/proc/self/statm")
+    if statm.is_file():
+        page = os.sysconf("SC_PAGE_SIZE")
+        return lambda: int(statm.read_text().split()[1]) * page
+    try:
+        import psutil
+    except ImportError:
+        return None
+    process = psutil.Process()
+    return lambda: process.memory_info().rss
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS (glibc), so RSS growth reflects what a step really needs."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -1,0 +1,40 @@
+"""``bench_train`` runs end to end and reports what it promises (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from padt_core.bench.train import bench_train
+
+
+def test_bench_train_tiny_keys(tmp_path):
+    threads = torch.get_num_threads()
+    result = bench_train(batch_size=2, steps=1, warmup=0, threads=1, data_root=tmp_path / "shapes")
+    json.dumps(result)  # serialisable as promised
+    assert torch.get_num_threads() == threads  # the thread count is restored
+    assert result["benchmark"] == "train" and result["recipe"] == "tiny_qwen_shapes"
+    assert {"platform", "cpu_count", "torch", "device_name", "dtype"} <= set(result["machine"])
+    for side in ("padt", "plain"):
+        row = result[side]
+        assert row["step_ms"] > 0 and row["samples_per_s"] > 0
+        assert row["peak_memory_mb"] is None or row["peak_memory_mb"] >= 0
+    assert result["ratio"] == pytest.approx(result["padt"]["step_ms"] / result["plain"]["step_ms"], rel=1e-3)
+    assert result["batch"]["samples"] == 2 and result["batch"]["objects"] >= 2
+    assert result["collate_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"step": "late"}, "step"),
+        ({"dtype": "i8"}, "dtype"),
+    ],
+)
+def test_bench_train_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bench_train(**kwargs)
