@@ -14,7 +14,7 @@ repeated onto the fine grid and added to the fine features (two high-res blocks)
 
 Queries carry additive positions; memory keys/queries get the 2-D vision rotary of their fine-patch
 coordinates (``layout``). All objects of a batch run together: queries are padded per object, each
-object's memory is its own (see ``memory.py`` for how that stays cheap), attention never crosses objects.
+object's memory is its own (``factored_memory.py`` keeps that cheap), attention never crosses objects.
 """
 
 from __future__ import annotations
