@@ -58,8 +58,43 @@ def bench_decoder(
     repeats: int = 1,
     one_by_one: bool = True,
     seed: int = 0,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Time the decoder forward, packed and one object at a time; returns a JSON-serialisable dict."""
+    """Time the decoder forward, packed and one object at a time; returns a JSON-serialisable dict.
+
+    ``threads`` sets torch's CPU threads for the run (``None``: leave as is); one thread gives the
+    steadiest ratios on a machine shared with other work.
+    """
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _bench(**{k: v for k, v in locals().items() if k not in {"threads", "previous_threads"}})
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _bench(
+    *,
+    device: str,
+    dtype: str,
+    hidden_size: int,
+    intermediate_size: int,
+    num_heads: int,
+    llm_hidden_size: int,
+    vision_hidden_size: int,
+    grid: tuple[int, int],
+    fine_factor: int,
+    vrts_per_object: int,
+    object_counts: Sequence[int],
+    batch_images: int,
+    objects_per_image: int,
+    heads: Sequence[str],
+    memory: str,
+    repeats: int,
+    one_by_one: bool,
+    seed: int,
+) -> dict[str, Any]:
     dev, torch_dtype = torch.device(device), _DTYPES[dtype]
     torch.manual_seed(seed)
     config = DecoderConfig(
@@ -272,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--no-one-by-one", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: unchanged)")
     args = parser.parse_args(argv)
     result = bench_decoder(
         device=args.device,
@@ -280,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         repeats=args.repeats,
         object_counts=tuple(args.objects),
         one_by_one=not args.no_one_by_one,
+        threads=args.threads,
     )
     print(json.dumps(result, indent=2))
 
