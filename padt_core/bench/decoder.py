@@ -69,96 +69,73 @@ def bench_decoder(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _bench(**{k: v for k, v in locals().items() if k not in {"threads", "previous_threads"}})
+        dev, torch_dtype = torch.device(device), _DTYPES[dtype]
+        torch.manual_seed(seed)
+        config = DecoderConfig(
+            trunk={
+                "name": "padt",
+                "hidden_size": hidden_size,
+                "intermediate_size": intermediate_size,
+                "num_heads": num_heads,
+                "memory": memory,
+            },
+            heads=list(heads),
+        )
+        sizes = {"llm_hidden_size": llm_hidden_size, "vision_hidden_size": vision_hidden_size}
+        decoder = PaDTDecoder.from_config(config, **sizes).to(device=dev, dtype=torch_dtype).eval()
+        make = _InputMaker(llm_hidden_size, vision_hidden_size, grid, fine_factor, vrts_per_object, dev, torch_dtype)
+
+        cases = [(f"{n}_objects_1_image", [n]) for n in object_counts]
+        cases.append((f"{objects_per_image}_objects_x_{batch_images}_images", [objects_per_image] * batch_images))
+        results = []
+        with torch.inference_mode():
+            _run(decoder, make([1], seed))  # warm-up: allocator, kernels, lazy init
+            for name, per_image in cases:
+                inputs = make(per_image, seed)
+                row: dict[str, Any] = {"case": name, "images": len(per_image), "objects": sum(per_image)}
+                if one_by_one:  # first, so that neither mode runs in memory the other one left behind
+                    singles = [_single(inputs, o) for o in range(inputs.num_objects)]
+                    single = _measure(lambda s=singles: [_run(decoder, x) for x in s], repeats, dev)
+                    row.update(one_by_one_s=single.wall, one_by_one_cpu_s=single.cpu, one_by_one_peak_mem_mb=single.mem)
+                packed = _measure(lambda inputs=inputs: _run(decoder, inputs), repeats, dev)
+                row.update(packed_s=packed.wall, packed_cpu_s=packed.cpu, packed_peak_mem_mb=packed.mem)
+                if one_by_one:
+                    row["speedup"] = round(single.wall / packed.wall, 2)
+                    row["speedup_cpu"] = round(single.cpu / packed.cpu, 2)
+                results.append(row)
+                del inputs
+                gc.collect()
+
+        by_count = {r["objects"]: r for r in results if r["images"] == 1}
+        out: dict[str, Any] = {
+            "benchmark": "decoder",
+            "config": {
+                "hidden_size": hidden_size,
+                "intermediate_size": intermediate_size,
+                "num_heads": num_heads,
+                "llm_hidden_size": llm_hidden_size,
+                "vision_hidden_size": vision_hidden_size,
+                "grid": list(grid),
+                "fine_grid": [grid[0] * fine_factor, grid[1] * fine_factor],
+                "vrts_per_object": vrts_per_object,
+                "heads": list(heads),
+                "memory": memory,
+                "parameters_m": round(sum(p.numel() for p in decoder.parameters()) / 1e6, 2),
+                "repeats": repeats,
+            },
+            "machine": _machine(dev, torch_dtype),
+            "cases": results,
+            "peak_mem_mb": max(r["packed_peak_mem_mb"] for r in results),
+        }
+        if 100 in by_count and "speedup" in by_count[100]:
+            out["speedup_100"] = by_count[100]["speedup"]
+            out["speedup_100_cpu"] = by_count[100]["speedup_cpu"]
+        if 100 in by_count and 10 in by_count:
+            out["growth_100_over_10"] = round(by_count[100]["packed_s"] / by_count[10]["packed_s"], 2)
+        return out
+
     finally:
         torch.set_num_threads(previous_threads)
-
-
-def _bench(
-    *,
-    device: str,
-    dtype: str,
-    hidden_size: int,
-    intermediate_size: int,
-    num_heads: int,
-    llm_hidden_size: int,
-    vision_hidden_size: int,
-    grid: tuple[int, int],
-    fine_factor: int,
-    vrts_per_object: int,
-    object_counts: Sequence[int],
-    batch_images: int,
-    objects_per_image: int,
-    heads: Sequence[str],
-    memory: str,
-    repeats: int,
-    one_by_one: bool,
-    seed: int,
-) -> dict[str, Any]:
-    dev, torch_dtype = torch.device(device), _DTYPES[dtype]
-    torch.manual_seed(seed)
-    config = DecoderConfig(
-        trunk={
-            "name": "padt",
-            "hidden_size": hidden_size,
-            "intermediate_size": intermediate_size,
-            "num_heads": num_heads,
-            "memory": memory,
-        },
-        heads=list(heads),
-    )
-    decoder = PaDTDecoder.from_config(config, llm_hidden_size=llm_hidden_size, vision_hidden_size=vision_hidden_size)
-    decoder = decoder.to(device=dev, dtype=torch_dtype).eval()
-    make = _InputMaker(llm_hidden_size, vision_hidden_size, grid, fine_factor, vrts_per_object, dev, torch_dtype)
-
-    cases = [(f"{n}_objects_1_image", [n]) for n in object_counts]
-    cases.append((f"{objects_per_image}_objects_x_{batch_images}_images", [objects_per_image] * batch_images))
-    results = []
-    with torch.inference_mode():
-        _run(decoder, make([1], seed))  # warm-up: allocator, kernels, lazy init
-        for name, per_image in cases:
-            inputs = make(per_image, seed)
-            row: dict[str, Any] = {"case": name, "images": len(per_image), "objects": sum(per_image)}
-            if one_by_one:  # first, so that neither mode runs in memory the other one left behind
-                singles = [_single(inputs, o) for o in range(inputs.num_objects)]
-                single = _measure(lambda s=singles: [_run(decoder, x) for x in s], repeats, dev)
-                row.update(one_by_one_s=single.wall, one_by_one_cpu_s=single.cpu, one_by_one_peak_mem_mb=single.mem)
-            packed = _measure(lambda inputs=inputs: _run(decoder, inputs), repeats, dev)
-            row.update(packed_s=packed.wall, packed_cpu_s=packed.cpu, packed_peak_mem_mb=packed.mem)
-            if one_by_one:
-                row["speedup"] = round(single.wall / packed.wall, 2)
-                row["speedup_cpu"] = round(single.cpu / packed.cpu, 2)
-            results.append(row)
-            del inputs
-            gc.collect()
-
-    by_count = {r["objects"]: r for r in results if r["images"] == 1}
-    out: dict[str, Any] = {
-        "benchmark": "decoder",
-        "config": {
-            "hidden_size": hidden_size,
-            "intermediate_size": intermediate_size,
-            "num_heads": num_heads,
-            "llm_hidden_size": llm_hidden_size,
-            "vision_hidden_size": vision_hidden_size,
-            "grid": list(grid),
-            "fine_grid": [grid[0] * fine_factor, grid[1] * fine_factor],
-            "vrts_per_object": vrts_per_object,
-            "heads": list(heads),
-            "memory": memory,
-            "parameters_m": round(sum(p.numel() for p in decoder.parameters()) / 1e6, 2),
-            "repeats": repeats,
-        },
-        "machine": _machine(dev, torch_dtype),
-        "cases": results,
-        "peak_mem_mb": max(r["packed_peak_mem_mb"] for r in results),
-    }
-    if 100 in by_count and "speedup" in by_count[100]:
-        out["speedup_100"] = by_count[100]["speedup"]
-        out["speedup_100_cpu"] = by_count[100]["speedup_cpu"]
-    if 100 in by_count and 10 in by_count:
-        out["growth_100_over_10"] = round(by_count[100]["packed_s"] / by_count[10]["packed_s"], 2)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------
