@@ -30,16 +30,27 @@ WORKER = textwrap.dedent(
     import torch
     from transformers import TrainerCallback
 
+    from padt_core.train import collator
     from padt_core.train.run import train
+
+    seen = []  # (sample id, per-sample seed [seed, epoch, index]) of every item this rank collated
+    collate = collator.PaDTCollator.__call__
+
+
+    def recording(self, items):
+        seen.extend((item["sample"].id, item["seed"]) for item in items)
+        return collate(self, items)
+
+
+    collator.PaDTCollator.__call__ = recording
 
 
     class DumpRank(TrainerCallback):
-        # Each rank writes its own parameters and log history when training ends.
+        # Each rank writes its own parameters, log history and collated items when training ends.
         def on_train_end(self, args, state, control, model=None, **kwargs):
-            out = Path(args.output_dir)
+            out, rank = Path(args.output_dir), args.process_index
             params = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            torch.save(params, out / f"rank{args.process_index}.pt")
-            torch.save(state.log_history, out / f"log{args.process_index}.pt")
+            torch.save({"params": params, "log_history": state.log_history, "seen": seen}, out / f"rank{rank}.pt")
 
 
     recipe, output_dir, *overrides = sys.argv[1:]
@@ -48,9 +59,29 @@ WORKER = textwrap.dedent(
 )
 
 
-def overrides(data: Path, batch_size: int) -> list[str]:
-    shapes = f"{{name: shapes, root: {data}, split: train, tasks: [rec], n_train: 8, n_val: 2, image_size: 112}}"
-    settings = {"batch_size": batch_size, "max_steps": STEPS, "prototype_warmup_steps": 2, "logging_steps": 1}
+def run_two_processes(tmp_path: Path, output_dir: Path, overrides: list[str]) -> list[dict]:
+    """``torchrun --nproc_per_node 2`` of the worker (gloo on CPU); what each rank dumped."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [*launch, str(worker), RECIPE, str(output_dir), *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return [torch.load(output_dir / f"rank{r}.pt") for r in (0, 1)]
+
+
+def overrides(data: Path, batch_size: int, tasks: str = "[rec]", n_train: int = 8, steps: int = STEPS) -> list[str]:
+    shapes = (
+        f"{{name: shapes, root: {data}, split: train, tasks: {tasks}, n_train: {n_train}, n_val: 2, image_size: 112}}"
+    )
+    settings = {"batch_size": batch_size, "max_steps": steps, "prototype_warmup_steps": 2, "logging_steps": 1}
     return [f"data.train=[{shapes}]", "data.val=[]", *(f"train.{k}={v}" for k, v in settings.items())]
 
 
@@ -72,23 +103,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, on
     single = train(RECIPE, overrides(data, 4), output_dir=tmp_path / "single")
 
     # Two processes x batch 2 (gloo on CPU: the Trainer picks it when use_cpu is set and no GPU exists).
-    worker = tmp_path / "worker.py"
-    worker.write_text(WORKER)
     ddp_dir = tmp_path / "ddp"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
-        [*launch, str(worker), RECIPE, str(ddp_dir), *overrides(data, 2)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    ranks = run_two_processes(tmp_path, ddp_dir, overrides(data, 2))
 
     # Both ranks end with identical parameters, and rank 0 saved exactly those.
-    rank0, rank1 = torch.load(ddp_dir / "rank0.pt"), torch.load(ddp_dir / "rank1.pt")
+    rank0, rank1 = ranks[0]["params"], ranks[1]["params"]
     assert rank0.keys() == rank1.keys()
     differing = [k for k in rank0 if not torch.equal(rank0[k], rank1[k])]
     assert not differing, f"ranks disagree on {differing[:5]}"
@@ -101,7 +120,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, on
     # step sees identical weights and the same 4 samples (same sampler permutation, same per-sample VRT
     # draws) but sums in another order (two padded batches of 2 vs one of 4); later steps add the
     # all-reduce-averaged gradients vs one backward over 4 samples. Observed differences are ~1e-7.
-    ddp_logs = [logged(torch.load(ddp_dir / f"log{r}.pt")) for r in (0, 1)]
+    ddp_logs = [logged(r["log_history"]) for r in ranks]
     assert ddp_logs[0] == ddp_logs[1]
     ours = logged(single["log_history"])
     assert len(ours) == len(ddp_logs[0]) == STEPS
@@ -111,3 +130,20 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, on
         assert len(terms) == 7
         for key in terms:
             assert theirs[key] == pytest.approx(mine[key], rel=1e-4, abs=1e-6), (theirs["step"], key)
+
+
+def test_every_rank_follows_the_epoch(tmp_path):
+    """Per-sample VRT draws (and COCO category prompts) change every epoch on every rank.
+
+    accelerate does not forward ``set_epoch`` to the dataset under ``BatchSamplerShard``; without
+    ``DatasetEpochCallback`` every epoch of a multi-process run repeated epoch 0's draws.
+    """
+    # 4 OVD samples, global batch 2 x 2: one step per epoch, 3 epochs.
+    ranks = run_two_processes(tmp_path, tmp_path / "ddp", overrides(tmp_path / "shapes", 2, "[ovd]", 4, steps=3))
+    per_epoch: dict[int, set[int]] = {}
+    for rank in ranks:
+        epochs = [seed[1] for _, seed in rank["seen"]]
+        assert epochs[:6] == [0, 0, 1, 1, 2, 2], epochs  # (a rank may prefetch one more batch)
+        for _, (_, epoch, index) in rank["seen"][:6]:
+            per_epoch.setdefault(epoch, set()).add(index)
+    assert per_epoch == {0: {0, 1, 2, 3}, 1: {0, 1, 2, 3}, 2: {0, 1, 2, 3}}  # the ranks split each epoch
