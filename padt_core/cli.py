@@ -477,12 +477,7 @@ def _evaluate(model: Any, args: argparse.Namespace) -> dict[str, Any]:
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     batch_size = args.batch_size or model.recipe.eval.batch_size
     start = time.perf_counter()
-    try:
-        report, _, samples = evaluate_model(model, data, args.task, batch_size, args.max_samples, **generation)
-    except ValueError as err:
-        if args.max_samples is None or "no sample to score" not in str(err):
-            raise
-        raise ValueError(f"{err}; --max-samples keeps the first N samples of all tasks together") from None
+    report, _, samples = evaluate_model(model, data, args.task, batch_size, args.max_samples, **generation)
     report["eval"] = {
         "model": args.model,
         "data": args.data or "the model recipe's data.val",
@@ -538,7 +533,7 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=None, metavar="N", help="default: the recipe's eval.batch_size"
     )
     parser.add_argument(
-        "--max-samples", type=int, default=None, metavar="N", help="only the first N samples (after the task filter)"
+        "--max-samples", type=int, default=None, metavar="N", help="only the first N samples of each task"
     )
     parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="default: the recipe's")
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the report JSON")
