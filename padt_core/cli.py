@@ -259,8 +259,27 @@ def cmd_bench_decoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    """PaDT training step vs a plain next-token SFT step of the same backbone (``padt_core.bench.train``)."""
+    from .bench.train import bench_train
+
+    result = bench_train(
+        args.recipe,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        overrides=args.overrides or None,
+        threads=args.threads,
+        clock=args.clock,
+    )
+    _write_result(result, args.output)
+    return 0
+
+
 def _configure_bench(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench_command", metavar="{generate,decoder}", required=True)
+    sub = parser.add_subparsers(dest="bench_command", metavar="{generate,decoder,train}", required=True)
     gen = add_subcommand(sub, "generate", "PaDT vs plain backbone decode speed (ms per token)")
     gen.add_argument("--recipe", required=True, help="recipe path or bundled name")
     gen.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B")
@@ -289,6 +308,17 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     dec.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
     _add_device(dec)
     dec.set_defaults(handler=cmd_bench_decoder)
+    tr = add_subcommand(sub, "train", "PaDT training step vs plain SFT step (samples/s, peak memory, ratio)")
+    tr.add_argument("--recipe", default="recipes/tiny_qwen_shapes.yaml", help="recipe path or bundled name")
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--steps", type=int, default=5, help="timed steps")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    tr.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall or this process's CPU time")
+    tr.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
+    _add_device(tr)
+    _add_overrides(tr)
+    tr.set_defaults(handler=cmd_bench_train)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -126,7 +126,9 @@ class PaDTModel(nn.Module):
     def _assemble(cls, recipe: Recipe, backbone: Backbone, meta: bool = False) -> PaDTModel:
         dtype = backbone.hf_model.get_input_embeddings().weight.dtype
         device = torch.device("meta") if meta else None
-        with torch.device(device) if device is not None else _nullcontext():
+        # The recipe's seed makes the new modules (projection, decoder) the same on every build.
+        with torch.random.fork_rng(), torch.device(device) if device is not None else _nullcontext():
+            torch.manual_seed(recipe.train.seed)
             decoder = None
             if recipe.decoder is not None:
                 from .decoder import PaDTDecoder
@@ -150,11 +152,25 @@ class PaDTModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.backbone.hf_model.get_input_embeddings().weight.dtype
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
         """Activation checkpointing inside the backbone (what ``Trainer`` calls)."""
-        self.backbone.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        hf = self.backbone.hf_model
+        if hasattr(hf, "activation_checkpointing_enable"):
+            hf.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                every_n_layers=every_n_layers,
+                offload=offload,
+            )
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
         # Hooks on a frozen embedding would otherwise cut the graph of re-entrant checkpoints.
-        self.backbone.hf_model.enable_input_require_grads()
+        hf.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Older name of :meth:`activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
 
     # --- inputs ---------------------------------------------------------------------------------
     def prepare(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> BackboneBatch:

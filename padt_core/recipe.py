@@ -71,7 +71,7 @@ def _plugin_section(kind: str):
         if not isinstance(value, Mapping) or "name" not in value:
             raise PydanticCustomError(
                 "plugin_section",
-                "expected a mapping with a `name` key (a {kind} plugin), got {value!r}",
+                "expected a mapping with a `name` key (a {kind} plugin), got {value}",
                 {"kind": kind, "value": value},
             )
         try:

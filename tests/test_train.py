@@ -116,12 +116,6 @@ def test_resume_and_overwrite_rules(tmp_path, data_dir):
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="PaDTModel has no activation_checkpointing_enable; transformers 5.24's Trainer calls the deprecated "
-    "gradient_checkpointing_enable(every_n_layers=..., offload=...) which PaDTModel's signature rejects",
-)
 def test_activation_checkpointing_trains(tmp_path, data_dir):
     summary = train(RECIPE, tiny(data_dir, max_steps=1, gradient_checkpointing=True), output_dir=tmp_path / "gc")
     assert summary["global_step"] == 1
