@@ -48,9 +48,7 @@ def predict_samples(model, samples: Sequence[Any], batch_size: int = 16, **gener
     """One prediction per sample; samples that share image and prompt (REC and RES) share one run."""
     keys = [(str(s.image), s.prompt) for s in samples]
     unique = list(dict.fromkeys(keys))
-    preds = model.predict(
-        [k[0] for k in unique], [k[1] for k in unique], batch_size=batch_size, **generation_kwargs
-    )
+    preds = model.predict([k[0] for k in unique], [k[1] for k in unique], batch_size=batch_size, **generation_kwargs)
     by_key = dict(zip(unique, preds))
     return [by_key[k] for k in keys]
 
