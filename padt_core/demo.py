@@ -34,6 +34,7 @@ def run_demo(
     overrides: list[str] | None = None,
     gallery_size: int = 8,
     difficulty: str = "easy",
+    recipe_name: str = DEMO_RECIPE,
 ) -> dict[str, Any]:
     """Data → train → eval → ``report.json`` + ``gallery.png`` in ``out_dir``; returns the report."""
     from . import load
@@ -55,7 +56,7 @@ def run_demo(
         f"n_train: {n_train}, n_val: {n_val}, seed: {seed}, difficulty: {difficulty}}}"
     )
     recipe = load_recipe(
-        DEMO_RECIPE,
+        recipe_name,
         [
             f"data.train=[{data}]",
             f"data.val=[{data[:-1]}, split: val}}]",
