@@ -174,6 +174,9 @@ class TrainConfig(_Section):
     freeze_vision: bool = False
     freeze_llm: bool = False
     token_loss_weight: float = Field(1.0, ge=0)
+    decoder_cell_subsets: bool = Field(
+        False, description="decoder sees a random 1..K subset of each object's VRTs (robust to fewer cells)"
+    )
     lora: LoRAConfig | None = None
     deepspeed: str | dict[str, Any] | None = Field(None, description="DeepSpeed config (path or dict), passed through")
     fsdp: str | None = Field(None, description="FSDP option string, passed through (e.g. 'full_shard auto_wrap')")

@@ -14,7 +14,27 @@ from padt_core.plugins import PluginConfig
 
 from .layers import init_weights
 
-__all__ = ["BoxHead", "BoxHeadConfig"]
+__all__ = ["BoxHead", "BoxHeadConfig", "cell_hull"]
+
+
+def cell_hull(ctx: DecoderContext) -> torch.Tensor:
+    """``[n, 4]`` (cx, cy, w, h), normalised, of the bounding hull of each object's VRT cells."""
+    inputs = ctx.inputs
+    counts = inputs.counts.long()
+    owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+    grids = ctx.grids.to(counts.device)
+    cols = grids[owner, 1]
+    r, c = (inputs.vrt_cells.long() // cols).float(), (inputs.vrt_cells.long() % cols).float()
+    n = counts.numel()
+    lo = torch.full((n, 2), float("inf"), device=counts.device)
+    hi = torch.full((n, 2), float("-inf"), device=counts.device)
+    rc = torch.stack([r, c], dim=-1)
+    lo = lo.scatter_reduce(0, owner.unsqueeze(-1).expand(-1, 2), rc, reduce="amin")
+    hi = hi.scatter_reduce(0, owner.unsqueeze(-1).expand(-1, 2), rc + 1, reduce="amax")
+    size = grids.float()  # (rows, cols)
+    y1, x1 = lo[:, 0] / size[:, 0], lo[:, 1] / size[:, 1]
+    y2, x2 = hi[:, 0] / size[:, 0], hi[:, 1] / size[:, 1]
+    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
 
 
 class BoxHeadConfig(PluginConfig):
@@ -23,6 +43,9 @@ class BoxHeadConfig(PluginConfig):
     name: Literal["box"] = "box"
     giou_weight: float = Field(1.0, ge=0, description="weight of the 1 - GIoU term")
     l1_weight: float = Field(1.0, ge=0, description="weight of the L1 term on (cx, cy, w, h)")
+    prior: Literal["none", "hull"] = Field(
+        "none", description="hull: refine the box of the emitted cells' hull instead of predicting from scratch"
+    )
 
 
 class BoxHead(Head):
@@ -40,7 +63,12 @@ class BoxHead(Head):
 
     def predict(self, query_out: torch.Tensor, ctx: DecoderContext) -> torch.Tensor:
         """``[n, 4]`` (cx, cy, w, h) in (0, 1)."""
-        return torch.sigmoid(self.mlp(query_out[:, 0]))
+        delta = self.mlp(query_out[:, 0])
+        if self.config.prior == "none":
+            return torch.sigmoid(delta)
+        # The emitted cells already say where the object is: start from their hull, learn the refinement.
+        hull = cell_hull(ctx).to(delta.dtype).clamp(1e-3, 1 - 1e-3)
+        return torch.sigmoid(torch.logit(hull) + delta)
 
     def loss(self, pred: torch.Tensor, targets: ObjectTargets, ctx: DecoderContext) -> dict[str, torch.Tensor]:
         return {

@@ -64,6 +64,10 @@ class PaDTTrunkConfig(PluginConfig):
         "objects per image) or as dense copies (the reference's arithmetic)",
     )
 
+    cell_positions: bool = Field(
+        False, description="give each VRT query the 2-D position of the cell it names (additive, beyond the reference)"
+    )
+
     @model_validator(mode="after")
     def _check_heads(self) -> PaDTTrunkConfig:
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
@@ -167,6 +171,8 @@ class PaDTTrunk(Trunk):
             RMSNorm(llm_hidden_size, eps), nn.Linear(llm_hidden_size, d), nn.GELU(), nn.Linear(d, d)
         )
         self.vrt_embedding = nn.Embedding(1, d)
+        if config.cell_positions:
+            self.cell_position = nn.Linear(d, d)
         has_fine = vision_hidden_size is not None
         # A block's memory update only matters if a later block or a head reads the memory; dropping
         # the unused one keeps every parameter in the graph (DDP/ZeRO wait for all of them).
@@ -200,6 +206,8 @@ class PaDTTrunk(Trunk):
         # Queries: [head tokens | VRT tokens], padded per object; the initial tokens are the positions.
         vrt, vrt_mask = pad_packed(inputs.vrt_states.to(dtype), inputs.counts)
         tokens = self.input_projection(vrt) + self.vrt_embedding.weight
+        if self.config.cell_positions:
+            tokens = tokens + self.cell_position(self._cell_sinusoid(inputs, index, dtype))
         q = torch.cat([queries.to(dtype).expand(n, -1, -1), tokens], dim=1)
         q_mask = None if bool(vrt_mask.all()) else torch.cat([vrt_mask.new_ones(n, num_head_queries), vrt_mask], 1)
         q_pos = q
@@ -225,6 +233,21 @@ class PaDTTrunk(Trunk):
             q, memory = self.high_res_transformer1(q, q_pos, q_mask, memory, positions)
             q, memory = self.high_res_transformer2(q, q_pos, q_mask, memory, positions)
         return TrunkOutput(queries=q[:, :num_head_queries], memory=memory if return_memory else None)
+
+    def _cell_sinusoid(self, inputs: DecoderInputs, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``[n, K_max, d]`` sin/cos of each VRT's cell centre, normalised to the image (grid-size free)."""
+        from padt_core.embedding import sinusoid_2d
+
+        counts = inputs.counts.long()
+        owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+        grids = torch.tensor([f.grid for f in inputs.features], device=counts.device)[index][owner]
+        cells = inputs.vrt_cells.long()
+        rows = (cells // grids[:, 1] + 0.5) / grids[:, 0]
+        cols = (cells % grids[:, 1] + 0.5) / grids[:, 1]
+        # 100 × the normalised coordinate: sub-cell resolution for the lowest frequencies used.
+        packed = sinusoid_2d(rows * 100, cols * 100, self.hidden_size).to(dtype)
+        padded, _ = pad_packed(packed, counts)
+        return padded
 
     def _positions(self, per_image: list[torch.Tensor], factor: int) -> MemoryPositions:
         """Rotary positions (fine-patch units, ``[N_b, 2]`` per image, multiples of ``factor``) of the memory rows."""
