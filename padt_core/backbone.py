@@ -7,6 +7,7 @@ processor, and turns images into :class:`~padt_core.features.VisualFeatures` in 
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -60,9 +61,15 @@ class Backbone(nn.Module, ABC):
     def from_saved(cls, config: PluginConfig, directory: str) -> Backbone:
         """Rebuild from a padt model directory (architecture + processor files written by ``save``)."""
 
-    @abstractmethod
     def save(self, directory: str) -> None:
-        """Write the architecture config and processor/tokenizer files (weights are saved by the core)."""
+        """Write the architecture config, generation config and processor files (weights: the core).
+
+        The default suits any Hugging Face model with a ``processor`` attribute on the backbone.
+        """
+        os.makedirs(directory, exist_ok=True)
+        self.hf_model.config.save_pretrained(directory)
+        self.hf_model.generation_config.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
 
     # --- sizes --------------------------------------------------------------------------------
     @property

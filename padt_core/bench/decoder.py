@@ -32,6 +32,7 @@ import torch
 from ..decoder import DecoderInputs, PaDTDecoder
 from ..features import VisualFeatures
 from ..recipe import DecoderConfig
+from .generate import machine_info
 
 __all__ = ["bench_decoder"]
 
@@ -123,7 +124,7 @@ def bench_decoder(
                 "parameters_m": round(sum(p.numel() for p in decoder.parameters()) / 1e6, 2),
                 "repeats": repeats,
             },
-            "machine": _machine(dev, torch_dtype),
+            "machine": machine_info(dev, torch_dtype),
             "cases": results,
             "peak_mem_mb": max(r["packed_peak_mem_mb"] for r in results),
         }
@@ -262,18 +263,6 @@ def _rss() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:  # not Linux: no sampling, report 0
         return 0
-
-
-def _machine(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {
-        "device": str(device),
-        "device_name": name,
-        "dtype": str(dtype).removeprefix("torch."),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "fill_generation_defaults",
     "load_from_hub",
     "resolve_builtin_path",
+    "restore_generation_config",
     "seeded",
     "unknown_config_keys",
 ]
@@ -74,6 +75,14 @@ def fill_generation_defaults(model, tokenizer) -> None:
         gen.eos_token_id = [tokenizer.eos_token_id]
     if gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def restore_generation_config(model, directory: str) -> None:
+    """Use the ``generation_config.json`` a saved model directory holds (what ``Backbone.save`` wrote)."""
+    from transformers import GenerationConfig
+
+    if (Path(directory) / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(directory)
 
 
 def seeded(seed: int, build):

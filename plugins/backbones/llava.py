@@ -20,7 +20,6 @@ order over the grids, pre-encoded features passed back to the HF model as ``mm_e
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -39,6 +38,7 @@ from ._hf_utils import (
     fill_generation_defaults,
     load_from_hub,
     resolve_builtin_path,
+    restore_generation_config,
     seeded,
     unknown_config_keys,
 )
@@ -365,17 +365,8 @@ class LlavaBackbone(Backbone):
             model = seeded(config.seed, lambda: PadtLlavaForConditionalGeneration(hf_config)).to(dtype)
             processor = LlavaStyleProcessor.from_pretrained(directory, image_prompt=config.image_prompt)
         fill_generation_defaults(model, processor.tokenizer)
-        from transformers import GenerationConfig
-
-        if os.path.isfile(os.path.join(directory, "generation_config.json")):
-            model.generation_config = GenerationConfig.from_pretrained(directory)
+        restore_generation_config(model, directory)
         return cls(config, model, processor)
-
-    def save(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        self.hf_model.config.save_pretrained(directory)
-        self.hf_model.generation_config.save_pretrained(directory)
-        self.processor.save_pretrained(directory)
 
     # --- sizes --------------------------------------------------------------------------------
     @property

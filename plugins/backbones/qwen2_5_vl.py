@@ -8,7 +8,6 @@ only ever sees raster order.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -24,7 +23,14 @@ from padt_core.backbone import Backbone, BackboneBatch
 from padt_core.features import VisualFeatures
 from padt_core.plugins import PluginConfig, hookimpl
 
-from ._hf_utils import fill_generation_defaults, load_from_hub, resolve_builtin_path, unknown_config_keys
+from ._hf_utils import (
+    fill_generation_defaults,
+    load_from_hub,
+    resolve_builtin_path,
+    restore_generation_config,
+    seeded,
+    unknown_config_keys,
+)
 
 __all__ = ["Qwen2_5_VLBackbone", "Qwen2_5_VLBackboneConfig"]
 
@@ -137,11 +143,7 @@ class Qwen2_5_VLBackbone(Backbone):
         if meta:
             with torch.device("meta"):
                 return Qwen2_5_VLForConditionalGeneration(hf_config).to(dtype)
-        fork = torch.random.fork_rng()
-        with fork:
-            torch.manual_seed(seed)
-            model = Qwen2_5_VLForConditionalGeneration(hf_config)
-        return model.to(dtype)
+        return seeded(seed, lambda: Qwen2_5_VLForConditionalGeneration(hf_config)).to(dtype)
 
     @classmethod
     def from_saved(cls, config: Qwen2_5_VLBackboneConfig, directory: str) -> Qwen2_5_VLBackbone:
@@ -150,13 +152,8 @@ class Qwen2_5_VLBackbone(Backbone):
         hf_config._attn_implementation = config.attn_implementation
         model = cls._random_model(hf_config, _DTYPES[config.dtype], config.seed, meta=False)
         fill_generation_defaults(model, processor.tokenizer)
+        restore_generation_config(model, directory)
         return cls(config, model, processor)
-
-    def save(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        self.hf_model.config.save_pretrained(directory)
-        self.hf_model.generation_config.save_pretrained(directory)
-        self.processor.save_pretrained(directory)
 
     # --- sizes --------------------------------------------------------------------------------
     @property
