@@ -169,13 +169,6 @@ class PrototypeBank:
             self._views[key] = BankView(data.reshape(n * width, -1), offsets, data.transpose(1, 2), bias)
         return self._views[key]
 
-    def gather(self, cells: torch.Tensor) -> torch.Tensor:
-        """Rows ``bank[b, cells[b, t]]`` → ``[B, T, D]`` (cells clamped into the bank)."""
-        if self.width == 0:
-            return self.bank.new_zeros(*cells.shape, self.bank.shape[-1])
-        idx = cells.clamp(0, self.width - 1)
-        return torch.gather(self.bank, 1, idx.unsqueeze(-1).expand(-1, -1, self.bank.shape[-1]))
-
 
 def embed_with_bank(
     text_embeds: torch.Tensor, input_ids: torch.Tensor, vocab_rows: int, bank: PrototypeBank

@@ -11,14 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["VisualFeatures", "grid_positions"]
-
-
-def grid_positions(h: int, w: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """(row, col) of every cell of an ``h × w`` grid in raster order, shape ``[h*w, 2]`` (long)."""
-    rows = torch.arange(h, device=device).repeat_interleave(w)
-    cols = torch.arange(w, device=device).repeat(h)
-    return torch.stack([rows, cols], dim=-1)
+__all__ = ["VisualFeatures"]
 
 
 @dataclass
@@ -66,16 +59,6 @@ class VisualFeatures:
         if self.fine_grid is None:
             return 1
         return self.fine_grid[0] // self.grid[0]
-
-    def positions(self) -> torch.Tensor:
-        """(row, col) of each VRT cell, ``[h*w, 2]``."""
-        return grid_positions(*self.grid, device=self.tokens.device)
-
-    def fine_positions(self) -> torch.Tensor:
-        """(row, col) of each fine cell, ``[fh*fw, 2]``."""
-        if self.fine_grid is None:
-            raise ValueError("these VisualFeatures carry no fine features")
-        return grid_positions(*self.fine_grid, device=self.tokens.device)
 
     def to(self, *args, **kwargs) -> VisualFeatures:
         return VisualFeatures(

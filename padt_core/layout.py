@@ -26,7 +26,14 @@ from typing import ClassVar
 
 import torch
 
-__all__ = ["LAYOUTS", "Layout", "RasterLayout", "get_layout"]
+__all__ = ["LAYOUTS", "Layout", "RasterLayout", "get_layout", "vrt_cell_rc"]
+
+
+def vrt_cell_rc(cells: torch.Tensor, grid_cols: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, col) of VRT cell ids. VRT ids are raster over the VRT grid in every layout (reference
+    §2.3): layouts only differ in how the decoder's memory rows are ordered."""
+    cells = cells.long()
+    return cells // grid_cols, cells % grid_cols
 
 
 class Layout(ABC):

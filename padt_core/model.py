@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,7 @@ class PaDTModel(nn.Module):
         dtype = backbone.hf_model.get_input_embeddings().weight.dtype
         device = torch.device("meta") if meta else None
         # The recipe's seed makes the new modules (projection, decoder) the same on every build.
-        with torch.random.fork_rng(), torch.device(device) if device is not None else _nullcontext():
+        with torch.random.fork_rng(), torch.device(device) if device is not None else nullcontext():
             torch.manual_seed(recipe.train.seed)
             decoder = None
             if recipe.decoder is not None:
@@ -459,14 +459,6 @@ class PaDTModel(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{weights}: missing keys {sorted(missing)}; unexpected keys {sorted(unexpected)}")
         return model
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _fresh(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -71,13 +71,6 @@ class VRTCodec:
         self.eos_token_ids = {int(i) for i in eos_token_ids}
         self.pad_token_id = pad_token_id
 
-    # --- ids -----------------------------------------------------------------------------------
-    def is_vrt(self, ids: torch.Tensor) -> torch.Tensor:
-        return ids >= self.vocab_rows
-
-    def vrt_id(self, k: int | torch.Tensor) -> int | torch.Tensor:
-        return self.vocab_rows + k
-
     # --- prompts with VRTs -----------------------------------------------------------------------
     def _added_vrt_ids(self) -> dict[int, int]:
         """``{tokenizer id: k}`` of the VRT strings registered in the tokenizer."""
@@ -175,9 +168,10 @@ class VRTCodec:
             if not vrt:
                 piece = self.tokenizer.decode(run, skip_special_tokens=False)
                 text_so_far.append(piece)
-                quoted = _QUOTED.findall("".join(text_so_far))
-                if quoted:
-                    label = quoted[-1].strip()
+                if '"' in piece:  # only a new quote can change the label (no re-scan per segment)
+                    quoted = _QUOTED.findall("".join(text_so_far))
+                    if quoted:
+                        label = quoted[-1].strip()
                 continue
             cells = [i - self.vocab_rows for i in run]
             text_so_far.append(vrt_strings(cells))

@@ -9,6 +9,7 @@ from pydantic import Field
 from torch import nn
 
 from padt_core.decoder import DecoderContext, Head, ObjectTargets
+from padt_core.layout import vrt_cell_rc
 from padt_core.losses import box_cxcywh_to_xyxy, box_l1_loss, giou_loss
 from padt_core.plugins import PluginConfig
 
@@ -23,8 +24,7 @@ def cell_hull(ctx: DecoderContext) -> torch.Tensor:
     counts = inputs.counts.long()
     owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
     grids = ctx.grids.to(counts.device)
-    cols = grids[owner, 1]
-    r, c = (inputs.vrt_cells.long() // cols).float(), (inputs.vrt_cells.long() % cols).float()
+    r, c = (x.float() for x in vrt_cell_rc(inputs.vrt_cells, grids[owner, 1]))
     n = counts.numel()
     lo = torch.full((n, 2), float("inf"), device=counts.device)
     hi = torch.full((n, 2), float("-inf"), device=counts.device)

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from padt_core.decoder import DecoderInputs, Trunk, TrunkOutput, pad_packed, pad_rows
-from padt_core.layout import Layout
+from padt_core.layout import Layout, vrt_cell_rc
 from padt_core.plugins import PluginConfig
 
 from .factored_memory import FactoredMemory
@@ -241,9 +241,8 @@ class PaDTTrunk(Trunk):
         counts = inputs.counts.long()
         owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
         grids = torch.tensor([f.grid for f in inputs.features], device=counts.device)[index][owner]
-        cells = inputs.vrt_cells.long()
-        rows = (cells // grids[:, 1] + 0.5) / grids[:, 0]
-        cols = (cells % grids[:, 1] + 0.5) / grids[:, 1]
+        r, c = vrt_cell_rc(inputs.vrt_cells, grids[:, 1])
+        rows, cols = (r + 0.5) / grids[:, 0], (c + 0.5) / grids[:, 1]
         # 100 × the normalised coordinate: sub-cell resolution for the lowest frequencies used.
         packed = sinusoid_2d(rows * 100, cols * 100, self.hidden_size).to(dtype)
         padded, _ = pad_packed(packed, counts)
