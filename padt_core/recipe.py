@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -96,6 +97,7 @@ TrunkSection = _plugin_section("trunks")
 HeadSection = _plugin_section("heads")
 DatasetSection = _plugin_section("datasets")
 LogitsProcessorSection = _plugin_section("logits_processors")
+AnswerFormatSection = _plugin_section("answer_formats")
 
 
 class _Section(BaseModel):
@@ -202,12 +204,29 @@ class Recipe(_Section):
     name: str
     description: str = ""
     backbone: BackboneSection
+    answer_format: AnswerFormatSection = Field(
+        {"name": "vrt"},
+        validate_default=True,
+        description="how objects are written in answers: vrt (PaDT, the default) or text_box (coordinates as text)",
+    )
     vrt: VRTConfig = Field(default_factory=VRTConfig)
     decoder: DecoderConfig | None = None
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _decoder_fits_answer_format(self) -> Recipe:
+        # A format without VRTs has nothing for decoder heads to read: a decoder would train on nothing.
+        uses_vrt = getattr(get_plugin("answer_formats", self.answer_format.name), "uses_vrt", True)
+        if not uses_vrt and self.decoder is not None:
+            heads = ", ".join(h.name for h in self.decoder.heads)
+            raise ValueError(
+                f"answer_format {self.answer_format.name!r} writes objects as text and decodes no VRTs, but "
+                f"decoder is set (trunk {self.decoder.trunk.name!r}, heads {heads}); set `decoder: null`"
+            )
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
