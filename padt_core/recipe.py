@@ -203,6 +203,11 @@ class Recipe(_Section):
 
     name: str
     description: str = ""
+    released_checkpoint: str | None = Field(
+        None,
+        description="a published PaDT checkpoint (hub id or local dir, reference layout §10) whose weights "
+        "build() converts and loads; None: the backbone's pretrained weights + a fresh projection/decoder",
+    )
     backbone: BackboneSection
     answer_format: AnswerFormatSection = Field(
         {"name": "vrt"},
