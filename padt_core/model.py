@@ -5,6 +5,10 @@ How VRTs reach the LLM without copying it or its decoding loop: while a PaDT for
 ids (``>= V``) their sample's prototype instead of a table row; the output-embedding hook appends
 the sample's VRT logits to the text logits. Everything else (caches, M-RoPE, beams, logits
 processors) is the backbone's and Hugging Face's own code.
+
+With an answer format that writes objects as text (``uses_vrt = False``, e.g. ``text_box``) the model
+is the plain backbone: no prototype projection, no bank, no hooks, no decoder; ``predict`` reads the
+boxes with the format's parser (``padt_core/answer_format.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from .answer_format import ImageGeometry, build_answer_format
 from .backbone import Backbone, BackboneBatch
 from .embedding import PrototypeBank, PrototypeProjection, embed_with_bank
 from .features import VisualFeatures
@@ -49,8 +54,8 @@ class Encoded:
     """Everything the vision side produced for a batch (computed once, reused by generate/forward)."""
 
     features: list[VisualFeatures]  # one per image of the batch
-    prototypes: list[torch.Tensor]  # one per image, [cells, D]
-    bank: PrototypeBank  # per sample
+    prototypes: list[torch.Tensor]  # one per image, [cells, D] (empty list: answer format without VRTs)
+    bank: PrototypeBank | None  # per sample; None when the answer format uses no VRTs
     model_kwargs: dict[str, Any]  # what makes the backbone LLM reuse these features
     image_index: list[int]  # image of each sample, -1 = none
 
@@ -62,7 +67,7 @@ class Encoded:
 @dataclass
 class PaDTOutput:
     logits: torch.Tensor  # [B, T, V + P]: text logits ++ VRT logits of the sample's own cells
-    hidden_states: torch.Tensor  # [B, T, D] last LLM layer (after its final norm)
+    hidden_states: torch.Tensor | None  # [B, T, D] last LLM layer (after its final norm); None without VRTs
     encoded: Encoded
 
 
@@ -105,12 +110,18 @@ class PaDTModel(nn.Module):
         super().__init__()
         self.recipe = recipe
         self.backbone = backbone
-        self.projection = PrototypeProjection(
-            backbone.hidden_size,
-            recipe.vrt.rank,
-            recipe.vrt.projection,
-            position=recipe.vrt.position,
-            max_grid=recipe.vrt.max_grid,
+        self.answer_format = build_answer_format(recipe)
+        # Formats that write objects as text have no VRTs: no prototypes to project.
+        self.projection = (
+            PrototypeProjection(
+                backbone.hidden_size,
+                recipe.vrt.rank,
+                recipe.vrt.projection,
+                position=recipe.vrt.position,
+                max_grid=recipe.vrt.max_grid,
+            )
+            if self.answer_format.uses_vrt
+            else None
         )
         self.decoder = decoder
         self.codec = VRTCodec(backbone.tokenizer, backbone.vocab_rows, backbone.eos_token_ids, backbone.pad_token_id)
@@ -139,7 +150,8 @@ class PaDTModel(nn.Module):
                     vision_hidden_size=backbone.vision_hidden_size,
                 )
             model = cls(recipe, backbone, decoder)
-        model.projection.to(dtype)
+        if model.projection is not None:
+            model.projection.to(dtype)
         if model.decoder is not None:
             model.decoder.to(dtype)
         return model
@@ -190,17 +202,26 @@ class PaDTModel(nn.Module):
     def encode(self, batch: BackboneBatch) -> Encoded:
         """Run the vision tower once and build the per-sample prototype bank."""
         features, model_kwargs = self.backbone.encode_images(_to_device(batch, self.device))
-        prototypes = [self.projection(f.tokens, f.grid) for f in features]
         image_index = list(batch["image_index"])
-        bank = PrototypeBank.from_prototypes(
-            prototypes, image_index, self.backbone.hidden_size, self.device, self.dtype
-        )
+        if self.projection is None:  # answer format without VRTs
+            prototypes, bank = [], None
+        else:
+            prototypes = [self.projection(f.tokens, f.grid) for f in features]
+            bank = PrototypeBank.from_prototypes(
+                prototypes, image_index, self.backbone.hidden_size, self.device, self.dtype
+            )
         encoded = Encoded(features, prototypes, bank, model_kwargs, image_index)
         self._check_vrt_ids(batch["input_ids"], encoded)
         return encoded
 
     def _check_vrt_ids(self, input_ids: torch.Tensor, encoded: Encoded) -> None:
         vocab = self.backbone.vocab_rows
+        if encoded.bank is None:
+            if bool((input_ids >= vocab).any()):
+                raise ValueError(
+                    f"the input holds VRT ids (>= {vocab}) but answer format {self.answer_format.name!r} uses no VRTs"
+                )
+            return
         for b in range(input_ids.shape[0]):
             ks = input_ids[b][input_ids[b] >= vocab] - vocab
             if ks.numel() and int(ks.max()) >= encoded.cells(b):
@@ -275,7 +296,7 @@ class PaDTModel(nn.Module):
             model_inputs = self.backbone.extend_model_inputs(batch, completion_ids)
             self._check_vrt_ids(completion_ids, encoded)
         captured: list[torch.Tensor] = []
-        with self.vrt_io(encoded.bank, capture=captured):
+        with self._vrt_io_if_any(encoded, captured):
             out = self.backbone.hf_model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -284,7 +305,13 @@ class PaDTModel(nn.Module):
                 **model_inputs,
                 **encoded.model_kwargs,
             )
-        return PaDTOutput(logits=out.logits, hidden_states=captured[-1], encoded=encoded)
+        return PaDTOutput(logits=out.logits, hidden_states=captured[-1] if captured else None, encoded=encoded)
+
+    def _vrt_io_if_any(
+        self, encoded: Encoded, capture: list[torch.Tensor] | None = None
+    ) -> AbstractContextManager[None]:
+        """:meth:`vrt_io` on the batch's bank; nothing when the answer format uses no VRTs."""
+        return nullcontext() if encoded.bank is None else self.vrt_io(encoded.bank, capture=capture)
 
     def generation_config(self, **overrides: Any) -> GenerationConfig:
         """The recipe's generation settings as a ``GenerationConfig`` (``overrides`` win)."""
@@ -321,7 +348,7 @@ class PaDTModel(nn.Module):
         known = set(GenerationConfig().to_dict())
         config = self.generation_config(**{k: v for k, v in generation_kwargs.items() if k in known})
         rest = {k: v for k, v in generation_kwargs.items() if k not in known}
-        with self.vrt_io(encoded.bank):
+        with self._vrt_io_if_any(encoded):
             out = self.backbone.hf_model.generate(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
@@ -371,6 +398,8 @@ class PaDTModel(nn.Module):
         batch = _to_device(self.prepare(pil, prompts), self.device)
         encoded = self.encode(batch)
         completions = self.generate(batch, encoded=encoded, **generation_kwargs)
+        if not self.answer_format.uses_vrt:
+            return self._text_predictions(batch, completions, pil)
         parsed = [self.codec.parse(row, num_cells=encoded.cells(b)) for b, row in enumerate(completions)]
         predictions = [
             Prediction(
@@ -384,6 +413,30 @@ class PaDTModel(nn.Module):
         ]
         if self.decoder is not None and any(p.objects for p in parsed):
             self._decode_objects(batch, encoded, completions, parsed, pil, predictions)
+        return predictions
+
+    def _text_predictions(self, batch, completions: torch.Tensor, pil) -> list[Prediction]:
+        """Predictions of an answer format that writes objects as text: its parser places the boxes."""
+        cell = self.backbone.cell_size
+        eos, pad = self.codec.eos_token_ids, self.backbone.pad_token_id
+        predictions = []
+        for b, row in enumerate(completions.tolist()):
+            image = batch["image_index"][b]
+            geometry = None
+            if image >= 0:  # the model saw the image at grid × cell pixels (the processor's resize)
+                rows, cols = batch["image_grids"][image]
+                geometry = ImageGeometry((pil[b].height, pil[b].width), (rows * cell, cols * cell))
+            text = self.codec.decode(row)
+            parsed = self.answer_format.parse(text, geometry)
+            predictions.append(
+                Prediction(
+                    text=text,
+                    objects=[PredictedObject(label=o.label, vrt=[], box=o.box) for o in parsed.objects],
+                    skipped=parsed.skipped,
+                    truncated=not any(i in eos for i in row),
+                    ids=[i for i in row if i != pad],
+                )
+            )
         return predictions
 
     def _decode_objects(self, batch, encoded, completions, parsed: list[ParsedCompletion], pil, predictions):

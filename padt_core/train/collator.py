@@ -4,6 +4,10 @@ For every object the collator draws its VRT targets on the *actual* processor gr
 (``K`` random foreground cells, or the 5-point centre/left/top/right/bottom strategy), writes them
 into the answer in place of ``<|Obj_k|>``, and records which other cells of the same object must not
 compete with each target (the robust per-token CE).
+
+An answer format that writes objects as text (``uses_vrt = False``, e.g. ``text_box``) renders the
+whole answer itself (:meth:`~padt_core.answer_format.AnswerFormat.render`) and the batch carries no
+VRT targets, ignore masks or objects: plain next-token CE on that text.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..answer_format import ImageGeometry
 from ..data.sample import Sample, decode_mask, object_cells
 from ..data.templates import DEFAULT_TEMPLATES, TaskTemplates, drop_objects
 
@@ -76,6 +81,7 @@ class PaDTCollator:
     ):
         self.backbone = model.backbone
         self.codec = model.codec
+        self.answer_format = model.answer_format
         self.prepare = model.prepare
         self.k = vrt_per_object
         self.sampling = vrt_sampling
@@ -102,6 +108,8 @@ class PaDTCollator:
     def _encode_answer(
         self, sample: Sample, grid: tuple[int, int], size: tuple[int, int], rng: np.random.Generator
     ) -> _Encoded | None:
+        if not self.answer_format.uses_vrt:
+            return self._encode_text_answer(sample, grid, size)
         vocab = self.backbone.vocab_rows
         try:
             cells_of = [object_cells(o, grid, size, self.coverage) for o in sample.objects]
@@ -151,6 +159,17 @@ class PaDTCollator:
         enc.completion += self._text_ids(sample.answer[pos:])
         enc.completion.append(self.backbone.eos_token_ids[0])
         return enc
+
+    def _encode_text_answer(self, sample: Sample, grid: tuple[int, int], size: tuple[int, int]) -> _Encoded | None:
+        """The answer as the format writes it (objects as text, in pixels of the resized image) + EOS."""
+        cell = self.backbone.cell_size
+        geometry = ImageGeometry(original=size, resized=(grid[0] * cell, grid[1] * cell))
+        try:
+            text = self.answer_format.render(sample, geometry)
+        except ValueError as err:
+            self._skip(sample, f"bad template: {err}")
+            return None
+        return _Encoded(completion=[*self._text_ids(text), self.backbone.eos_token_ids[0]], ignore=[])
 
     def __call__(self, items: Sequence[Sample | dict[str, Any]]) -> dict[str, Any]:
         kept: list[tuple[Sample, Image.Image]] = []
@@ -205,7 +224,7 @@ class PaDTCollator:
             "prompt": prompt,
             "completion_ids": completion,
             "completion_mask": completion_mask,
-            "vrt_ignore": ignore,
+            "vrt_ignore": ignore if self.answer_format.uses_vrt else None,
             "obj_sample": torch.tensor(obj_sample, dtype=torch.long),
             "obj_counts": torch.tensor(obj_counts, dtype=torch.long),
             "obj_positions": torch.tensor(obj_positions, dtype=torch.long),

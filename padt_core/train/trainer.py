@@ -24,7 +24,9 @@ from .step import compute_losses
 __all__ = ["DatasetEpochCallback", "PaDTTrainer", "check_resumable", "training_arguments"]
 
 # Sections that define the model: a checkpoint from a recipe that differs here cannot be resumed.
-_MODEL_SECTIONS = ("backbone", "vrt", "decoder")
+_MODEL_SECTIONS = ("backbone", "answer_format", "vrt", "decoder")
+# What a section missing from an older checkpoint's recipe.yaml meant (written before the section existed).
+_SECTION_DEFAULTS = {"answer_format": {"name": "vrt"}}
 # transformers 5.x renamed `gradient_checkpointing` (deprecated alias, removed in v6) to `activation_checkpointing`.
 _CHECKPOINTING = (
     "activation_checkpointing"
@@ -85,7 +87,7 @@ def check_resumable(checkpoint: str | os.PathLike, recipe: Recipe) -> None:
         raise FileNotFoundError(f"{checkpoint} is not a padt checkpoint (no recipe.yaml)")
     saved = yaml.safe_load(saved_file.read_text())
     current = recipe.model_dump(mode="json")
-    differing = [s for s in _MODEL_SECTIONS if saved.get(s) != current.get(s)]
+    differing = [s for s in _MODEL_SECTIONS if saved.get(s, _SECTION_DEFAULTS.get(s)) != current.get(s)]
     if differing:
         raise ValueError(
             f"cannot resume from {checkpoint}: it was trained with recipe {saved.get('name')!r} whose "

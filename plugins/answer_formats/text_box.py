@@ -40,7 +40,6 @@ from padt_core.plugins import PluginConfig
 __all__ = ["BOX_KEY", "TextBoxFormat", "TextBoxFormatConfig", "box_json", "pixel_box"]
 
 BOX_KEY = "bbox_2d"  # Qwen2.5-VL's grounding key
-_OBJ = re.compile(r"<\|Obj_(\d+)\|>")
 _QUOTED = re.compile(r'"([^"]*)"')
 _SNIPPET = 60  # characters of a malformed box quoted in ``skipped``
 
@@ -103,14 +102,7 @@ class TextBoxFormat(AnswerFormat):
             # The reference's OVD sentence groups objects by category; here the list carries the labels.
             items = [{BOX_KEY: pixel_box(o.box, geometry), "label": o.label} for o in sample.objects]
             return self.config.ovd_answer.format(objects=json.dumps(items, ensure_ascii=False))
-
-        def box_of(match: re.Match[str]) -> str:
-            index = int(match.group(1))
-            if index >= len(sample.objects):
-                raise ValueError(f"<|Obj_{index}|> but the sample has {len(sample.objects)} objects")
-            return box_json(pixel_box(sample.objects[index].box, geometry))
-
-        return _OBJ.sub(box_of, sample.answer)
+        return sample.render([box_json(pixel_box(o.box, geometry)) for o in sample.objects])
 
     # --- reading --------------------------------------------------------------------------------
     def parse(self, text: str, geometry: ImageGeometry | None) -> ParsedAnswer:
