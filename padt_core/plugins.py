@@ -87,7 +87,15 @@ class HookSpecs:
 
     @hookspec
     def padt_answer_formats(self) -> list[type]:
-        """Return answer-format classes: how objects are written in a completion and parsed back."""
+        """Return answer-format classes: how objects are written in a completion and parsed back.
+
+        Classes subclass :class:`padt_core.answer_format.AnswerFormat` (``name``, ``Config``,
+        ``uses_vrt``, ``render``, ``parse``); a recipe selects one with ``answer_format: {name: ...}``
+        (default ``vrt``). Built-ins: ``vrt`` (PaDT) and ``text_box`` (Qwen2.5-VL-style text boxes).
+
+        For third-party packages: register the module under the ``padt`` entry-point group; a format
+        with ``uses_vrt = False`` needs only ``render`` and ``parse`` (``docs/answer-formats.md``).
+        """
 
 
 KINDS: tuple[str, ...] = tuple(name.removeprefix("padt_") for name in vars(HookSpecs) if name.startswith("padt_"))
