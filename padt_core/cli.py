@@ -2,7 +2,7 @@
 
 Subcommands live in :data:`COMMANDS` (``name -> Command``). A ``Command`` adds its arguments to its
 own parser and points the parser at a handler ``fn(args) -> exit code``; a new verb adds one entry.
-Verbs: ``plugins``, ``recipe``, ``data``, ``train``, ``eval``, ``predict``, ``bench``, ``demo``.
+Verbs: ``plugins``, ``recipe``, ``data``, ``train``, ``eval``, ``predict``, ``convert``, ``bench``, ``demo``.
 Handlers import the heavy modules (torch, transformers) themselves, so ``padt --help`` stays fast.
 
 ``padt train`` also runs under ``torchrun --nproc_per_node N -m padt_core.cli train …`` (or
@@ -30,6 +30,7 @@ __all__ = [
     "Handler",
     "add_subcommand",
     "build_parser",
+    "cmd_convert",
     "cmd_data_shapes",
     "cmd_demo",
     "cmd_eval",
@@ -196,8 +197,20 @@ def cmd_recipe_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipe_params(args: argparse.Namespace) -> int:
+    """Build a recipe (on the meta device with ``--meta``) and print its parameter counts by component as JSON."""
+    import padt_core
+
+    from .sizes import parameter_counts
+
+    weights = "meta" if args.meta else "pretrained"
+    model = padt_core.build(recipe=args.file, overrides=args.overrides or None, weights=weights)
+    _print_json(parameter_counts(model))
+    return 0
+
+
 def _configure_recipe(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="recipe_command", metavar="{validate,schema}", required=True)
+    sub = parser.add_subparsers(dest="recipe_command", metavar="{validate,schema,params}", required=True)
     validate = add_subcommand(sub, "validate", "validate a recipe file or bundled recipe name")
     validate.add_argument("file", help="recipe YAML path or bundled recipe name (e.g. tiny_qwen)")
     _add_overrides(validate)
@@ -205,6 +218,44 @@ def _configure_recipe(parser: argparse.ArgumentParser) -> None:
     validate.set_defaults(handler=cmd_recipe_validate)
     schema = add_subcommand(sub, "schema", "print the recipe JSON schema")
     schema.set_defaults(handler=cmd_recipe_schema)
+    params = add_subcommand(sub, "params", "parameter counts by component (JSON)")
+    params.add_argument("file", help="recipe YAML path or bundled recipe name (e.g. qwen_padt_pro)")
+    _add_overrides(params)
+    params.add_argument("--meta", action="store_true", help="build on the meta device: no weights, no download")
+    params.set_defaults(handler=cmd_recipe_params)
+
+
+# ---------------------------------------------------------------------------------------------------
+# padt convert
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a released PaDT checkpoint into a padt model directory."""
+    from .convert import convert
+
+    out = convert(
+        args.source,
+        args.destination,
+        recipe=args.recipe,
+        overrides=args.overrides or None,
+        revision=args.revision,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _configure_convert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="hub id (PaDT-MLLM/PaDT_Pro_3B) or directory, published layout")
+    parser.add_argument("destination", metavar="DST", help="padt model directory to write (padt_core.load reads it)")
+    _add_overrides(parser)
+    parser.add_argument(
+        "--recipe", default=None, help="recipe to use as is (default: padt_pro_3b_released filled from config.json)"
+    )
+    parser.add_argument("--revision", default=None, help="hub revision of SRC")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in DST")
+    parser.set_defaults(handler=cmd_convert)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -279,7 +330,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 def _configure_bench(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench_command", metavar="{generate,decoder,train}", required=True)
+    sub = parser.add_subparsers(dest="bench_command", metavar="{generate,decoder,train,ablate,repro}", required=True)
     gen = add_subcommand(sub, "generate", "PaDT vs plain backbone decode speed (ms per token)")
     gen.add_argument("--recipe", required=True, help="recipe path or bundled name")
     gen.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B")
@@ -319,6 +370,102 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     _add_device(tr)
     _add_overrides(tr)
     tr.set_defaults(handler=cmd_bench_train)
+    _configure_bench_sweeps(sub)
+
+
+def _sweep_json(results: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """What ``padt bench ablate|repro`` print: machine, torch, dtype and the figures (not every curve)."""
+    machine = results.get("machine", {})
+    return {
+        "machine": machine,
+        "torch": machine.get("torch"),
+        "dtype": machine.get("dtype"),
+        **{k: results[k] for k in keys if k in results},
+    }
+
+
+def cmd_bench_ablate(args: argparse.Namespace) -> int:
+    """Issue 8's ablation of the switches beyond the reference (``padt_core.bench.ablate``)."""
+    from .bench.ablate import bench_ablate
+
+    results = bench_ablate(
+        args.out,
+        configs=args.configs,
+        seeds=args.seeds,
+        steps=args.steps,
+        train_images=args.train_images,
+        val_images=args.val_images,
+        quick=args.quick,
+        difficulty=args.difficulty,
+        jobs=args.jobs,
+        overwrite=args.overwrite,
+        work_dir=args.work_dir,
+        eval_points=args.eval_points,
+        eval_samples=args.eval_samples,
+        command="padt " + " ".join(sys.argv[1:]),
+    )
+    _print_json(_sweep_json(results, ["settings", "summary", "wall_seconds"]))
+    return 0
+
+
+def cmd_bench_repro(args: argparse.Namespace) -> int:
+    """Issue 9's PaDT vs text-coordinate comparison (``padt_core.bench.repro``)."""
+    from .bench.repro import bench_repro
+
+    results = bench_repro(
+        args.out,
+        methods=args.methods,
+        lrs=args.lrs,
+        seeds=args.seeds,
+        steps=args.steps,
+        train_images=args.train_images,
+        val_images=args.val_images,
+        quick=args.quick,
+        difficulty=args.difficulty,
+        jobs=args.jobs,
+        overwrite=args.overwrite,
+        work_dir=args.work_dir,
+        eval_points=args.eval_points,
+        eval_samples=args.eval_samples,
+        command="padt " + " ".join(sys.argv[1:]),
+    )
+    summary = {m: {k: v for k, v in results[m].items() if k != "per_seed"} for m in results["settings"]["methods"]}
+    _print_json(_sweep_json(results, ["settings", "plan", "comparison", "wall_seconds"]) | summary)
+    return 0
+
+
+def _add_sweep_options(parser: argparse.ArgumentParser, jobs: int, work_dir: str) -> None:
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the budget's)")
+    parser.add_argument("--train-images", type=int, default=None, help="shapes train images (default: budget's)")
+    parser.add_argument("--val-images", type=int, default=None, help="held-out shapes images (default: budget's)")
+    parser.add_argument("--difficulty", choices=["full", "easy"], default="full", help="shapes split (default: full)")
+    parser.add_argument("--eval-points", type=int, default=None, help="evaluations per run (default: budget's)")
+    parser.add_argument("--eval-samples", type=int, default=None, help="held-out samples per task per evaluation")
+    parser.add_argument("--jobs", type=int, default=jobs, help=f"runs in parallel, one thread each (default: {jobs})")
+    parser.add_argument("--quick", action="store_true", help="the small budget (pipeline check, minutes)")
+    parser.add_argument("--out", default="docs/results", help="folder of the JSON, table and plot")
+    parser.add_argument("--work-dir", default=work_dir, help=f"data, logs and run dirs (default: {work_dir})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+
+
+def _configure_bench_sweeps(sub: Any) -> None:
+    from .bench.ablate import CONFIGS
+
+    ab = add_subcommand(sub, "ablate", "issue 8 ablation: no-repeat / positional / cell-geometry switches, seeds")
+    ab.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="NAME",
+                    help=f"configurations (default: all of {', '.join(CONFIGS)})")  # fmt: skip
+    ab.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default: 3)")
+    _add_sweep_options(ab, jobs=2, work_dir="runs/ablation")
+    ab.set_defaults(handler=cmd_bench_ablate)
+    rp = add_subcommand(sub, "repro", "issue 9: PaDT vs text coordinates, equal budget and lr search, seeds")
+    rp.add_argument("--methods", nargs="+", default=["padt", "text_coordinates"],
+                    choices=["padt", "text_coordinates"], help="arms to train (default: both)")  # fmt: skip
+    rp.add_argument(
+        "--lrs", type=float, nargs="+", default=[1e-3, 2e-3], help="lr sweep on seed 0 (default: 1e-3 2e-3)"
+    )
+    rp.add_argument("--seeds", type=int, default=3, help="seeds at the best lr (default: 3)")
+    _add_sweep_options(rp, jobs=2, work_dir="runs/repro")
+    rp.set_defaults(handler=cmd_bench_repro)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -808,6 +955,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "eval": Command("evaluate a model on a recipe's or a dataset's samples; write a report JSON", _configure_eval),
     "predict": Command("predict objects in images with a saved model or a recipe", _configure_predict),
+    "convert": Command("convert a released PaDT checkpoint into a padt model directory", _configure_convert),
     "bench": Command("benchmarks (JSON on stdout)", _configure_bench),
     "demo": Command(
         "end-to-end demo: shapes -> train -> eval -> report + gallery (--smoke: instant check)", _configure_demo
