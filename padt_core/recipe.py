@@ -394,7 +394,7 @@ def recipe_schema() -> dict:
     from .plugins import get_registry
 
     schema = Recipe.model_json_schema()
-    plugin_kinds = {"backbone": "backbones"}
+    plugin_kinds = {"backbone": "backbones", "answer_format": "answer_formats"}
     for field, kind in plugin_kinds.items():
         schema["properties"][field] = {
             "oneOf": [cls.Config.model_json_schema() for cls in get_registry(kind).entries.values()]
