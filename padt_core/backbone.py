@@ -47,6 +47,11 @@ class Backbone(nn.Module, ABC):
     hf_model: nn.Module
     tokenizer: Any
 
+    #: Renames of a released PaDT checkpoint's multimodal-LLM keys (reference §10.2) to this backbone's
+    #: state-dict keys: ``(source prefix, target prefix)`` pairs, first match wins. Empty: the backbone
+    #: cannot read released checkpoints (``padt_core.convert`` says so).
+    released_key_prefixes: ClassVar[tuple[tuple[str, str], ...]] = ()
+
     # --- construction -------------------------------------------------------------------------
     @classmethod
     @abstractmethod
@@ -132,11 +137,15 @@ class Backbone(nn.Module, ABC):
     @property
     def eos_token_ids(self) -> list[int]:
         ids = self.hf_model.generation_config.eos_token_id
-        if ids is None:
+        if ids is None and self.tokenizer is not None:  # no tokenizer: a meta build, structure only
             ids = self.tokenizer.eos_token_id
+        if ids is None:
+            return []
         return [ids] if isinstance(ids, int) else list(ids)
 
     @property
-    def pad_token_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.eos_token_ids[0]
+    def pad_token_id(self) -> int | None:
+        pad = None if self.tokenizer is None else self.tokenizer.pad_token_id
+        if pad is None and self.eos_token_ids:
+            pad = self.eos_token_ids[0]
+        return pad

@@ -354,6 +354,22 @@ class Trunk(nn.Module, ABC):
             return_memory: whether to return the final per-object memory.
         """
 
+    @classmethod
+    def released_state_dict(
+        cls, tensors: Mapping[str, torch.Tensor], head_names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """Map a released PaDT checkpoint's decoder (``vl_decoder.*``, reference §10.2) onto this trunk and its heads.
+
+        Args:
+            tensors: the released decoder's tensors, keys without the ``vl_decoder.`` prefix. Read
+                only the keys you map: the converter reports every key left unread as unmapped.
+            head_names: the heads of the recipe's decoder.
+
+        Returns:
+            ``{key relative to PaDTDecoder ("trunk.…", "heads.box.…"): tensor}``.
+        """
+        raise NotImplementedError(f"trunk {cls.name!r} cannot read released PaDT checkpoints")
+
     def dummy_inputs(self) -> DecoderInputs:
         """One object on a one-cell blank image: run on empty batches so that every parameter is used."""
         param = next(self.parameters())

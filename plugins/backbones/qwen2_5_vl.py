@@ -8,7 +8,9 @@ only ever sees raster order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -24,6 +26,7 @@ from padt_core.features import VisualFeatures
 from padt_core.plugins import PluginConfig, hookimpl
 
 from ._hf_utils import (
+    ASSETS,
     fill_generation_defaults,
     load_from_hub,
     resolve_builtin_path,
@@ -35,6 +38,19 @@ from ._hf_utils import (
 __all__ = ["Qwen2_5_VLBackbone", "Qwen2_5_VLBackboneConfig"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Architecture configs of the public checkpoints (their hub config.json, transformers-4.50 layout), so a
+# meta-device build knows the 3B/7B structure without a download. Fine-tuned PaDT checkpoints keep
+# their base model's architecture (reference §10).
+_ARCHITECTURES = ASSETS / "architectures"
+_KNOWN_ARCHITECTURES: dict[str, str] = {  # hub id -> file in assets/architectures
+    **{f"Qwen/Qwen2.5-VL-{s}-Instruct": f"qwen2_5_vl_{s.lower()}.json" for s in ("3B", "7B")},
+    **{
+        f"PaDT-MLLM/PaDT_{task}_{s}": f"qwen2_5_vl_{s.lower()}.json"
+        for task in ("OVD", "REC", "RIC", "Pro")
+        for s in ("3B", "7B")
+    },
+}
 
 
 class Qwen2_5_VLBackboneConfig(PluginConfig):
@@ -71,14 +87,22 @@ class Qwen2_5_VLBackboneConfig(PluginConfig):
 class Qwen2_5_VLBackbone(Backbone):
     name: ClassVar[str] = "qwen2_5_vl"
     Config: ClassVar[type[PluginConfig]] = Qwen2_5_VLBackboneConfig
+    # Released PaDT checkpoints keep transformers 4.50's module tree (reference §10.2): the tower at
+    # `visual`, the text model at `model`. Transformers 5 nests both under `model` (text in `language_model`).
+    released_key_prefixes: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("visual.", "hf_model.model.visual."),
+        ("model.", "hf_model.model.language_model."),
+        ("lm_head.", "hf_model.lm_head."),
+    )
 
     def __init__(self, config: Qwen2_5_VLBackboneConfig, hf_model: Qwen2_5_VLForConditionalGeneration, processor):
         super().__init__()
         self.config = config
         self.hf_model = hf_model
         self.processor = processor
-        self.tokenizer = processor.tokenizer
-        processor.image_processor.size = {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels}
+        self.tokenizer = None if processor is None else processor.tokenizer  # None: a meta build (structure only)
+        if processor is not None:
+            processor.image_processor.size = {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels}
         vision = hf_model.config.vision_config
         self.patch_size = vision.patch_size
         self.merge = vision.spatial_merge_size
@@ -117,7 +141,12 @@ class Qwen2_5_VLBackbone(Backbone):
 
     @classmethod
     def from_config(cls, config: Qwen2_5_VLBackboneConfig, *, meta: bool = False) -> Qwen2_5_VLBackbone:
-        processor = cls._processor(config)
+        """Build the backbone; ``meta=True``: architecture only, nothing downloaded.
+
+        A meta build loads the processor only when it is on this machine (``builtin:`` or a local
+        directory); otherwise ``processor`` and ``tokenizer`` are ``None``: it is for structure and sizes.
+        """
+        processor = cls._meta_processor(config) if meta else cls._processor(config)
         dtype = _DTYPES[config.dtype]
         if config.pretrained is not None and not meta:
             model = load_from_hub(
@@ -129,14 +158,37 @@ class Qwen2_5_VLBackbone(Backbone):
             )
         else:
             if config.pretrained is not None:
-                from transformers import AutoConfig
-
-                hf_config = load_from_hub(AutoConfig.from_pretrained, config.pretrained, revision=config.revision)
+                hf_config = cls._pretrained_architecture(config)
             else:
                 hf_config = cls._hf_config(config, processor)
             model = cls._random_model(hf_config, dtype, config.seed, meta)
-        fill_generation_defaults(model, processor.tokenizer)
+        if meta and config.pretrained is not None and Path(config.pretrained).is_dir():
+            restore_generation_config(model, config.pretrained)  # what from_pretrained would have read
+        if processor is not None:
+            fill_generation_defaults(model, processor.tokenizer)
         return cls(config, model, processor)
+
+    @classmethod
+    def _meta_processor(cls, config: Qwen2_5_VLBackboneConfig):
+        """The processor if it is on this machine (built-in or a local directory); a meta build downloads nothing."""
+        spec = config.processor or config.pretrained
+        if spec.startswith("builtin:") or Path(spec).is_dir():
+            return cls._processor(config)
+        return None
+
+    @classmethod
+    def _pretrained_architecture(cls, config: Qwen2_5_VLBackboneConfig) -> Qwen2_5_VLConfig:
+        """The architecture of ``pretrained``: a local directory's config, a bundled one, else the hub's."""
+        from transformers import AutoConfig
+
+        spec = config.pretrained
+        if not Path(spec).is_dir() and spec in _KNOWN_ARCHITECTURES:
+            raw = json.loads((_ARCHITECTURES / _KNOWN_ARCHITECTURES[spec]).read_text())
+            hf_config = Qwen2_5_VLConfig.from_dict(raw)
+        else:
+            hf_config = load_from_hub(AutoConfig.from_pretrained, spec, revision=config.revision)
+        hf_config._attn_implementation = config.attn_implementation
+        return hf_config
 
     @staticmethod
     def _random_model(hf_config, dtype: torch.dtype, seed: int, meta: bool) -> Qwen2_5_VLForConditionalGeneration:

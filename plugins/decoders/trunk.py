@@ -19,6 +19,7 @@ object's memory is its own (``factored_memory.py`` keeps that cheap), attention 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -42,6 +43,7 @@ from .layers import (
     split_heads,
 )
 from .memory import DenseMemory, MemoryPositions, TrunkMemory
+from .released import released_decoder_state_dict
 
 __all__ = ["MEMORY_KINDS", "PaDTTrunk", "PaDTTrunkConfig", "TwoWayBlock"]
 
@@ -183,6 +185,12 @@ class PaDTTrunk(Trunk):
             self.high_res_transformer1 = TwoWayBlock(d, ff, heads, eps)
             self.high_res_transformer2 = TwoWayBlock(d, ff, heads, eps, update_memory=reads_memory)
         init_weights(self, config.init_std)
+
+    @classmethod
+    def released_state_dict(
+        cls, tensors: Mapping[str, torch.Tensor], head_names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        return released_decoder_state_dict(tensors, head_names)
 
     @classmethod
     def from_config(
