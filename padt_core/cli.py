@@ -387,23 +387,29 @@ def _sweep_json(results: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
 def cmd_bench_ablate(args: argparse.Namespace) -> int:
     """Issue 8's ablation of the switches beyond the reference (``padt_core.bench.ablate``)."""
     from .bench.ablate import bench_ablate
+    from .bench.sweep import SweepError
 
-    results = bench_ablate(
-        args.out,
-        configs=args.configs,
-        seeds=args.seeds,
-        steps=args.steps,
-        train_images=args.train_images,
-        val_images=args.val_images,
-        quick=args.quick,
-        difficulty=args.difficulty,
-        jobs=args.jobs,
-        overwrite=args.overwrite,
-        work_dir=args.work_dir,
-        eval_points=args.eval_points,
-        eval_samples=args.eval_samples,
-        command="padt " + " ".join(sys.argv[1:]),
-    )
+    try:
+        results = bench_ablate(
+            args.out,
+            configs=args.configs,
+            seeds=args.seeds,
+            steps=args.steps,
+            train_images=args.train_images,
+            val_images=args.val_images,
+            quick=args.quick,
+            difficulty=args.difficulty,
+            jobs=args.jobs,
+            overwrite=args.overwrite,
+            work_dir=args.work_dir,
+            eval_points=args.eval_points,
+            eval_samples=args.eval_samples,
+            command="padt " + " ".join(sys.argv[1:]),
+        )
+    except SweepError as err:
+        # Finished runs are saved; the message says how to retry the failed ones (no traceback needed).
+        print(f"padt: error: {err}", file=sys.stderr)
+        return 1
     _print_json(_sweep_json(results, ["settings", "summary", "wall_seconds"]))
     return 0
 
@@ -411,24 +417,30 @@ def cmd_bench_ablate(args: argparse.Namespace) -> int:
 def cmd_bench_repro(args: argparse.Namespace) -> int:
     """Issue 9's PaDT vs text-coordinate comparison (``padt_core.bench.repro``)."""
     from .bench.repro import bench_repro
+    from .bench.sweep import SweepError
 
-    results = bench_repro(
-        args.out,
-        methods=args.methods,
-        lrs=args.lrs,
-        seeds=args.seeds,
-        steps=args.steps,
-        train_images=args.train_images,
-        val_images=args.val_images,
-        quick=args.quick,
-        difficulty=args.difficulty,
-        jobs=args.jobs,
-        overwrite=args.overwrite,
-        work_dir=args.work_dir,
-        eval_points=args.eval_points,
-        eval_samples=args.eval_samples,
-        command="padt " + " ".join(sys.argv[1:]),
-    )
+    try:
+        results = bench_repro(
+            args.out,
+            methods=args.methods,
+            lrs=args.lrs,
+            seeds=args.seeds,
+            steps=args.steps,
+            train_images=args.train_images,
+            val_images=args.val_images,
+            quick=args.quick,
+            difficulty=args.difficulty,
+            jobs=args.jobs,
+            overwrite=args.overwrite,
+            work_dir=args.work_dir,
+            eval_points=args.eval_points,
+            eval_samples=args.eval_samples,
+            command="padt " + " ".join(sys.argv[1:]),
+        )
+    except SweepError as err:
+        # Finished runs are saved; the message says how to retry the failed ones (no traceback needed).
+        print(f"padt: error: {err}", file=sys.stderr)
+        return 1
     summary = {m: {k: v for k, v in results[m].items() if k != "per_seed"} for m in results["settings"]["methods"]}
     _print_json(_sweep_json(results, ["settings", "plan", "comparison", "wall_seconds"]) | summary)
     return 0

@@ -20,13 +20,15 @@ configuration: mean ± std over seeds), ``ablation.md`` (table, command, setting
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .sweep import CURVE_KEYS, RunSpec, ShapesData, mean_std, plot_curves, run_sweep, scaled_warmups
+from .sweep import CURVE_KEYS, RunSpec, ShapesData, estimate_seconds, mean_std, plot_curves, run_sweep, scaled_warmups
 
 __all__ = ["ABLATION_RECIPE", "BUDGETS", "CONFIGS", "bench_ablate", "configuration_overrides"]
 
@@ -102,6 +104,7 @@ def bench_ablate(
     eval_points: int | None = None,
     eval_samples: int | None = None,
     command: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the ablation (resuming ``<out>/ablation.json``), write its JSON, table and plot; return the JSON.
 
@@ -138,10 +141,24 @@ def bench_ablate(
         "budget_overrides": warmups,
     }
     command = command or "padt bench ablate" + (" --quick" if quick else "")
+    plan = estimate_seconds(
+        rounds=math.ceil(len(specs) / jobs),
+        steps=steps,
+        points=points,
+        samples=samples,
+        images=n_train + n_val,
+        jobs=jobs,
+    )
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    say(
+        f"padt bench ablate: {len(specs)} runs of {steps} steps ({len(configs)} configurations x {len(seed_list)} "
+        f"seeds), {jobs} at a time; estimated {plan['estimated_minutes']} min on 2 cores if none is done yet"
+    )
     started = time.time()
 
     def summarise(results: dict[str, Any]) -> dict[str, Any]:
-        return {"summary": _summary(results["runs"], list(CONFIGS)), "command": command, "machine": _machine(jobs)}
+        summary = _summary(results["runs"], list(CONFIGS))
+        return {"summary": summary, "plan": plan, "command": command, "machine": _machine(jobs)}
 
     results = run_sweep(
         specs,
@@ -155,6 +172,7 @@ def bench_ablate(
         points=points,
         eval_samples=samples,
         eval_tasks=EVAL_TASKS,
+        log=say,
     )
     (out_dir / "ablation.md").write_text(render_markdown(results))
     series = {c: [r["curve"] for r in results["runs"].values() if r["config"] == c] for c in CONFIGS}

@@ -29,12 +29,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .sweep import RunSpec, ShapesData, mean_std, plot_curves, run_sweep, scaled_warmups
+from .sweep import RunSpec, ShapesData, estimate_seconds, mean_std, plot_curves, run_sweep, scaled_warmups
 
 __all__ = ["BUDGETS", "METHODS", "bench_repro", "best_lr", "plan_budget", "render_readme_section"]
 
@@ -47,15 +48,6 @@ BUDGETS: dict[str, tuple[int, int, int, int, int]] = {
     "quick": (300, 40, 150, 2, 40),
 }
 TARGET_MINUTES = {"default": 60, "quick": 10}
-
-# Measured on the 2-core development machine (torch 2.x CPU, one thread per run, batch 16,
-# tiny_qwen_shapes): a training step, one evaluation of 100 REC + 100 OVD samples of a trained model,
-# the fixed cost of a run (imports, model build, reading the data) and generating one shapes image.
-STEP_SECONDS = 0.75
-EVAL_SECONDS_PER_100 = 7.0
-RUN_OVERHEAD_SECONDS = 12.0
-DATA_SECONDS_PER_IMAGE = 0.016
-PARALLEL_SLOWDOWN = 1.1  # two one-thread runs side by side on 2 cores, each a little slower than alone
 
 README_START = "<!-- padt bench repro: start -->"
 README_END = "<!-- padt bench repro: end -->"
@@ -82,25 +74,11 @@ def plan_budget(
 
     Two phases (the lr sweep, then the other seeds at the best lr), each run in rounds of ``jobs``.
     """
-    per_run = steps * STEP_SECONDS + points * EVAL_SECONDS_PER_100 * samples / 100 + RUN_OVERHEAD_SECONDS
-    if jobs > 1:
-        per_run *= PARALLEL_SLOWDOWN
     rounds = math.ceil(methods * lrs / jobs) + math.ceil(methods * (seeds - 1) / jobs)
-    data = (train_images + val_images) * DATA_SECONDS_PER_IMAGE
-    total = data + rounds * per_run
-    return {
-        "runs": methods * (lrs + seeds - 1),
-        "rounds_of_parallel_runs": rounds,
-        "seconds_per_run": round(per_run),
-        "data_seconds": round(data),
-        "estimated_minutes": round(total / 60, 1),
-        "assumes": {
-            "step_seconds": STEP_SECONDS,
-            "eval_seconds_per_100_samples_per_task": EVAL_SECONDS_PER_100,
-            "run_overhead_seconds": RUN_OVERHEAD_SECONDS,
-            "parallel_slowdown": PARALLEL_SLOWDOWN if jobs > 1 else 1.0,
-        },
-    }
+    estimate = estimate_seconds(
+        rounds=rounds, steps=steps, points=points, samples=samples, images=train_images + val_images, jobs=jobs
+    )
+    return {"runs": methods * (lrs + seeds - 1), **estimate}
 
 
 def best_lr(runs: Mapping[str, Any], method: str, lrs: Sequence[float]) -> float | None:
@@ -136,7 +114,7 @@ def bench_repro(
     eval_points: int | None = None,
     eval_samples: int | None = None,
     command: str | None = None,
-    log: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the comparison; write ``repro.json``, ``repro.png``, the README section; return the JSON.
 
@@ -144,8 +122,6 @@ def bench_repro(
     arm out (e.g. ``["padt"]`` to check the pipeline). Other arguments as in
     :func:`padt_core.bench.ablate.bench_ablate`; the rest of the budget comes from :data:`BUDGETS`.
     """
-    import sys
-
     from ..recipe import load_recipe
 
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))

@@ -41,6 +41,7 @@ __all__ = [
     "RunSpec",
     "ShapesData",
     "SweepError",
+    "estimate_seconds",
     "eval_points",
     "mean_std",
     "plot_curves",
@@ -156,6 +157,38 @@ def scaled_warmups(recipe: str, steps: int) -> list[str]:
         f"train.warmup_steps={round(cfg.warmup_steps * scale)}",
         f"train.prototype_warmup_steps={round(cfg.prototype_warmup_steps * scale)}",
     ]
+
+
+# Costs measured on the 2-core development machine (torch CPU, one thread per run, batch 16,
+# tiny_qwen_shapes): a training step; one evaluation of 100 held-out samples per task (REC and RES share
+# their generations; OVD answers are longer) of a trained model; the fixed cost of a run (process start,
+# imports, model build, reading the data); generating one shapes image; and how much slower each of two
+# one-thread runs side by side is than one run alone.
+STEP_SECONDS = 0.75
+EVAL_SECONDS_PER_100 = 7.0
+RUN_OVERHEAD_SECONDS = 12.0
+DATA_SECONDS_PER_IMAGE = 0.016
+PARALLEL_SLOWDOWN = 1.1
+
+
+def estimate_seconds(*, rounds: int, steps: int, points: int, samples: int, images: int, jobs: int) -> dict[str, Any]:
+    """Wall time of a sweep run in ``rounds`` of ``jobs`` parallel runs, from the measured costs above."""
+    per_run = steps * STEP_SECONDS + points * EVAL_SECONDS_PER_100 * samples / 100 + RUN_OVERHEAD_SECONDS
+    if jobs > 1:
+        per_run *= PARALLEL_SLOWDOWN
+    data = images * DATA_SECONDS_PER_IMAGE
+    return {
+        "rounds_of_parallel_runs": rounds,
+        "seconds_per_run": round(per_run),
+        "data_seconds": round(data),
+        "estimated_minutes": round((data + rounds * per_run) / 60, 1),
+        "assumes": {
+            "step_seconds": STEP_SECONDS,
+            "eval_seconds_per_100_samples_per_task": EVAL_SECONDS_PER_100,
+            "run_overhead_seconds": RUN_OVERHEAD_SECONDS,
+            "parallel_slowdown": PARALLEL_SLOWDOWN if jobs > 1 else 1.0,
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
