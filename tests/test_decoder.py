@@ -138,9 +138,8 @@ def test_head_dependencies_and_fine_features_checked_at_build():
         PaDTDecoder.from_config(
             DecoderConfig(trunk=TINY, heads=["box", "box"]), llm_hidden_size=8, vision_hidden_size=8
         )
-    with pytest.raises(NotImplementedError, match="reference"):
-        cfg = DecoderConfig(trunk=TINY, heads=["box"], layout="reference")
-        PaDTDecoder.from_config(cfg, llm_hidden_size=8, vision_hidden_size=8)
+    cfg = DecoderConfig(trunk=TINY, heads=["box"], layout="reference")  # released checkpoints' layout (issue 7)
+    assert PaDTDecoder.from_config(cfg, llm_hidden_size=8, vision_hidden_size=8).layout.name == "reference"
 
 
 # --- forward, postprocess -----------------------------------------------------------------------------------
