@@ -103,22 +103,33 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 
 def _check_model_source(source: str, overrides: Sequence[str]) -> None:
     """Fail fast on a directory that is not a saved model, before images or data are read."""
+    from .convert import is_released_checkpoint
     from .model import META_NAME
 
     path = Path(source)
     if path.is_dir():
-        if not (path / META_NAME).is_file():
-            raise FileNotFoundError(f"{path} is a directory but not a padt model (no {META_NAME})")
+        if not (path / META_NAME).is_file() and not is_released_checkpoint(path):
+            raise FileNotFoundError(
+                f"{path} is a directory but neither a padt model (no {META_NAME}) nor a released PaDT checkpoint"
+            )
         if overrides:
             raise ValueError("recipe overrides apply to recipes, not to a saved model directory")
 
 
+def _is_released_hub_id(source: str) -> bool:
+    """``org/name`` that is no file, no bundled recipe: a released checkpoint on the hub (``padt_core.load``)."""
+    from .convert import looks_like_hub_id
+    from .recipe import bundled_recipes
+
+    return looks_like_hub_id(source) and source not in bundled_recipes()
+
+
 def _build_or_load(source: str, overrides: Sequence[str]) -> Any:
-    """A model from a directory written by ``save_pretrained`` (holds ``padt.json``) or from a recipe."""
+    """A model from a padt model directory, a released PaDT checkpoint (directory or hub id), or a recipe."""
     import padt_core
 
     _check_model_source(source, overrides)
-    if Path(source).is_dir():
+    if Path(source).is_dir() or (not overrides and _is_released_hub_id(source)):
         return padt_core.load(source)
     return padt_core.build(recipe=source, overrides=list(overrides) or None)
 
@@ -466,7 +477,7 @@ def _configure_bench_sweeps(sub: Any) -> None:
     ab = add_subcommand(sub, "ablate", "issue 8 ablation: no-repeat / positional / cell-geometry switches, seeds")
     ab.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="NAME",
                     help=f"configurations (default: all of {', '.join(CONFIGS)})")  # fmt: skip
-    ab.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default: 3)")
+    ab.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default: 3, --quick 1)")
     _add_sweep_options(ab, jobs=2, work_dir="runs/ablation")
     ab.set_defaults(handler=cmd_bench_ablate)
     rp = add_subcommand(sub, "repro", "issue 9: PaDT vs text coordinates, equal budget and lr search, seeds")
