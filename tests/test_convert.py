@@ -366,3 +366,11 @@ def test_a_hub_id_offline_raises_the_hub_error(monkeypatch):
         padt_core.load("PaDT-MLLM/PaDT_Pro_3B")
     message = str(exc.value)
     assert "PaDT-MLLM/PaDT_Pro_3B" in message and "hub" in message and "local" in message
+
+
+def test_cli_predict_takes_a_released_directory(released, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    noise_image(56, 84).save(image)
+    argv = ["predict", str(released[0]), "--image", str(image), "--prompt", "Find the car.", "--max-new-tokens", "4"]
+    assert main(argv) == 0
+    assert '"objects"' in capsys.readouterr().out
