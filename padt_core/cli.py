@@ -434,6 +434,7 @@ def cmd_bench_repro(args: argparse.Namespace) -> int:
         results = bench_repro(
             args.out,
             methods=args.methods,
+            recipes={"padt": args.padt_recipe, "text_coordinates": args.text_recipe},
             lrs=args.lrs,
             seeds=args.seeds,
             steps=args.steps,
@@ -487,6 +488,8 @@ def _configure_bench_sweeps(sub: Any) -> None:
         "--lrs", type=float, nargs="+", default=[1e-3, 2e-3], help="lr sweep on seed 0 (default: 1e-3 2e-3)"
     )
     rp.add_argument("--seeds", type=int, default=3, help="seeds at the best lr (default: 3)")
+    rp.add_argument("--padt-recipe", default="tiny_qwen_shapes", help="recipe of the PaDT arm")
+    rp.add_argument("--text-recipe", default="tiny_qwen_shapes_textbox", help="recipe of the text-coordinate arm")
     _add_sweep_options(rp, jobs=2, work_dir="runs/repro")
     rp.set_defaults(handler=cmd_bench_repro)
 

@@ -392,7 +392,8 @@ def run_sweep(
         # Spawned workers start clean (no forked torch thread pools); one run per worker process so a
         # run's memory is returned when it ends.
         os.environ.setdefault("OMP_NUM_THREADS", str(run_options.get("threads") or 1))
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), max_tasks_per_child=1)
+        fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # 3.10 lacks the option
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), **fresh)
         with pool:
             running: dict[Future, RunSpec] = {}
             for spec in todo:
