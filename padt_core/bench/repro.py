@@ -135,8 +135,8 @@ def bench_repro(
         raise ValueError(f"lrs must be distinct positive learning rates, got {list(lrs)}")
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
-    for method in methods:
-        load_recipe(recipe_of[method])  # a missing or invalid recipe fails now, not in a worker later
+    # A missing or invalid recipe fails now, not in a worker later; the batch is each recipe's own.
+    batch = {m: load_recipe(recipe_of[m]).train.batch_size for m in methods}
     budget = "quick" if quick else "default"
     n_train, n_val, default_steps, default_points, default_samples = BUDGETS[budget]
     n_train, n_val = train_images or n_train, val_images or n_val
@@ -158,7 +158,7 @@ def bench_repro(
     )
     plan["target_minutes"] = TARGET_MINUTES[budget]
     say(
-        f"padt bench repro ({budget}): {plan['runs']} runs of {steps} steps ({len(methods)} methods x "
+        f"padt bench repro ({budget}): {plan['runs']} runs of {steps} steps ({len(methods)} method(s) x "
         f"({len(lrs)} lrs on seed 0 + {seeds - 1} more seeds)), {jobs} at a time; estimated "
         f"{plan['estimated_minutes']} min on 2 cores (target <= {plan['target_minutes']} min)"
     )
@@ -166,6 +166,7 @@ def bench_repro(
         "benchmark": "repro",
         "methods": {m: recipe_of[m] for m in methods},
         "steps": steps,
+        "batch_size": batch,
         "lrs": list(lrs),
         "seeds": seeds,
         "data": data.to_json(),
@@ -283,7 +284,8 @@ def render_readme_section(results: Mapping[str, Any]) -> str:
         README_START,
         "## PaDT vs text coordinates (`padt bench repro`, issue 9)",
         "",
-        f"Tiny Qwen2.5-VL from scratch, {s['steps']} steps at batch 16, `{s['data']['difficulty']}` shapes "
+        f"Tiny Qwen2.5-VL from scratch, {s['steps']} steps at batch "
+        f"{'/'.join(str(b) for b in dict.fromkeys(s['batch_size'].values()))}, `{s['data']['difficulty']}` shapes "
         f"({s['data']['n_train']} train / {s['data']['n_val']} held-out images); lr searched over "
         f"{', '.join(f'{lr:g}' for lr in s['lrs'])} on seed 0 for each method, the best on {s['seeds']} seeds. "
         f"Evaluated on the first {s['eval']['samples_per_task']} held-out samples per task.",
