@@ -137,6 +137,13 @@ def test_bad_sweep_input_names_the_value(tmp_path):
     assert sweep.eval_points(900, 4) == [225, 450, 675, 900]
 
 
+def test_eval_cap_spreads_over_the_split_and_keeps_rec_and_res_paired():
+    samples = [SimpleNamespace(task=t, id=i) for t, n in (("rec", 10), ("res", 10), ("ovd", 3)) for i in range(n)]
+    kept = [(s.task, s.id) for s in sweep._cap_per_task(samples, 4)]
+    rec_res = [(task, i) for task in ("rec", "res") for i in (0, 2, 5, 7)]  # evenly spaced, same positions
+    assert kept == [*rec_res, ("ovd", 0), ("ovd", 1), ("ovd", 2)]  # fewer than the cap: all kept
+
+
 def test_ablation_configurations_set_every_switch():
     for config in CONFIGS:
         overrides = configuration_overrides(config)

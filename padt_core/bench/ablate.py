@@ -226,7 +226,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
         f"Recipe `{s['recipe']}`, {s['steps']} steps at the recipe's batch and learning rate, "
         f"`{data['difficulty']}` shapes ({data['n_train']} train / {data['n_val']} held-out images, data seed "
-        f"{data['seed']}); evaluated on the first {s['eval']['samples_per_task']} held-out samples per task at "
+        f"{data['seed']}); evaluated on {s['eval']['samples_per_task']} held-out samples per task (evenly spaced "
+        f"over the split) at "
         f"{s['eval']['points']} points of each run. Mean ± sample std over seeds (train.seed).",
         "",
         "```bash",

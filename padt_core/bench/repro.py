@@ -288,7 +288,7 @@ def render_readme_section(results: Mapping[str, Any]) -> str:
         f"{'/'.join(str(b) for b in dict.fromkeys(s['batch_size'].values()))}, `{s['data']['difficulty']}` shapes "
         f"({s['data']['n_train']} train / {s['data']['n_val']} held-out images); lr searched over "
         f"{', '.join(f'{lr:g}' for lr in s['lrs'])} on seed 0 for each method, the best on {s['seeds']} seeds. "
-        f"Evaluated on the first {s['eval']['samples_per_task']} held-out samples per task.",
+        f"Evaluated on {s['eval']['samples_per_task']} held-out samples per task (evenly spaced over the split).",
         "",
         "| method | recipe | best lr | seeds | REC Acc@0.5 | OVD mAP |",
         "|---|---|---|---|---|---|",

@@ -209,7 +209,7 @@ def train_run(
 ) -> dict[str, Any]:
     """Train ``spec`` on ``data`` and evaluate on its val split at ``points`` steps of the same run.
 
-    ``eval_samples`` caps the evaluated samples per task (the first ones of the val split, the same for
+    ``eval_samples`` caps the evaluated samples per task (evenly spaced over the val split, the same for
     every run and point). Returns the run's record: spec, curve (one dict per point: ``step``, the
     metrics, eval seconds), ``final`` (the last point's metrics), train/eval seconds, final loss.
     The run's model directory under ``work_dir`` is deleted afterwards unless ``keep_model``.
@@ -297,14 +297,20 @@ def train_run(
 
 
 def _cap_per_task(samples: Sequence[Any], cap: int) -> list[Any]:
-    # The same rule as ``evaluate_model(max_samples=...)``: the first ``cap`` samples of each task.
-    seen: dict[str, int] = {}
-    kept = []
-    for s in samples:
-        seen[s.task] = seen.get(s.task, 0) + 1
-        if seen[s.task] <= cap:
-            kept.append(s)
-    return kept
+    """At most ``cap`` samples per task, evenly spaced over the split (in split order).
+
+    Not the first ``cap`` (``evaluate_model(max_samples=...)``): the shapes val split lists ~7 referring
+    sentences per image, so the first 100 REC samples would come from ~14 images. REC and RES list the
+    same sentences in the same order, so the same positions are picked and share one generation.
+    """
+    by_task: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_task.setdefault(s.task, []).append(i)
+    keep: set[int] = set()
+    for indices in by_task.values():
+        n = len(indices)
+        keep |= set(indices) if n <= cap else {indices[k * n // cap] for k in range(cap)}
+    return [s for i, s in enumerate(samples) if i in keep]
 
 
 def _finite(value: Any) -> float | None:
