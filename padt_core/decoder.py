@@ -211,6 +211,22 @@ class ObjectMemory(ABC):
         fold a norm's gain into ``weight`` as ``weight * gain``).
         """
 
+    def project_chunks(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        rms_eps: float | None = None,
+        max_bytes: int = 64 * 2**20,
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """``project`` a few objects at a time: ``(objects, [len(objects), N, d_out])`` pairs in order.
+
+        For heads that run more per-row work after the projection (the mask head): each chunk's
+        buffers stay about ``max_bytes`` (cache-sized) instead of ``n_obj`` times one image's rows.
+        This default yields everything at once.
+        """
+        yield slice(0, self.valid.shape[0]), self.project(weight, bias, rms_eps=rms_eps)
+
     @abstractmethod
     def dense(self) -> torch.Tensor:
         """The memory itself, ``[n_obj, N, d]`` (a factored memory materialises it: one projection's cost)."""

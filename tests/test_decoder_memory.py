@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from padt_plugins.decoders.factored_memory import FactoredMemory
@@ -54,6 +56,14 @@ def _check(dense: DenseMemory, factored: FactoredMemory, positions: MemoryPositi
         got, want = factored.project(weight, **kwargs), dense.project(weight, **kwargs)
         assert got.shape == want.shape == (dense.valid.shape[0], 6, 5)
         torch.testing.assert_close(got * valid, want * valid, atol=1e-5, rtol=1e-4)
+        # chunks of 1 and 2 objects (one object's 6x5 float32 projection is 120 bytes)
+        for memory, per_chunk, grad in itertools.product((factored, dense), (1, 2), (False, True)):
+            with torch.set_grad_enabled(grad):
+                chunks = list(memory.project_chunks(weight, max_bytes=120 * per_chunk, **kwargs))
+            starts = [objects.start for objects, _ in chunks]
+            assert starts == list(range(0, dense.valid.shape[0], per_chunk if memory is factored else 10**6))
+            chunked = torch.cat([x for _, x in chunks])
+            torch.testing.assert_close(chunked * valid, want * valid, atol=1e-5, rtol=1e-4)
     queries = split_heads(torch.randn(dense.valid.shape[0], 3, D, generator=gen), H)
     key, value = _projection(gen), _projection(gen)
     got = factored.read(queries, key, value, rms_eps=1e-6, positions=positions)

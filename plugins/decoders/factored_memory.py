@@ -35,6 +35,8 @@ from .memory import MemoryPositions, TrunkMemory
 
 __all__ = ["FactoredMemory"]
 
+_TABLE_BYTES = 16 * 2**20  # per chunk of objects in _low_rank_scores: about half an L3 cache
+
 
 @dataclass(frozen=True)
 class _AttentionPart:
@@ -140,6 +142,24 @@ class FactoredMemory(TrunkMemory):
         if torch.is_grad_enabled() or out.shape[0] != n:
             return torch.baddbmm(out, coef, basis)
         return out.baddbmm_(coef, basis)  # inference: no second [n, N, d_out] buffer
+
+    def project_chunks(self, weight, bias=None, *, rms_eps=None, max_bytes=64 * 2**20):
+        row_scale, coef = self._normalised(rms_eps) if rms_eps is not None else (self.scale, self.coef)
+        shared = F.linear(self.base, weight)  # once for all chunks
+        basis = None if coef is None else self._basis(weight.t())
+        n, rows = self.valid.shape
+        step = max(1, max_bytes // max(1, rows * shared.shape[-1] * shared.element_size()))
+        for start in range(0, n, step):
+            objects = slice(start, min(start + step, n))
+            scale = None if row_scale is None else row_scale[objects]
+            out = _per_object_rows(shared, self.image_index[objects], scale, bias)
+            if basis is None:
+                out = out.expand(objects.stop - start, -1, -1)
+            elif torch.is_grad_enabled() or out.shape[0] != objects.stop - start or out.data_ptr() == shared.data_ptr():
+                out = torch.baddbmm(out, coef[objects], basis[objects])
+            else:
+                out = out.baddbmm_(coef[objects], basis[objects])
+            yield objects, out
 
     def dense(self) -> torch.Tensor:
         out = _per_object_rows(self.base, self.image_index, self.scale, None)
@@ -292,23 +312,35 @@ class FactoredMemory(TrunkMemory):
         b = split_heads(basis, heads)  # [n, H, R, dh]
         zc = torch.view_as_complex(z.float().unflatten(-1, (-1, 2)))  # [n, H, L, dh/2] channel pairs
         half = dh // 4  # pairs per axis
-        tables = []
-        for axis, size, pairs in ((0, grid_h, slice(0, half)), (1, grid_w, slice(half, 2 * half))):
-            turn = positions.axis_cis(axis, size).conj()  # [size, dh/4]: R(-ρ) on this axis's pairs
-            z_turned = torch.view_as_real(zc[:, :, :, None, pairs] * turn).flatten(-2)  # [n, H, L, size, dh/2]
-            z_turned = z_turned.transpose(2, 3).to(b.dtype)  # [n, H, size, L, dh/2]
-            ch = slice(pairs.start * 2, pairs.stop * 2)
-            t = z_turned.flatten(2, 3) @ b[..., ch].transpose(-1, -2)  # [n, H, size*L, R]
-            # [n, size, H*L, R]: a copy of contiguous R-long runs, cheap beside a full transpose
-            tables.append(t.view(n, heads, size, length, rank).transpose(1, 2).reshape(n * size, -1, rank))
-        # coefficients on the grid (zero where an image has no cell), one product per grid row / column
         where = (cells[..., 0] * grid_w + cells[..., 1])[..., None]  # [n, N, 1]
+        # coefficients on the grid (zero where an image has no cell)
         grid = coef.new_zeros(n, grid_h * grid_w, rank).scatter_add_(1, where.expand(-1, -1, rank), coef)
         grid = grid.view(n, grid_h, grid_w, rank)
-        by_row = grid.flatten(0, 1) @ tables[0].transpose(-1, -2)  # [n*gh, gw, H*L]
-        by_col = grid.transpose(1, 2).flatten(0, 1) @ tables[1].transpose(-1, -2)  # [n*gw, gh, H*L]
-        total = by_row.view(n, grid_h, grid_w, -1) + by_col.view(n, grid_w, grid_h, -1).transpose(1, 2)
-        per_row = total.reshape(n, grid_h * grid_w, -1).gather(1, where.expand(-1, -1, heads * length))
+        turned = []
+        for axis, size in ((0, grid_h), (1, grid_w)):
+            turn = positions.axis_cis(axis, size).conj()  # [size, dh/4]: R(-ρ) on this axis's pairs
+            pairs = slice(axis * half, (axis + 1) * half)
+            z_turned = torch.view_as_real(zc[:, :, :, None, pairs] * turn).flatten(-2)  # [n, H, L, size, dh/2]
+            turned.append(z_turned.transpose(2, 3).to(b.dtype).flatten(2, 3))  # [n, H, size*L, dh/2]
+        out = z.new_empty(n, grid_h, grid_w, heads * length)
+        # A few objects at a time: their tables (the largest tensors here) are rearranged for the grid
+        # product while they are still in cache.
+        step = max(1, _TABLE_BYTES // ((grid_h + grid_w) * heads * length * rank * b.element_size()))
+        for start in range(0, n, step):
+            objects = slice(start, min(start + step, n))
+            k = objects.stop - start
+            for axis, (size, other) in enumerate(((grid_h, grid_w), (grid_w, grid_h))):
+                ch = slice(axis * 2 * half, (axis + 1) * 2 * half)
+                t = turned[axis][objects] @ b[objects, :, :, ch].transpose(-1, -2)  # [k, H, size*L, R]
+                tables = t.view(k, heads, size, length, rank).transpose(1, 2).reshape(k * size, -1, rank)
+                coefs = grid[objects] if axis == 0 else grid[objects].transpose(1, 2)
+                scored = torch.bmm(coefs.reshape(k * size, other, rank), tables.transpose(1, 2))
+                scored = scored.view(k, size, other, -1)  # [k, line, along, H*L]
+                if axis == 0:
+                    out[objects] = scored
+                else:
+                    out[objects] += scored.transpose(1, 2)
+        per_row = out.view(n, grid_h * grid_w, -1).gather(1, where.expand(-1, -1, heads * length))
         return per_row.view(n, -1, heads, length).permute(0, 2, 3, 1)
 
 

@@ -71,18 +71,25 @@ class MaskHead(Head):
         memory = ctx.memory
         if memory is None or not torch.equal(memory.grids, fine_grids):
             raise ValueError("the mask head needs the trunk's memory on the fine grid")
-        x = memory.project(self.upscale1.weight, self.upscale1.bias)  # [n, N, d]
+        v = self.object_mlp(query_out[:, 0])  # [n, d/16]
+        if torch.is_grad_enabled():
+            logits = self._logits(memory.project(self.upscale1.weight, self.upscale1.bias), v)
+        else:  # inference: a few objects at a time, so the [n, N, d] buffers never exist at once
+            chunks = memory.project_chunks(self.upscale1.weight, self.upscale1.bias)
+            logits = torch.cat([self._logits(x, v[objects]) for objects, x in chunks])
+        return ctx.layout.place_patches(logits, fine_grids)
+
+    def _logits(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``[n, N, 4, 4]`` sub-cell logits from projected memory rows ``x`` ``[n, N, d]`` and ``v`` ``[n, d/16]``."""
         n, rows, d = x.shape
         if torch.is_grad_enabled():
             x = F.gelu(self.upscale1_norm(x))
             x = F.gelu(self.upscale2(x.view(n, rows, 4, d // 4)))  # [n, N, (a, b), d/4]
-        else:  # inference: the same ops in place; these [n, N, d] buffers are the head's main cost
+        else:  # inference: the same ops in place; these buffers are the head's main cost
             x = _gelu_(_rms_norm_(x, self.upscale1_norm))
             x = _gelu_(self.upscale2(x.view(n, rows, 4, d // 4)))
-        v = self.object_mlp(query_out[:, 0])  # [n, d/16]
         logits = torch.einsum("nqsc,nc->nqs", x.reshape(n, rows, 16, d // 16), v)  # [n, N, (a, b, c, e)]
-        logits = logits.view(n, rows, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, rows, SUBCELLS, SUBCELLS)
-        return ctx.layout.place_patches(logits, fine_grids)
+        return logits.view(n, rows, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, rows, SUBCELLS, SUBCELLS)
 
     # --- loss ----------------------------------------------------------------------------------------------
     def loss(self, pred: torch.Tensor, targets: ObjectTargets, ctx: DecoderContext) -> dict[str, torch.Tensor]:
