@@ -313,7 +313,14 @@ def cmd_bench_decoder(args: argparse.Namespace) -> int:
         raise ValueError(
             "the decoder benchmark is not available in this installation (padt_core/bench/decoder.py is missing)"
         ) from None
-    kwargs: dict[str, Any] = {"device": args.device}
+    kwargs: dict[str, Any] = {
+        "device": args.device,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "memory": args.memory,
+        "object_counts": tuple(args.objects),
+        "one_by_one": not args.no_one_by_one,
+    }
     if args.dtype is not None:
         kwargs["dtype"] = args.dtype
     result = bench_decoder(**kwargs)
@@ -367,6 +374,11 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     _add_overrides(gen)
     gen.set_defaults(handler=cmd_bench_generate)
     dec = add_subcommand(sub, "decoder", "decoder trunk + heads speed")
+    dec.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    dec.add_argument("--repeats", type=int, default=1, help="timed calls per mode and case (median)")
+    dec.add_argument("--memory", choices=["factored", "dense"], default="factored", help="trunk memory kind")
+    dec.add_argument("--objects", type=int, nargs="+", default=[1, 10, 100], help="object counts on one image")
+    dec.add_argument("--no-one-by-one", action="store_true", help="skip the one-object-at-a-time baseline")
     dec.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
     _add_device(dec)
     dec.set_defaults(handler=cmd_bench_decoder)

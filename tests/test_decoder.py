@@ -377,3 +377,22 @@ def test_decoder_benchmark_json():
     assert result["config"]["fine_grid"] == [4, 6]
     assert result["speedup_100"] > 0 and result["growth_100_over_10"] > 0 and result["peak_mem_mb"] >= 0
     json.dumps(result)
+
+
+def test_auto_memory_picks_the_cheaper_kind():
+    """``memory: auto``: factored only with many objects per image and a decoder wider than its low rank."""
+    from padt_plugins.decoders.factored_memory import FactoredMemory
+    from padt_plugins.decoders.memory import DenseMemory
+
+    def kind(width: int, heads: int, objects: int, images: int, queries: int = 8):
+        trunk = make_decoder(memory="auto", hidden_size=width, intermediate_size=width, num_heads=heads).trunk
+        return trunk._memory_kind(objects, images, queries)
+
+    # reference widths: R = 3 * (16 * 8 + 1) = 387 against d = 1280
+    assert kind(1280, 16, objects=100, images=1) is FactoredMemory
+    assert kind(1280, 16, objects=5, images=1) is FactoredMemory  # 387 < 1280 * 0.8
+    assert kind(1280, 16, objects=3, images=2) is FactoredMemory  # 387 < 1280 / 3
+    assert kind(1280, 16, objects=4, images=3) is DenseMemory  # 387 > 1280 / 4
+    assert kind(1280, 16, objects=1, images=1) is DenseMemory  # nothing to share
+    # the tiny recipes' decoder (64 wide, 4 heads): R = 99 > 64, dense even with many objects per image
+    assert kind(64, 4, objects=100, images=1) is DenseMemory

@@ -60,10 +60,11 @@ class PaDTTrunkConfig(PluginConfig):
     rope_theta: float = Field(10000.0, gt=0, description="base of the 2-D vision rotary (Qwen2.5-VL)")
     norm_eps: float = Field(1e-6, gt=0)
     init_std: float = Field(0.02, gt=0, description="std of the normal init of linears/embeddings")
-    memory: Literal["factored", "dense"] = Field(
-        "factored",
+    memory: Literal["auto", "factored", "dense"] = Field(
+        "auto",
         description="per-object memory kept as shared image rows + low-rank object part (exact, fast for many "
-        "objects per image) or as dense copies (the reference's arithmetic)",
+        "objects per image at wide decoders) or as dense copies (the reference's arithmetic; faster for few "
+        "objects per image or narrow decoders); auto picks per batch by their cost",
     )
 
     cell_positions: bool = Field(
@@ -168,7 +169,6 @@ class PaDTTrunk(Trunk):
         self.hidden_size, self.llm_hidden_size, self.vision_hidden_size = d, llm_hidden_size, vision_hidden_size
         self.head_dim = d // heads
         self.layout = layout
-        self.memory_cls = MEMORY_KINDS[config.memory]
         self.input_projection = nn.Sequential(
             RMSNorm(llm_hidden_size, eps), nn.Linear(llm_hidden_size, d), nn.GELU(), nn.Linear(d, d)
         )
@@ -224,7 +224,8 @@ class PaDTTrunk(Trunk):
         factor = features[0].fine_factor
         protos, proto_valid = pad_rows([p.to(dtype) for p in inputs.prototypes])
         grids = _per_object([f.grid for f in features], index)
-        memory = self.memory_cls.from_shared(self.input_projection(protos), proto_valid, index, grids)
+        memory_cls = self._memory_kind(n, len(features), q.shape[1])
+        memory = memory_cls.from_shared(self.input_projection(protos), proto_valid, index, grids)
         positions = self._positions(
             [self.layout.cell_positions(f.grid, factor, protos.device) for f in features], factor
         )
@@ -241,6 +242,19 @@ class PaDTTrunk(Trunk):
             q, memory = self.high_res_transformer1(q, q_pos, q_mask, memory, positions)
             q, memory = self.high_res_transformer2(q, q_pos, q_mask, memory, positions)
         return TrunkOutput(queries=q[:, :num_head_queries], memory=memory if return_memory else None)
+
+    def _memory_kind(self, num_objects: int, num_images: int, num_queries: int) -> type[TrunkMemory]:
+        """``config.memory``; for ``auto``, the cheaper kind for this batch.
+
+        A projection of the memory costs ``n·N·d²`` dense, ``B·N·d² + n·N·R·d`` factored, where
+        ``R`` ≈ 3 updates × (heads × queries + 1) is the low-rank width the blocks build up: factored
+        pays off once ``R < d·(1 − B/n)``, i.e. many objects per image and a decoder wider than ``R``.
+        """
+        if self.config.memory != "auto":
+            return MEMORY_KINDS[self.config.memory]
+        rank = 3 * (self.config.num_heads * num_queries + 1)
+        cheaper = rank < self.hidden_size * (1 - num_images / max(num_objects, 1))
+        return FactoredMemory if cheaper else DenseMemory
 
     def _cell_sinusoid(self, inputs: DecoderInputs, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``[n, K_max, d]`` sin/cos of each VRT's cell centre, normalised to the image (grid-size free)."""
