@@ -145,6 +145,7 @@ class DenseMemory(TrunkMemory):
     def __init__(self, state: torch.Tensor, valid: torch.Tensor, image_index: torch.Tensor, grids: torch.Tensor):
         self.state, self.valid, self.image_index, self.grids = state, valid, image_index, grids
         self.hidden_size = state.shape[-1]
+        self._normalised: tuple[float, torch.Tensor] | None = None
 
     @classmethod
     def from_shared(cls, base, base_valid, image_index, grids) -> DenseMemory:
@@ -154,8 +155,14 @@ class DenseMemory(TrunkMemory):
     def project(self, weight, bias=None, *, rms_eps=None) -> torch.Tensor:
         x = self.state
         if rms_eps is not None:
-            x32 = x.float()
-            x = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + rms_eps)).to(x.dtype)
+            # a block's read (keys, values) and update (queries) normalise the same rows: once
+            if self._normalised is None or self._normalised[0] != rms_eps:
+                x32 = x.float()
+                self._normalised = (
+                    rms_eps,
+                    (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + rms_eps)).to(x.dtype),
+                )
+            x = self._normalised[1]
         return F.linear(x, weight, bias)
 
     def dense(self) -> torch.Tensor:
