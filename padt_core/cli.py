@@ -376,7 +376,7 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     dec = add_subcommand(sub, "decoder", "decoder trunk + heads speed")
     dec.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     dec.add_argument("--repeats", type=int, default=1, help="timed calls per mode and case (median)")
-    dec.add_argument("--memory", choices=["factored", "dense"], default="factored", help="trunk memory kind")
+    dec.add_argument("--memory", choices=["factored", "dense", "auto"], default="factored", help="trunk memory kind")
     dec.add_argument("--objects", type=int, nargs="+", default=[1, 10, 100], help="object counts on one image")
     dec.add_argument("--no-one-by-one", action="store_true", help="skip the one-object-at-a-time baseline")
     dec.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")

@@ -66,9 +66,11 @@ def _check(dense: DenseMemory, factored: FactoredMemory, positions: MemoryPositi
             torch.testing.assert_close(chunked * valid, want * valid, atol=1e-5, rtol=1e-4)
     queries = split_heads(torch.randn(dense.valid.shape[0], 3, D, generator=gen), H)
     key, value = _projection(gen), _projection(gen)
-    got = factored.read(queries, key, value, rms_eps=1e-6, positions=positions)
     want = dense.read(queries, key, value, rms_eps=1e-6, positions=positions)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    for grad in (True, False):  # inference writes some products in place, training may not
+        with torch.set_grad_enabled(grad):
+            got = factored.read(queries, key, value, rms_eps=1e-6, positions=positions)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 # few objects per image: per-object basis rows; many: shared head-space products (both paths)

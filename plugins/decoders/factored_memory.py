@@ -183,7 +183,13 @@ class FactoredMemory(TrunkMemory):
         # Σ_i p_i v_i with v_i = scale_i (S Wᵀ)_i + coef_i (U Wᵀ) + b: no per-object value rows
         weight, bias = value
         shared = split_heads(F.linear(self.base, weight), heads)  # [B, H, N, dh]
-        out = _per_image_matmul(probs * row_scale[:, None, None, :], shared, self.image_index)
+        scale = row_scale[:, None, None, :]
+        if torch.is_grad_enabled():
+            scaled = probs * scale
+        else:  # written head-major, the layout the per-image product reads (no transposed copy there)
+            head_major = probs.new_empty(heads, probs.shape[0], *probs.shape[2:]).transpose(0, 1)
+            scaled = torch.mul(probs, scale, out=head_major)
+        out = _per_image_matmul(scaled, shared, self.image_index)
         if coef is not None:
             mixed = (probs.flatten(1, 2) @ coef).unflatten(1, probs.shape[1:3])  # [n, H, L, R]
             out = out + mixed @ split_heads(self._basis(weight.t()), heads)
@@ -262,10 +268,11 @@ class FactoredMemory(TrunkMemory):
             total = total * scale.pow(2)
         if self.coef is not None:
             coef, basis = self.coef.float(), self._basis(None).float()
-            cross = torch.cat([p.cross(base, self.image_index) for p in self.parts], dim=-1)
-            cross = (coef * cross).sum(-1)
-            total = total + 2 * (cross if scale is None else scale * cross)
-            total = total + (torch.bmm(coef, basis @ basis.transpose(1, 2)) * coef).sum(-1)
+            cross = torch.cat([p.cross(base, self.image_index) for p in self.parts], dim=-1)  # [n, N, R]
+            # c·(2s·cross + G cᵀ): one product and one pass over [n, N, R]
+            cross = cross.mul_(2.0 if scale is None else 2 * scale[..., None])
+            weighted = torch.baddbmm(cross, coef, basis @ basis.transpose(1, 2))
+            total = total + (weighted * coef).sum(-1)
         self._ms_cache = total.clamp(min=0) / self.hidden_size
         return self._ms_cache
 
