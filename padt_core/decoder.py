@@ -217,7 +217,7 @@ class ObjectMemory(ABC):
         bias: torch.Tensor | None = None,
         *,
         rms_eps: float | None = None,
-        max_bytes: int = 64 * 2**20,
+        max_bytes: int = 8 * 2**20,
     ) -> Iterator[tuple[slice, torch.Tensor]]:
         """``project`` a few objects at a time: ``(objects, [len(objects), N, d_out])`` pairs in order.
 
