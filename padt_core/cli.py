@@ -417,17 +417,7 @@ def cmd_bench_ablate(args: argparse.Namespace) -> int:
             args.out,
             configs=args.configs,
             seeds=args.seeds,
-            steps=args.steps,
-            train_images=args.train_images,
-            val_images=args.val_images,
-            quick=args.quick,
-            difficulty=args.difficulty,
-            jobs=args.jobs,
-            overwrite=args.overwrite,
-            work_dir=args.work_dir,
-            eval_points=args.eval_points,
-            eval_samples=args.eval_samples,
-            command="padt " + " ".join(sys.argv[1:]),
+            **_sweep_kwargs(args),
         )
     except SweepError as err:
         # Finished runs are saved; the message says how to retry the failed ones (no traceback needed).
@@ -435,6 +425,15 @@ def cmd_bench_ablate(args: argparse.Namespace) -> int:
         return 1
     _print_json(_sweep_json(results, ["settings", "summary", "wall_seconds"]))
     return 0
+
+
+def _sweep_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The budget, data and evaluation options ``padt bench ablate`` and ``repro`` share."""
+    names = ("steps", "train_images", "val_images", "quick", "difficulty", "jobs", "overwrite", "work_dir")
+    return {
+        **{name: getattr(args, name) for name in (*names, "eval_points", "eval_samples")},
+        "command": "padt " + " ".join(sys.argv[1:]),
+    }
 
 
 def cmd_bench_repro(args: argparse.Namespace) -> int:
@@ -449,17 +448,7 @@ def cmd_bench_repro(args: argparse.Namespace) -> int:
             recipes={"padt": args.padt_recipe, "text_coordinates": args.text_recipe},
             lrs=args.lrs,
             seeds=args.seeds,
-            steps=args.steps,
-            train_images=args.train_images,
-            val_images=args.val_images,
-            quick=args.quick,
-            difficulty=args.difficulty,
-            jobs=args.jobs,
-            overwrite=args.overwrite,
-            work_dir=args.work_dir,
-            eval_points=args.eval_points,
-            eval_samples=args.eval_samples,
-            command="padt " + " ".join(sys.argv[1:]),
+            **_sweep_kwargs(args),
         )
     except SweepError as err:
         # Finished runs are saved; the message says how to retry the failed ones (no traceback needed).

@@ -14,6 +14,16 @@ import padt_core
 TINY_RECIPES = ("tiny_qwen", "tiny_llava")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: thread hand-offs cost more than they save (and thrash on a shared 2-core machine).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_models() -> Callable[[str], padt_core.PaDTModel]:
     """``tiny_models(name)``: the sharpened tiny model of a recipe, built on first use."""

@@ -43,13 +43,7 @@ def _plugins() -> None:
         register_plugin(padt_centroid_head)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save (and are erratic on shared CI runners)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.skipif(not _installed(), reason="CI runs: pip install -e examples/padt-centroid-head --no-deps")

@@ -124,7 +124,7 @@ def test_schema_is_json_with_backbone(capsys):
 # --- bench decoder ----------------------------------------------------------------------------------
 
 
-def test_bench_decoder_passes_device_and_dtype(capsys, monkeypatch):
+def test_bench_decoder_passes_its_options(capsys, monkeypatch):
     calls: list[dict] = []
     fake = types.ModuleType("padt_core.bench.decoder")
     fake.bench_decoder = lambda **kwargs: calls.append(kwargs) or {"ok": True}
@@ -132,7 +132,13 @@ def test_bench_decoder_passes_device_and_dtype(capsys, monkeypatch):
     code, out, _ = run(capsys, "bench", "decoder", "--dtype", "bfloat16")
     assert code == 0
     assert json.loads(out) == {"ok": True}
-    assert calls == [{"device": "cpu", "dtype": "bfloat16"}]
+    defaults = {"threads": None, "repeats": 1, "memory": "factored", "object_counts": (1, 10, 100), "one_by_one": True}
+    assert calls == [{"device": "cpu", "dtype": "bfloat16", **defaults}]
+    args = ("--threads", "1", "--repeats", "3", "--memory", "auto", "--objects", "5", "50", "--no-one-by-one")
+    code, _, _ = run(capsys, "bench", "decoder", *args)
+    assert code == 0
+    chosen = {"threads": 1, "repeats": 3, "memory": "auto", "object_counts": (5, 50), "one_by_one": False}
+    assert calls[1] == {"device": "cpu", **chosen}
 
 
 def test_bench_decoder_missing_module_is_a_clear_error(capsys, monkeypatch):

@@ -22,12 +22,7 @@ V, D, VIS, FF_VIS, RANK = 832, 128, 64, 128, 16  # vocab rows, LLM width, ViT wi
 FF = 128  # decoder MLP width (the reference: the ViT's, 3420)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _decoder_shapes(d: int, ff: int, llm: int) -> dict[str, tuple[int, ...]]:

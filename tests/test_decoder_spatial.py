@@ -22,13 +22,7 @@ def _decoder_plugins() -> None:
         register_plugin(decoders)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save (and are erratic on shared CI runners)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- layout ---------------------------------------------------------------------------------------------

@@ -69,13 +69,7 @@ def hf_llava_recipe(strategy: str = "default", layer: int = -2) -> dict:
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: thread hand-offs cost more than they save (and thrash on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _build(recipe) -> padt_core.PaDTModel:

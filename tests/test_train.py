@@ -26,13 +26,7 @@ ALL_TASKS = ["rec", "res", "ovd", "ric"]
 LOSS_TERMS = ("token", "box_giou", "box_l1", "score", "mask_dice", "mask_focal")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: thread hand-offs cost more than they save (and thrash on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
