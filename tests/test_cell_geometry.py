@@ -57,7 +57,7 @@ def test_random_prefix_keeps_one_to_k_per_object():
     counts = torch.tensor([5, 1, 3] * 50)
     cells = torch.arange(int(counts.sum()))
     states = cells.float().unsqueeze(-1)
-    kept_states, kept_cells, kept_counts = _random_prefix(states, cells, counts)
+    kept_states, kept_cells, kept_counts = _random_prefix(states, cells, counts, None)
     assert ((kept_counts >= 1) & (kept_counts <= counts)).all()
     assert kept_cells.numel() == int(kept_counts.sum())
     assert set(kept_counts[::3].tolist()) == {1, 2, 3, 4, 5}
@@ -65,3 +65,30 @@ def test_random_prefix_keeps_one_to_k_per_object():
     first = torch.cumsum(kept_counts, 0) - kept_counts
     assert torch.equal(kept_cells[first], starts)  # each object keeps a prefix of its own cells
     torch.testing.assert_close(kept_states.squeeze(-1), kept_cells.float())
+
+
+def test_random_prefix_takes_the_collators_counts():
+    counts = torch.tensor([5, 1, 3])
+    cells = torch.arange(9)
+    _, kept_cells, kept_counts = _random_prefix(cells.float()[:, None], cells, counts, torch.tensor([2, 1, 3]))
+    assert kept_counts.tolist() == [2, 1, 3]
+    assert kept_cells.tolist() == [0, 1, 5, 6, 7, 8]
+
+
+def test_collator_draws_cell_subsets_per_sample(tiny_model, tmp_path):
+    """The same sample (same per-sample seed) gets the same subset sizes in any batch it lands in."""
+    from helpers import noise_image
+
+    from padt_core.data.sample import ObjectAnn, Sample
+    from padt_core.train.collator import PaDTCollator
+
+    path = tmp_path / "im.png"
+    noise_image(224, 224).save(path)
+    objects = [ObjectAnn(label="a", box=(0.1, 0.1, 0.6, 0.6)), ObjectAnn(label="b", box=(0.5, 0.5, 0.9, 0.9))]
+    sample = Sample(id="s", image=str(path), task="ovd", prompt="find", answer="<|Obj_0|> <|Obj_1|>", objects=objects)
+    other = Sample(id="t", image=str(path), task="rec", prompt="find", answer="<|Obj_0|>", objects=objects[:1])
+    collate = PaDTCollator(tiny_model)
+    alone = collate([{"sample": sample, "seed": [0, 0, 7]}])
+    mixed = collate([{"sample": other, "seed": [0, 0, 3]}, {"sample": sample, "seed": [0, 0, 7]}])
+    assert alone["obj_keep"].tolist() == mixed["obj_keep"][1:].tolist()
+    assert ((alone["obj_keep"] >= 1) & (alone["obj_keep"] <= alone["obj_counts"])).all()

@@ -190,6 +190,12 @@ class PaDTCollator:
         for b, ((sample, image), grid) in enumerate(zip(kept, prompt["image_grids"])):
             enc = self._encode_answer(sample, tuple(grid), (image.height, image.width), rngs[b])
             if enc is not None:
+                # How many of each object's VRTs the decoder sees when trained on cell subsets
+                # (train.decoder_cell_subsets): drawn per sample too, from its own stream, so data-parallel
+                # ranks and a single process (and a resumed run) draw the same subsets.
+                keep_rng = np.random.default_rng([*np.atleast_1d(seeds[b]), 1]) if seeds[b] is not None else self.rng
+                for obj in enc.objects:
+                    obj["keep"] = int(keep_rng.integers(1, len(obj["cells"]) + 1)) if obj["cells"] else 0
                 encoded.append(enc)
                 rows.append(b)
         if not encoded:
@@ -207,7 +213,7 @@ class PaDTCollator:
         completion = torch.full((batch, length), pad, dtype=torch.long)
         completion_mask = torch.zeros(batch, length, dtype=torch.long)
         ignore = torch.zeros(batch, length, width, dtype=torch.bool)
-        obj_sample, obj_counts, obj_positions, obj_cells, boxes, masks = [], [], [], [], [], []
+        obj_sample, obj_counts, obj_positions, obj_cells, obj_keep, boxes, masks = [], [], [], [], [], [], []
         for b, enc in enumerate(encoded):
             completion[b, : len(enc.completion)] = torch.tensor(enc.completion)
             completion_mask[b, : len(enc.completion)] = 1
@@ -218,6 +224,7 @@ class PaDTCollator:
                 obj_counts.append(len(obj["cells"]))
                 obj_positions += obj["positions"]
                 obj_cells += obj["cells"]
+                obj_keep.append(obj.get("keep", len(obj["cells"])))
                 boxes.append(obj["box"])
                 masks.append(obj["mask"])
         return {
@@ -229,6 +236,7 @@ class PaDTCollator:
             "obj_counts": torch.tensor(obj_counts, dtype=torch.long),
             "obj_positions": torch.tensor(obj_positions, dtype=torch.long),
             "obj_cells": torch.tensor(obj_cells, dtype=torch.long),
+            "obj_keep": torch.tensor(obj_keep, dtype=torch.long),  # VRTs the decoder sees with cell subsets
             "obj_boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "obj_masks": masks,
             "original_sizes": sizes,

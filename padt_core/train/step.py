@@ -70,10 +70,12 @@ def compute_losses(model, batch: dict[str, Any], step: int = 0, forward=None) ->
     return losses
 
 
-def _random_prefix(states: torch.Tensor, cells: torch.Tensor, counts: torch.Tensor):
-    """Keep a random 1..K_o of each object's VRTs; targets are drawn in random order, so a prefix is a
-    random subset. Uses the global RNG, which the Trainer seeds and restores on resume."""
-    keep_n = (torch.rand(counts.shape, device=counts.device) * counts).floor().long() + 1
+def _random_prefix(states: torch.Tensor, cells: torch.Tensor, counts: torch.Tensor, keep_n: torch.Tensor | None):
+    """Keep the first 1..K_o of each object's VRTs; targets are drawn in random order, so a prefix is a
+    random subset. ``keep_n`` comes from the collator (drawn per sample); without it, from the global RNG."""
+    if keep_n is None:
+        keep_n = (torch.rand(counts.shape, device=counts.device) * counts).floor().long() + 1
+    keep_n = keep_n.to(counts.device)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(cells.numel(), device=counts.device) - torch.repeat_interleave(starts, counts)
     keep = rank < torch.repeat_interleave(keep_n, counts)
@@ -98,7 +100,7 @@ def _decoder_losses(model, batch, out, warmup: bool) -> dict[str, torch.Tensor]:
         rows = batch["obj_sample"].repeat_interleave(counts)
         states = out.hidden_states[rows, batch["obj_positions"]]  # the state that emitted each VRT
     if model.recipe.train.decoder_cell_subsets and counts.numel():
-        states, cells, counts = _random_prefix(states, cells, counts)
+        states, cells, counts = _random_prefix(states, cells, counts, batch.get("obj_keep"))
     inputs = DecoderInputs(
         features=encoded.features,
         prototypes=encoded.prototypes,
