@@ -607,7 +607,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
             Path(args.summary).write_text(json.dumps(summary, indent=2, default=str) + "\n")
         _print_json(_train_summary(summary))
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """End a ``torchrun`` job's process group before exit: a rank whose gloo threads are still alive when
+    the interpreter shuts down can abort ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _is_main_process() -> bool:
