@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import padt_plugins.decoders as decoders
@@ -377,10 +378,13 @@ def test_auto_memory_picks_the_cheaper_kind():
     """``memory: auto``: factored only with many objects per image and a decoder wider than its low rank."""
     from padt_plugins.decoders.factored_memory import FactoredMemory
     from padt_plugins.decoders.memory import DenseMemory
+    from padt_plugins.decoders.trunk import PaDTTrunk, PaDTTrunkConfig
 
     def kind(width: int, heads: int, objects: int, images: int, queries: int = 8):
-        trunk = make_decoder(memory="auto", hidden_size=width, intermediate_size=width, num_heads=heads).trunk
-        return trunk._memory_kind(objects, images, queries)
+        # the rule reads only the config and the width: no need to build a 1280-wide trunk for it
+        config = PaDTTrunkConfig(hidden_size=width, intermediate_size=width, num_heads=heads, memory="auto")
+        trunk = types.SimpleNamespace(config=config, hidden_size=width)
+        return PaDTTrunk._memory_kind(trunk, objects, images, queries)
 
     # reference widths: R = 3 * (16 * 8 + 1) = 387 against d = 1280
     assert kind(1280, 16, objects=100, images=1) is FactoredMemory

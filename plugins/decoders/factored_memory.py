@@ -25,6 +25,7 @@ Per object this costs O(N·R·H·L) for scores instead of O(N·d²) (the referen
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 
 import torch
@@ -138,16 +139,8 @@ class FactoredMemory(TrunkMemory):
 
     # --- reading (heads) -------------------------------------------------------------------------------
     def project(self, weight, bias=None, *, rms_eps=None) -> torch.Tensor:
-        row_scale, coef = self._normalised(rms_eps) if rms_eps is not None else (self.scale, self.coef)
-        # shared rows (and the bias) in one pass over the output, then the per-object low-rank part
-        out = _per_object_rows(F.linear(self.base, weight), self.image_index, row_scale, bias)
-        n = self.image_index.shape[0]
-        if coef is None:
-            return out.expand(n, -1, -1).contiguous()
-        basis = self._basis(weight.t())
-        if torch.is_grad_enabled() or out.shape[0] != n:
-            return torch.baddbmm(out, coef, basis)
-        return out.baddbmm_(coef, basis)  # inference: no second [n, N, d_out] buffer
+        ((_, out),) = self.project_chunks(weight, bias, rms_eps=rms_eps, max_bytes=sys.maxsize)
+        return out
 
     def project_chunks(self, weight, bias=None, *, rms_eps=None, max_bytes=8 * 2**20):
         row_scale, coef = self._normalised(rms_eps) if rms_eps is not None else (self.scale, self.coef)
@@ -157,14 +150,18 @@ class FactoredMemory(TrunkMemory):
         step = max(1, max_bytes // max(1, rows * shared.shape[-1] * shared.element_size()))
         for start in range(0, n, step):
             objects = slice(start, min(start + step, n))
+            count = objects.stop - start
+            # shared rows (and the bias) in one pass over the output, then the per-object low-rank part
             scale = None if row_scale is None else row_scale[objects]
             out = _per_object_rows(shared, self.image_index[objects], scale, bias)
+            # every chunk is a tensor of its own (callers may work on it in place): never a view of `shared`
+            fresh = out.shape[0] == count and out.data_ptr() != shared.data_ptr()
             if basis is None:
-                out = out.expand(objects.stop - start, -1, -1)
-            elif torch.is_grad_enabled() or out.shape[0] != objects.stop - start or out.data_ptr() == shared.data_ptr():
+                out = out if fresh else out.expand(count, -1, -1).clone()
+            elif torch.is_grad_enabled() or not fresh:
                 out = torch.baddbmm(out, coef[objects], basis[objects])
             else:
-                out = out.baddbmm_(coef[objects], basis[objects])
+                out = out.baddbmm_(coef[objects], basis[objects])  # inference: no second buffer
             yield objects, out
 
     def dense(self) -> torch.Tensor:
