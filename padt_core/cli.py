@@ -1028,6 +1028,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     show_trace = getattr(args, "traceback", False)
+    from .runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # large CPU tensors stay on the heap (padt_core/runtime.py); PADT_MALLOC_TUNING=0 opts out
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ import torch
 from ..decoder import DecoderInputs, PaDTDecoder
 from ..features import VisualFeatures
 from ..recipe import DecoderConfig
+from ..runtime import release_free_memory, tune_cpu_allocator
 from .generate import machine_info
 
 __all__ = ["bench_decoder"]
@@ -235,6 +236,7 @@ class _PeakMemory:
 
     def __enter__(self) -> _PeakMemory:
         gc.collect()
+        release_free_memory()  # the heap padt keeps (padt_core/runtime.py) would hide the growth
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
@@ -275,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-one-by-one", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: unchanged)")
     args = parser.parse_args(argv)
+    tune_cpu_allocator()  # as `padt bench decoder` does
     result = bench_decoder(
         device=args.device,
         dtype=args.dtype,

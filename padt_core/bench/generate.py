@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..runtime import allocator_settings
+
 __all__ = ["bench_generate", "machine_info"]
 
 PROMPT = "Please locate every object in this image and answer with their labels and visual reference tokens."
@@ -57,6 +59,7 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         "device": str(device),
         "device_name": device_name,
         "dtype": str(dtype).removeprefix("torch."),
+        "allocator": allocator_settings() or "default",  # padt commands tune glibc's (padt_core/runtime.py)
     }
 
 

@@ -26,8 +26,6 @@ estimate of activations + gradients + temporaries.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
 import os
 import statistics
@@ -41,6 +39,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from ..runtime import release_free_memory
 from .generate import _CLOCKS, _DTYPES, _jsonable_overrides, machine_info
 
 __all__ = ["bench_train"]
@@ -313,7 +312,7 @@ def _peak_memory(run: Callable[[], None], device: torch.device) -> float | None:
     rss = _rss_reader()
     if rss is None:
         return None
-    _malloc_trim()
+    release_free_memory()  # RSS growth then reflects what a step really needs
     before = rss()
     peak = [before]
     done = threading.Event()
@@ -346,9 +345,3 @@ def _rss_reader() -> Callable[[], int] | None:
         return None
     process = psutil.Process()
     return lambda: process.memory_info().rss
-
-
-def _malloc_trim() -> None:
-    """Hand freed heap pages back to the OS (glibc), so RSS growth reflects what a step really needs."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
