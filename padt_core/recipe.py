@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.resources
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,7 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -196,6 +198,19 @@ class DataConfig(_Section):
     val: list[DatasetSection] = Field(default_factory=list)
     coverage: float = Field(1 / 28, gt=0, le=1, description="a cell is foreground if the object covers this fraction")
     templates: TaskTemplates = Field(default_factory=TaskTemplates, description="prompt/answer wording per task")
+    task_weights: dict[Literal["rec", "res", "ovd", "ric"], float] = Field(
+        default_factory=dict,
+        description="per-epoch draws of each task's training samples relative to once (e.g. {ovd: 3}); 0 drops a "
+        "task, fractions draw a seeded share per epoch; unlisted tasks 1",
+    )
+
+    @field_validator("task_weights")
+    @classmethod
+    def _check_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {t: w for t, w in value.items() if not (w >= 0 and math.isfinite(w))}
+        if bad:
+            raise ValueError(f"task weights must be finite numbers >= 0, got {bad}")
+        return value
 
 
 class Recipe(_Section):

@@ -107,7 +107,7 @@ def train(
         raise ValueError(f"recipe {spec.name!r} has no data.train datasets")
 
     readers, skipped = load_readers(spec.data.train, spec.data.templates)
-    train_set = SampleDataset(readers, seed=spec.train.seed)
+    train_set = SampleDataset(readers, seed=spec.train.seed, task_weights=spec.data.task_weights)
     if not len(train_set):
         raise ValueError(f"the data.train datasets of recipe {spec.name!r} yielded no samples")
     # The backbone seeds its own initialisation; the projection and decoder draw from the global RNG, so
