@@ -5,8 +5,8 @@ and returns it to the kernel on free. PyTorch on CPU allocates its large tempora
 so a decoder forward over many objects (tensors of 50-100 MB: attention scores of every object's
 memory rows) pays for page faults and the kernel zeroing every page, on every call. Raising the mmap
 and trim thresholds keeps freed buffers in the heap for the next op: the 100-object decoder forward at
-the reference widths runs ~20 % faster on the development machine (``docs/performance.md``); small-
-tensor work (one object at a time, the tiny models) gains a few percent.
+the reference widths went from 16.7 to 12.0 s on the development machine (``docs/performance.md``);
+small-tensor work (one object at a time, the tiny models) gains a few percent.
 
 The price is resident memory: the process keeps up to ``threshold`` bytes of freed heap instead of
 returning it. ``padt`` commands apply this at start-up (set ``PADT_MALLOC_TUNING=0`` to opt out);
