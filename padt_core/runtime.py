@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from typing import Any
 
@@ -32,6 +33,7 @@ _M_MMAP_THRESHOLD = -3
 _applied: dict[str, Any] | None = None
 
 
+@functools.cache  # find_library searches the system on every call
 def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
