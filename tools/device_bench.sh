@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The benchmark suite on a lent GPU machine (bare image: PyTorch there, our other needs carried as
+# wheels in .whl/, see docs/performance.md). Writes JSON into $OUT. Usage: bash tools/device_bench.sh
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/padt . || exit 1
+export PYTHONPATH=/tmp/padt:/tmp/site PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
+R=$PWD/recipes
+run() { local name=$1; shift; echo "== $name"; timeout "${STEP_TIMEOUT:-150}" bash -c "cd /tmp && python3 -m padt_core $*" > "$OUT/$name.json" || echo "FAILED: $name"; python3 - "$OUT/$name.json" <<'PY'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception as e:
+    print("  (no JSON)", e); sys.exit()
+keys = ("ratio", "speedup_100", "growth_100_over_10", "peak_mem_mb")
+print("  ", {k: d[k] for k in keys if k in d}, {k: d[k].get("step_ms") for k in ("padt", "plain") if k in d})
+PY
+}
+run train_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20
+run train_fp32 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --steps 20
+run generate_qwen_bf16 bench generate --recipe $R/tiny_qwen.yaml --device cuda --dtype bfloat16
+run generate_llava_bf16 bench generate --recipe $R/tiny_llava.yaml --device cuda --dtype bfloat16
+run decoder_bf16 bench decoder --device cuda --dtype bfloat16
+echo "== profile (cuda, bf16)"
+timeout 120 python3 tools/profile_train_step.py --device cuda --dtype bfloat16 --rows 15 2>&1 | grep -v -E "USDT|^\s*$" | cut -c1-150 | tail -45
