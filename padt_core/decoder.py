@@ -616,6 +616,9 @@ def pad_packed(values: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor
 
 def pad_rows(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image ``[N_b, ...]`` tensors → ``[B, N_max, ...]`` zero-padded, and a ``[B, N_max]`` validity mask."""
+    if len({r.shape[0] for r in rows}) == 1:  # images of one size: a stack, all rows valid
+        padded = torch.stack(list(rows))
+        return padded, torch.ones(padded.shape[:2], dtype=torch.bool, device=padded.device)
     padded = nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
     lengths = torch.tensor([r.shape[0] for r in rows], device=padded.device)
     valid = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]

@@ -16,10 +16,13 @@ __all__ = [
     "RMSNorm",
     "apply_rotary",
     "attend",
+    "attend_projected",
+    "few_keys",
     "init_weights",
     "merge_heads",
     "pair_permutation",
     "rotary_cis",
+    "rotate_pairs",
     "rotate_pairs_",
     "split_heads",
     "vision_rotary",
@@ -78,8 +81,59 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Te
 
     Every query row must see at least one key (head query tokens and real image rows always exist).
     """
+    if few_keys(q, k):
+        return torch.matmul(_few_key_probs(q, k, key_mask).transpose(-1, -2), v)
     mask = None if key_mask is None else key_mask[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+# The image→query step has thousands of queries (memory rows) and a handful of keys (an object's
+# query tokens). CPU SDPA kernels block over keys and run a softmax along a row of ~10 values: fwd +
+# bwd took twice as long as the same product laid out keys-major, scores ``[.., Lk, Lq]`` with the
+# softmax across the short axis (vectorised over the long one). GPUs keep SDPA.
+FEW_KEYS = 32
+
+
+def few_keys(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether ``attend`` takes the keys-major path for these shapes."""
+    return q.device.type == "cpu" and k.shape[-2] <= FEW_KEYS and k.shape[-2] * 4 <= q.shape[-2]
+
+
+def _few_key_probs(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention probabilities keys-major, ``[n, H, Lk, Lq]``, in ``q``'s dtype (softmax in float32)."""
+    scores = torch.matmul(k * q.shape[-1] ** -0.5, q.transpose(-1, -2))
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, :, None], float("-inf"))
+    return scores.softmax(-2, dtype=torch.float32).to(q.dtype)
+
+
+def attend_projected(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    out: nn.Linear,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``residual + out(merge_heads(attend(q, k, v, key_mask)))``, ``[n, Lq, d_out]``.
+
+    With few keys the output projection goes onto the values first: ``Σ_h P_hᵀ (V_h W_hᵀ)`` is one
+    batched product over ``H·Lk`` terms per query, instead of the ``[n, H, Lq, dh]`` attention output,
+    its head merge and a projection of all ``Lq`` rows. Each head's probabilities sum to one over the
+    keys, so ``bias / H`` added to every projected value adds exactly the bias.
+    """
+    if not few_keys(q, k):
+        delta = out(merge_heads(attend(q, k, v, key_mask)))
+        return delta if residual is None else residual + delta
+    n, heads, length, dh = q.shape
+    probs = _few_key_probs(q, k, key_mask)  # [n, H, Lk, Lq]
+    weight = out.weight.view(-1, heads, dh).permute(1, 2, 0)  # [H, dh, d_out]
+    values = torch.matmul(v, weight) + out.bias / heads  # [n, H, Lk, d_out]
+    probs_t = probs.reshape(n, -1, length).transpose(1, 2)  # [n, Lq, H*Lk], a view
+    values = values.reshape(n, -1, values.shape[-1])
+    if residual is None:
+        return torch.bmm(probs_t, values)
+    return torch.baddbmm(residual, probs_t, values)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,6 +201,17 @@ def rotate_pairs_(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
         rotated = torch.view_as_complex(x.float().reshape(shape)) * cis
         x.copy_(torch.view_as_real(rotated).view(x.shape))
     return x
+
+
+def rotate_pairs(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+    """``rotate_pairs_`` for tensors autograd records: a new tensor. Rotating a view in place makes the
+    backward copy the whole projected tensor again (``CopySlices``), for every rotation of a step."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return rotate_pairs_(x, cis)
+    half = cis.shape[-1]
+    shape = (*x.shape[:-1], x.shape[-1] // (2 * half), half, 2)
+    rotated = torch.view_as_complex(x.float().reshape(shape)) * cis
+    return torch.view_as_real(rotated).view(x.shape).to(x.dtype)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 
 from padt_core.decoder import ObjectMemory
 
-from .layers import RMSNorm, attend, merge_heads, rotary_cis, rotate_pairs_, split_heads
+from .layers import RMSNorm, attend, attend_projected, rotary_cis, rotate_pairs, split_heads
 
 __all__ = ["DenseMemory", "MemoryPositions", "Projection", "TrunkMemory"]
 
@@ -140,17 +140,31 @@ class TrunkMemory(ObjectMemory):
 
 
 class DenseMemory(TrunkMemory):
-    """``state [n, N, d]``: an explicit memory per object, as the reference keeps it."""
+    """``state [n, N, d]``: an explicit memory per object, as the reference keeps it.
 
-    def __init__(self, state: torch.Tensor, valid: torch.Tensor, image_index: torch.Tensor, grids: torch.Tensor):
+    ``full``: every row is real (no padding), so the masking multiplies are skipped; known once per
+    memory, not re-checked (a host sync on GPUs) at every step.
+    """
+
+    def __init__(
+        self,
+        state: torch.Tensor,
+        valid: torch.Tensor,
+        image_index: torch.Tensor,
+        grids: torch.Tensor,
+        full: bool | None = None,
+    ):
         self.state, self.valid, self.image_index, self.grids = state, valid, image_index, grids
         self.hidden_size = state.shape[-1]
+        self.full = bool(valid.all()) if full is None else full
         self._normalised: tuple[float, torch.Tensor] | None = None
 
     @classmethod
     def from_shared(cls, base, base_valid, image_index, grids) -> DenseMemory:
-        base = base * base_valid[..., None].to(base.dtype)
-        return cls(base[image_index], base_valid[image_index], image_index, grids)
+        full = bool(base_valid.all())
+        if not full:
+            base = base * base_valid[..., None].to(base.dtype)
+        return cls(base[image_index], base_valid[image_index], image_index, grids, full)
 
     def project(self, weight, bias=None, *, rms_eps=None) -> torch.Tensor:
         x = self.state
@@ -170,21 +184,26 @@ class DenseMemory(TrunkMemory):
 
     def read(self, queries, key, value, *, rms_eps, positions) -> torch.Tensor:
         heads = queries.shape[1]
-        keys = rotate_pairs_(self.project(*key, rms_eps=rms_eps), positions.per_object(self.image_index))
+        keys = rotate_pairs(self.project(*key, rms_eps=rms_eps), positions.per_object(self.image_index))
         values = self.project(*value, rms_eps=rms_eps)
-        mask = None if bool(self.valid.all()) else self.valid
+        mask = None if self.full else self.valid
         return attend(queries, split_heads(keys, heads), split_heads(values, heads), mask)
 
     def update(self, keys, values, key_mask, query, out, *, rms_eps, positions) -> DenseMemory:
         heads = keys.shape[1]
-        queries = rotate_pairs_(self.project(*query, rms_eps=rms_eps), positions.per_object(self.image_index))
-        delta = out(merge_heads(attend(split_heads(queries, heads), keys, values, key_mask)))
-        state = self.state + delta * self.valid[..., None].to(delta.dtype)
-        return DenseMemory(state, self.valid, self.image_index, self.grids)
+        queries = rotate_pairs(self.project(*query, rms_eps=rms_eps), positions.per_object(self.image_index))
+        queries = split_heads(queries, heads)
+        if self.full:
+            state = attend_projected(queries, keys, values, key_mask, out, residual=self.state)
+        else:
+            delta = attend_projected(queries, keys, values, key_mask, out)
+            state = self.state + delta * self.valid[..., None].to(delta.dtype)
+        return DenseMemory(state, self.valid, self.image_index, self.grids, self.full)
 
     def to_fine(self, fine, parents, fine_valid, grids, norm) -> DenseMemory:
         rows = parents[self.image_index]
         state = self.state.gather(1, rows[..., None].expand(-1, -1, self.hidden_size)) + fine[self.image_index]
         valid = fine_valid[self.image_index]
-        state = norm(state) * valid[..., None].to(state.dtype)
-        return DenseMemory(state, valid, self.image_index, grids)
+        full = bool(fine_valid.all())
+        state = norm(state) if full else norm(state) * valid[..., None].to(state.dtype)
+        return DenseMemory(state, valid, self.image_index, grids, full)

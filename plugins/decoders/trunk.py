@@ -20,6 +20,7 @@ object's memory is its own (``factored_memory.py`` keeps that cheap), attention 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -185,6 +186,7 @@ class PaDTTrunk(Trunk):
             self.high_res_transformer1 = TwoWayBlock(d, ff, heads, eps)
             self.high_res_transformer2 = TwoWayBlock(d, ff, heads, eps, update_memory=reads_memory)
         init_weights(self, config.init_std)
+        self._table_cache: dict[tuple, _LayoutTables] = {}
 
     @classmethod
     def released_state_dict(
@@ -221,24 +223,24 @@ class PaDTTrunk(Trunk):
         q_pos = q
 
         # Low-res memory: projected prototypes on the VRT grid, at their top-left fine patch.
-        factor = features[0].fine_factor
+        has_fine = inputs.has_fine and self.vision_hidden_size is not None
+        tables = self._tables(features, has_fine, queries.device)
         protos, proto_valid = pad_rows([p.to(dtype) for p in inputs.prototypes])
-        grids = _per_object([f.grid for f in features], index)
         memory_cls = self._memory_kind(n, len(features), q.shape[1])
-        memory = memory_cls.from_shared(self.input_projection(protos), proto_valid, index, grids)
-        positions = self._positions(
-            [self.layout.cell_positions(f.grid, factor, protos.device) for f in features], factor
-        )
-        q, memory = self.low_res_transformer(q, q_pos, q_mask, memory, positions)
+        memory = memory_cls.from_shared(self.input_projection(protos), proto_valid, index, tables.grids[index])
+        q, memory = self.low_res_transformer(q, q_pos, q_mask, memory, tables.cell_positions)
 
         # High-res memory: each fine patch = its cell's memory row + the fine feature, normalised.
-        if inputs.has_fine and self.vision_hidden_size is not None:
-            order = [self.layout.fine_order(f.fine_grid, f.fine.device) for f in features]
-            fine, fine_valid = pad_rows([f.fine.to(dtype)[o] for f, o in zip(features, order)])
-            parents, _ = pad_rows([self.layout.fine_to_cell(f.grid, f.fine_grid, fine.device) for f in features])
-            fine_grids = _per_object([f.fine_grid for f in features], index)
-            memory = memory.to_fine(self.fine_projection(fine), parents, fine_valid, fine_grids, self.high_res_norm)
-            positions = self._positions([self.layout.fine_positions(f.fine_grid, fine.device) for f in features], 1)
+        if has_fine:
+            fines = [f.fine.to(dtype) for f in features]
+            if tables.fine_order is not None:
+                fines = [x[o] for x, o in zip(fines, tables.fine_order)]
+            fine, fine_valid = pad_rows(fines)
+            fine_grids = tables.fine_grids[index]
+            memory = memory.to_fine(
+                self.fine_projection(fine), tables.parents, fine_valid, fine_grids, self.high_res_norm
+            )
+            positions = tables.fine_positions
             q, memory = self.high_res_transformer1(q, q_pos, q_mask, memory, positions)
             q, memory = self.high_res_transformer2(q, q_pos, q_mask, memory, positions)
         return TrunkOutput(queries=q[:, :num_head_queries], memory=memory if return_memory else None)
@@ -270,6 +272,47 @@ class PaDTTrunk(Trunk):
         padded, _ = pad_packed(packed, counts)
         return padded
 
+    def _tables(self, features: Sequence, has_fine: bool, device: torch.device) -> _LayoutTables:
+        """The batch's layout tables, from a small cache keyed by the images' grids.
+
+        They depend on the grids alone, and building them (positions, orders, rotary angles: a few
+        hundred tiny ops) cost as much as a decoder block at the tiny recipes' widths.
+        """
+        key = (
+            tuple(f.grid for f in features),
+            tuple(f.fine_grid for f in features) if has_fine else None,
+            features[0].fine_factor,
+            device,
+            torch.is_inference_mode_enabled(),  # inference tensors cannot be saved for backward later
+        )
+        tables = self._table_cache.get(key)
+        if tables is None:
+            if len(self._table_cache) >= _TABLE_CACHE_SIZE:
+                self._table_cache.pop(next(iter(self._table_cache)))
+            with torch.no_grad():
+                tables = self._build_tables(features, has_fine, device)
+            self._table_cache[key] = tables
+        return tables
+
+    def _build_tables(self, features: Sequence, has_fine: bool, device: torch.device) -> _LayoutTables:
+        layout, factor = self.layout, features[0].fine_factor
+        low = [layout.cell_positions(f.grid, factor, device) for f in features]
+        tables = _LayoutTables(
+            grids=torch.tensor([f.grid for f in features], dtype=torch.long, device=device),
+            cell_positions=self._positions(low, factor),
+        )
+        if has_fine:
+            order = [layout.fine_order(f.fine_grid, device) for f in features]
+            identity = all(torch.equal(o, torch.arange(o.numel(), device=device)) for o in order)
+            tables.fine_order = None if identity else order
+            tables.fine_grids = torch.tensor([f.fine_grid for f in features], dtype=torch.long, device=device)
+            tables.parents, _ = pad_rows([layout.fine_to_cell(f.grid, f.fine_grid, device) for f in features])
+            tables.fine_positions = self._positions([layout.fine_positions(f.fine_grid, device) for f in features], 1)
+        for positions in (tables.cell_positions, tables.fine_positions):
+            if positions is not None:
+                positions.cis  # noqa: B018 -- the rotary angles are the costly part: compute them once
+        return tables
+
     def _positions(self, per_image: list[torch.Tensor], factor: int) -> MemoryPositions:
         """Rotary positions (fine-patch units, ``[N_b, 2]`` per image, multiples of ``factor``) of the memory rows."""
         cells, _ = pad_rows([p // factor for p in per_image])
@@ -288,5 +331,16 @@ class PaDTTrunk(Trunk):
                 raise ValueError(f"image {b}: fine features have width {fine.shape[-1]}, expected {expected}")
 
 
-def _per_object(grids: list[tuple[int, int] | None], index: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(grids, dtype=torch.long, device=index.device)[index]
+_TABLE_CACHE_SIZE = 64  # distinct batch layouts kept (one per combination of image sizes in a batch)
+
+
+@dataclass
+class _LayoutTables:
+    """Everything the trunk derives from a batch's grids alone (never modified in place)."""
+
+    grids: torch.Tensor  # [B, 2] VRT grid per image
+    cell_positions: MemoryPositions  # low-res rows
+    fine_grids: torch.Tensor | None = None  # [B, 2]
+    fine_order: list[torch.Tensor] | None = None  # per image; None when the layout keeps raster order
+    parents: torch.Tensor | None = None  # [B, Nf] low-res row of each fine row
+    fine_positions: MemoryPositions | None = None
