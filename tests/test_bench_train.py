@@ -38,3 +38,13 @@ def test_bench_train_tiny_keys(tmp_path):
 def test_bench_train_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bench_train(**kwargs)
+
+
+def test_bench_times_the_optimiser_the_trainer_runs(tmp_path):
+    from padt_core.bench.train import _adamw
+    from padt_core.recipe import load_recipe
+    from padt_core.train.trainer import training_arguments
+
+    args = training_arguments(load_recipe("recipes/tiny_qwen_shapes.yaml").train, str(tmp_path))
+    assert args.optim == "adamw_torch_fused"
+    assert _adamw([torch.nn.Parameter(torch.zeros(2))]).defaults["fused"] is True

@@ -20,6 +20,14 @@ PY
 }
 run train_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20
 run train_fp32 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --steps 20
+# the same comparison at a width where the GPU computes rather than waits on the host (~100 M parameters)
+WIDE="backbone.config.text_config.hidden_size=1024 backbone.config.text_config.intermediate_size=2816
+ backbone.config.text_config.num_hidden_layers=8 backbone.config.text_config.num_attention_heads=16
+ backbone.config.text_config.num_key_value_heads=4 backbone.config.text_config.rope_parameters.mrope_section=[8,12,12]
+ backbone.config.vision_config.hidden_size=256 backbone.config.vision_config.intermediate_size=1024
+ backbone.config.vision_config.depth=4 backbone.config.vision_config.out_hidden_size=1024
+ decoder.trunk.hidden_size=256 decoder.trunk.intermediate_size=684 decoder.trunk.num_heads=4"
+run train_wide_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20 $(echo $WIDE)
 run generate_qwen_bf16 bench generate --recipe $R/tiny_qwen.yaml --device cuda --dtype bfloat16
 run generate_llava_bf16 bench generate --recipe $R/tiny_llava.yaml --device cuda --dtype bfloat16
 run decoder_bf16 bench decoder --device cuda --dtype bfloat16

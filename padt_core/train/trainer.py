@@ -45,6 +45,8 @@ def training_arguments(cfg: TrainConfig, output_dir: str, **extra: Any) -> Train
     batches decode a dummy object; ``tests/test_train.py`` checks this).
     """
     settings: dict[str, Any] = {
+        # pinned (the transformers default today): `padt bench train` times this optimiser
+        "optim": "adamw_torch_fused",
         "ddp_find_unused_parameters": False,
         _CHECKPOINTING: cfg.gradient_checkpointing,
         **extra,
