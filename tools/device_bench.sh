@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark suite on a lent GPU machine (bare image: PyTorch there, our other needs carried as
-# wheels in .whl/, see docs/performance.md). Writes JSON into $OUT. Usage: bash tools/device_bench.sh
+# wheels in .whl/, see docs/performance.md). Writes JSON into $OUT. Usage: bash tools/device_bench.sh [3b]
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/padt . || exit 1
@@ -18,6 +18,18 @@ keys = ("ratio", "speedup_100", "growth_100_over_10", "peak_mem_mb")
 print("  ", {k: d[k] for k in keys if k in d}, {k: d[k].get("step_ms") for k in ("padt", "plain") if k in d})
 PY
 }
+if [ "${1:-}" = "3b" ]; then
+  # Qwen2.5-VL-3B widths and depths (random weights, the tiny tokenizer's vocabulary), reference decoder
+  QWEN3B="backbone.config.text_config.hidden_size=2048 backbone.config.text_config.intermediate_size=11008
+   backbone.config.text_config.num_hidden_layers=36 backbone.config.text_config.num_attention_heads=16
+   backbone.config.text_config.num_key_value_heads=2 backbone.config.text_config.rope_parameters.mrope_section=[16,24,24]
+   backbone.config.vision_config.hidden_size=1280 backbone.config.vision_config.intermediate_size=3420
+   backbone.config.vision_config.num_heads=16 backbone.config.vision_config.depth=32
+   backbone.config.vision_config.fullatt_block_indexes=[7,15,23,31] backbone.config.vision_config.out_hidden_size=2048
+   decoder.trunk.hidden_size=1280 decoder.trunk.intermediate_size=3420 decoder.trunk.num_heads=16"
+  STEP_TIMEOUT=400 run train_3b_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 10 $(echo $QWEN3B)
+  exit
+fi
 run train_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20
 run train_fp32 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --steps 20
 # the same comparison at a width where the GPU computes rather than waits on the host (~100 M parameters)
