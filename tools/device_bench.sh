@@ -27,7 +27,7 @@ if [ "${1:-}" = "3b" ]; then
    backbone.config.vision_config.num_heads=16 backbone.config.vision_config.depth=32
    backbone.config.vision_config.fullatt_block_indexes=[7,15,23,31] backbone.config.vision_config.out_hidden_size=2048
    decoder.trunk.hidden_size=1280 decoder.trunk.intermediate_size=3420 decoder.trunk.num_heads=16"
-  STEP_TIMEOUT=400 run train_3b_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 10 $(echo $QWEN3B)
+  STEP_TIMEOUT=290 run train_3b_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 10 $(echo $QWEN3B)
   exit
 fi
 run train_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20
