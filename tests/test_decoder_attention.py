@@ -49,11 +49,13 @@ def test_few_keys_attention_equals_sdpa_with_gradients(masked):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("lq", "residual"), [(40, False), (40, True), (4, True)])
-def test_attend_projected_folds_the_output_projection(lq, residual):
+@pytest.mark.parametrize(
+    ("lq", "residual", "bias"), [(40, False, True), (40, True, True), (40, True, False), (4, True, True)]
+)
+def test_attend_projected_folds_the_output_projection(lq, residual, bias):
     """``residual + out(merge_heads(attention))``, whichever path the shapes take (lq=4: SDPA)."""
     q, k, v, mask = _qkv(lq=lq)
-    out = nn.Linear(16, 12)
+    out = nn.Linear(16, 12, bias=bias)
     base = torch.randn(3, lq, 12)
     want = out(merge_heads(_sdpa(q, k, v, mask)))
     want = base + want if residual else want

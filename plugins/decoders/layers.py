@@ -128,7 +128,9 @@ def attend_projected(
     n, heads, length, dh = q.shape
     probs = _few_key_probs(q, k, key_mask)  # [n, H, Lk, Lq]
     weight = out.weight.view(-1, heads, dh).permute(1, 2, 0)  # [H, dh, d_out]
-    values = torch.matmul(v, weight) + out.bias / heads  # [n, H, Lk, d_out]
+    values = torch.matmul(v, weight)  # [n, H, Lk, d_out]
+    if out.bias is not None:
+        values = values + out.bias / heads
     probs_t = probs.reshape(n, -1, length).transpose(1, 2)  # [n, Lq, H*Lk], a view
     values = values.reshape(n, -1, values.shape[-1])
     if residual is None:
