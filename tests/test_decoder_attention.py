@@ -64,6 +64,24 @@ def test_attend_projected_folds_the_output_projection(lq, residual, bias):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_attend_projected_gradients_match_the_unfolded_product():
+    q, k, v, mask = _qkv()
+    out = nn.Linear(16, 12)
+    base = torch.randn(3, 40, 12)
+    grads = []
+    for folded in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, base)]
+        out.zero_grad()
+        if folded:
+            y = attend_projected(*leaves[:3], mask, out, residual=leaves[3])
+        else:
+            y = leaves[3] + out(merge_heads(_sdpa(*leaves[:3], mask)))
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        grads.append([t.grad for t in leaves] + [out.weight.grad.clone(), out.bias.grad.clone()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_rotate_pairs_out_of_place_under_autograd():
     """Under autograd the rotation returns a new tensor (no in-place write into a view) with the same
     values as the in-place one and as rotate-half ``apply_rotary`` on un-permuted channels."""
