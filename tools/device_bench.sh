@@ -40,8 +40,8 @@ WIDE="backbone.config.text_config.hidden_size=1024 backbone.config.text_config.i
  backbone.config.vision_config.depth=4 backbone.config.vision_config.out_hidden_size=1024
  decoder.trunk.hidden_size=256 decoder.trunk.intermediate_size=684 decoder.trunk.num_heads=4"
 run train_wide_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20 $(echo $WIDE)
-run generate_qwen_bf16 bench generate --recipe $R/tiny_qwen.yaml --device cuda --dtype bfloat16
-run generate_llava_bf16 bench generate --recipe $R/tiny_llava.yaml --device cuda --dtype bfloat16
+run generate_tiny_qwen_bf16 bench generate --recipe $R/tiny_qwen.yaml --device cuda --dtype bfloat16 --repeats 10
+run generate_tiny_llava_bf16 bench generate --recipe $R/tiny_llava.yaml --device cuda --dtype bfloat16 --repeats 10
 run decoder_bf16 bench decoder --device cuda --dtype bfloat16
 echo "== profile (cuda, bf16)"
 timeout 120 python3 tools/profile_train_step.py --device cuda --dtype bfloat16 --rows 15 2>&1 | grep -v -E "USDT|^\s*$" | cut -c1-150 | tail -45
