@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import padt_core
-from padt_core.bench.train import DEFAULT_RECIPE, _plain_inputs, _samples, _to_device
+from padt_core.bench.train import DEFAULT_RECIPE, _adamw, _plain_inputs, _samples, _to_device
 from padt_core.recipe import load_recipe
 from padt_core.runtime import tune_cpu_allocator
 from padt_core.train.collator import PaDTCollator
@@ -49,8 +49,8 @@ def main() -> None:
     plain_inputs, targets = _plain_inputs(model, batch)
     length = batch["completion_ids"].shape[1]
     hf = model.backbone.hf_model
-    opt_padt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    opt_plain = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-5)
+    opt_padt = _adamw([p for p in model.parameters() if p.requires_grad])  # what `padt bench train` steps
+    opt_plain = _adamw([p for p in hf.parameters() if p.requires_grad])
 
     def padt() -> None:
         opt_padt.zero_grad(set_to_none=True)
