@@ -14,15 +14,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import padt_core
-from padt_core.bench.train import DEFAULT_RECIPE, _adamw, _plain_inputs, _samples, _to_device
+from padt_core.bench.train import DEFAULT_RECIPE, _samples, _to_device, make_collator, train_steps
 from padt_core.recipe import load_recipe
 from padt_core.runtime import tune_cpu_allocator
-from padt_core.train.collator import PaDTCollator
-from padt_core.train.step import compute_losses
 
 
 def main() -> None:
@@ -42,30 +39,14 @@ def main() -> None:
     torch.manual_seed(0)
     model = padt_core.build(spec).to(device=dev, dtype=getattr(torch, args.dtype) if args.dtype else None)
     model.train()
-    cfg = model.recipe.train
     with tempfile.TemporaryDirectory() as tmp:  # images are read by the collator
         items = _samples(spec, Path(tmp) / "shapes", args.batch_size, None)
-        batch = _to_device(PaDTCollator(model, vrt_per_object=cfg.vrt_per_object, seed=0)(items), dev)
-    plain_inputs, targets = _plain_inputs(model, batch)
-    length = batch["completion_ids"].shape[1]
-    hf = model.backbone.hf_model
-    opt_padt = _adamw([p for p in model.parameters() if p.requires_grad])  # what `padt bench train` steps
-    opt_plain = _adamw([p for p in hf.parameters() if p.requires_grad])
-
-    def padt() -> None:
-        opt_padt.zero_grad(set_to_none=True)
-        compute_losses(model, batch, step=cfg.prototype_warmup_steps)["loss"].backward()
-        opt_padt.step()
-
-    def plain() -> None:
-        opt_plain.zero_grad(set_to_none=True)
-        logits = hf(**plain_inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :length]
-        F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100).backward()
-        opt_plain.step()
+        batch = _to_device(make_collator(model)(items), dev)
+    steps = train_steps(model, batch)
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    for name, run in (("padt", padt), ("plain", plain)):
+    for name, run in steps.items():
         for _ in range(3):
             run()
         if dev.type == "cuda":

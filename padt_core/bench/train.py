@@ -160,11 +160,8 @@ def _samples(spec: Any, root: Path, batch_size: int, n_images: int | None) -> li
 
 
 def _bench(model: Any, items: list, steps: int, warmup: int, phase: str, clock: Callable[[], float], memory: bool):
-    from padt_core.train.collator import PaDTCollator
-    from padt_core.train.step import compute_losses
-
     cfg = model.recipe.train
-    collator = PaDTCollator(model, vrt_per_object=cfg.vrt_per_object, vrt_sampling=cfg.vrt_sampling, seed=0)
+    collator = make_collator(model)
     dev = model.device
     timed = _timer(dev, clock)
     collate_ms = [timed(lambda: collator(items))[0] * 1e3 for _ in range(3)]
@@ -173,33 +170,11 @@ def _bench(model: Any, items: list, steps: int, warmup: int, phase: str, clock: 
         timed(lambda: model.prepare([s.image for s in samples], [s.prompt for s in samples]))[0] * 1e3 for _ in range(3)
     ]
     batch = _to_device(collator(items), dev)
-    plain_inputs, plain_targets = _plain_inputs(model, batch)
     length = batch["completion_ids"].shape[1]
-    step_index = 0 if phase == "warmup" else cfg.prototype_warmup_steps
     if phase == "warmup" and cfg.prototype_warmup_steps == 0:
         raise ValueError("step='warmup' but the recipe's train.prototype_warmup_steps is 0")
-
-    hf = model.backbone.hf_model
-    opt_padt = _adamw([p for p in model.parameters() if p.requires_grad])
-    opt_plain = _adamw([p for p in hf.parameters() if p.requires_grad])
     losses: dict[str, float] = {}
-
-    def padt() -> None:
-        opt_padt.zero_grad(set_to_none=True)
-        out = compute_losses(model, batch, step=step_index)
-        out["loss"].backward()
-        opt_padt.step()
-        losses["padt"] = float(out["loss"].detach())
-
-    def plain() -> None:
-        opt_plain.zero_grad(set_to_none=True)
-        logits = hf(**plain_inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :length]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), plain_targets.flatten(), ignore_index=-100)
-        loss.backward()
-        opt_plain.step()
-        losses["plain"] = float(loss.detach())
-
-    runs: dict[str, Callable[[], None]] = {"padt": padt, "plain": plain}
+    runs = train_steps(model, batch, phase, losses)
     for _ in range(warmup):
         for run in runs.values():
             run()
@@ -251,6 +226,47 @@ def _bench(model: Any, items: list, steps: int, warmup: int, phase: str, clock: 
             else "peak RSS increase during one step (sampled ~0.2 ms, after gc + malloc_trim)"
         )
     return result
+
+
+def make_collator(model: Any) -> Any:
+    """The collator ``padt train`` builds from the recipe (fixed seed)."""
+    from padt_core.train.collator import PaDTCollator
+
+    cfg = model.recipe.train
+    return PaDTCollator(model, vrt_per_object=cfg.vrt_per_object, vrt_sampling=cfg.vrt_sampling, seed=0)
+
+
+def train_steps(
+    model: Any, batch: dict[str, Any], phase: str = "main", losses: dict[str, float] | None = None
+) -> dict[str, Callable[[], None]]:
+    """``{"padt": fn, "plain": fn}``: one optimiser step each on ``batch`` (module docstring); each step
+    writes its loss into ``losses`` when given. Used by the benchmark and ``tools/profile_train_step.py``."""
+    from padt_core.train.step import compute_losses
+
+    plain_inputs, plain_targets = _plain_inputs(model, batch)
+    length = batch["completion_ids"].shape[1]
+    step_index = 0 if phase == "warmup" else model.recipe.train.prototype_warmup_steps
+    hf = model.backbone.hf_model
+    opt_padt = _adamw([p for p in model.parameters() if p.requires_grad])
+    opt_plain = _adamw([p for p in hf.parameters() if p.requires_grad])
+    losses = {} if losses is None else losses
+
+    def padt() -> None:
+        opt_padt.zero_grad(set_to_none=True)
+        out = compute_losses(model, batch, step=step_index)
+        out["loss"].backward()
+        opt_padt.step()
+        losses["padt"] = float(out["loss"].detach())
+
+    def plain() -> None:
+        opt_plain.zero_grad(set_to_none=True)
+        logits = hf(**plain_inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :length]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), plain_targets.flatten(), ignore_index=-100)
+        loss.backward()
+        opt_plain.step()
+        losses["plain"] = float(loss.detach())
+
+    return {"padt": padt, "plain": plain}
 
 
 def _adamw(params: list[torch.nn.Parameter]) -> torch.optim.AdamW:

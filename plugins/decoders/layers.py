@@ -195,24 +195,27 @@ def rotate_pairs_(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
 
     Equals ``apply_rotary`` on the un-permuted channels; computed in float32 whatever ``x``'s dtype.
     """
-    half = cis.shape[-1]
-    shape = (*x.shape[:-1], x.shape[-1] // (2 * half), half, 2)
     if x.dtype == torch.float32:
-        torch.view_as_complex(x.view(shape)).mul_(cis)
-    else:
-        rotated = torch.view_as_complex(x.float().reshape(shape)) * cis
-        x.copy_(torch.view_as_real(rotated).view(x.shape))
-    return x
+        torch.view_as_complex(x.view(_pairs_shape(x, cis))).mul_(cis)
+        return x
+    return x.copy_(_rotated(x, cis))
 
 
 def rotate_pairs(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     """``rotate_pairs_`` for tensors autograd records: a new tensor. Rotating a view in place makes the
     backward copy the whole projected tensor again (``CopySlices``), for every rotation of a step."""
-    if not (torch.is_grad_enabled() and x.requires_grad):
-        return rotate_pairs_(x, cis)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _rotated(x, cis)
+    return rotate_pairs_(x, cis)
+
+
+def _pairs_shape(x: torch.Tensor, cis: torch.Tensor) -> tuple[int, ...]:
     half = cis.shape[-1]
-    shape = (*x.shape[:-1], x.shape[-1] // (2 * half), half, 2)
-    rotated = torch.view_as_complex(x.float().reshape(shape)) * cis
+    return (*x.shape[:-1], x.shape[-1] // (2 * half), half, 2)
+
+
+def _rotated(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+    rotated = torch.view_as_complex(x.float().reshape(_pairs_shape(x, cis))) * cis
     return torch.view_as_real(rotated).view(x.shape).to(x.dtype)
 
 
