@@ -134,7 +134,7 @@ class FactoredMemory(TrunkMemory):
         self._normalised_cache: tuple[float, tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
     @classmethod
-    def from_shared(cls, base, base_valid, image_index, grids) -> FactoredMemory:
+    def from_shared(cls, base, base_valid, image_index, grids, full=None) -> FactoredMemory:
         return cls(base * base_valid[..., None].to(base.dtype), base_valid, image_index, grids)
 
     # --- reading (heads) -------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ class FactoredMemory(TrunkMemory):
         parts = (*self.parts, _AttentionPart(values, out.weight.t()), _BiasPart(out.bias, n))
         return FactoredMemory(self.base, self.base_valid, self.image_index, self.grids, self.scale, coef, parts)
 
-    def to_fine(self, fine, parents, fine_valid, grids, norm) -> FactoredMemory:
+    def to_fine(self, fine, parents, fine_valid, grids, norm, full=None) -> FactoredMemory:
         if self.scale is not None:
             raise RuntimeError("to_fine expects the low-resolution memory before any normalisation")
         d = self.hidden_size

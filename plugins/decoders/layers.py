@@ -22,6 +22,7 @@ __all__ = [
     "merge_heads",
     "pair_permutation",
     "rotary_cis",
+    "rotary_cos_sin",
     "rotate_pairs",
     "rotate_pairs_",
     "split_heads",
@@ -194,8 +195,10 @@ def rotate_pairs_(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` ``[..., N, H*dh]`` (pair-permuted channels) in place by ``cis`` ``[..., N, 1, dh/2]``.
 
     Equals ``apply_rotary`` on the un-permuted channels; computed in float32 whatever ``x``'s dtype.
+    ``cis`` may also be the same rotation as real ``(cos, sin)`` pairs, ``[..., N, 1, dh/2, 2]``
+    (``rotary_cos_sin``): the form ``torch.compile`` generates code for (it has no complex kernels).
     """
-    if x.dtype == torch.float32:
+    if x.dtype == torch.float32 and cis.is_complex():
         torch.view_as_complex(x.view(_pairs_shape(x, cis))).mul_(cis)
         return x
     return x.copy_(_rotated(x, cis))
@@ -209,14 +212,24 @@ def rotate_pairs(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     return rotate_pairs_(x, cis)
 
 
+def rotary_cos_sin(cis: torch.Tensor) -> torch.Tensor:
+    """``[..., 2]`` real ``(cos, sin)`` of a complex rotation ``cis`` (contiguous)."""
+    return torch.view_as_real(cis).contiguous()
+
+
 def _pairs_shape(x: torch.Tensor, cis: torch.Tensor) -> tuple[int, ...]:
-    half = cis.shape[-1]
+    half = cis.shape[-1] if cis.is_complex() else cis.shape[-2]
     return (*x.shape[:-1], x.shape[-1] // (2 * half), half, 2)
 
 
 def _rotated(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
-    rotated = torch.view_as_complex(x.float().reshape(_pairs_shape(x, cis))) * cis
-    return torch.view_as_real(rotated).view(x.shape).to(x.dtype)
+    pairs = x.float().reshape(_pairs_shape(x, cis))
+    if cis.is_complex():
+        rotated = torch.view_as_real(torch.view_as_complex(pairs) * cis)
+    else:
+        (a, b), (cos, sin) = pairs.unbind(-1), cis.unbind(-1)
+        rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
+    return rotated.view(x.shape).to(x.dtype)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

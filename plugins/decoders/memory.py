@@ -24,7 +24,7 @@ from torch import nn
 
 from padt_core.decoder import ObjectMemory
 
-from .layers import RMSNorm, attend, attend_projected, rotary_cis, rotate_pairs, split_heads
+from .layers import RMSNorm, attend, attend_projected, rotary_cis, rotary_cos_sin, rotate_pairs, split_heads
 
 __all__ = ["DenseMemory", "MemoryPositions", "Projection", "TrunkMemory"]
 
@@ -59,9 +59,16 @@ class MemoryPositions:
         cis = rotary_cis(pos, self.head_dim, self.theta)
         return cis[:, :quarter] if axis == 0 else cis[:, quarter:]
 
+    @cached_property
+    def cos_sin(self) -> torch.Tensor:
+        """``cis`` as real ``(cos, sin)`` pairs, ``[B, N, 1, head_dim/2, 2]``: what compiled code rotates with."""
+        return rotary_cos_sin(self.cis)
+
     def per_object(self, image_index: torch.Tensor) -> torch.Tensor:
-        """``cis`` for every object, ``[n|1, N, 1, head_dim/2]`` (broadcast instead of copied for one image)."""
-        return self.cis if self.cis.shape[0] == 1 else self.cis[image_index]
+        """``cis`` for every object, ``[n|1, N, 1, head_dim/2]`` (broadcast instead of copied for one image);
+        inside ``torch.compile`` the real ``cos_sin`` instead (no complex kernels there)."""
+        rotation = self.cos_sin if torch.compiler.is_compiling() else self.cis
+        return rotation if rotation.shape[0] == 1 else rotation[image_index]
 
 
 class TrunkMemory(ObjectMemory):
@@ -72,9 +79,17 @@ class TrunkMemory(ObjectMemory):
     @classmethod
     @abstractmethod
     def from_shared(
-        cls, base: torch.Tensor, base_valid: torch.Tensor, image_index: torch.Tensor, grids: torch.Tensor
+        cls,
+        base: torch.Tensor,
+        base_valid: torch.Tensor,
+        image_index: torch.Tensor,
+        grids: torch.Tensor,
+        full: bool | None = None,
     ) -> TrunkMemory:
-        """Every object starts from its image's rows of ``base`` ``[B, N, d]`` (``base_valid`` ``[B, N]``)."""
+        """Every object starts from its image's rows of ``base`` ``[B, N, d]`` (``base_valid`` ``[B, N]``).
+
+        ``full``: whether every row is valid, when the caller knows (else read from ``base_valid``).
+        """
 
     @abstractmethod
     def read(
@@ -127,6 +142,7 @@ class TrunkMemory(ObjectMemory):
         fine_valid: torch.Tensor,
         grids: torch.Tensor,
         norm: RMSNorm,
+        full: bool | None = None,
     ) -> TrunkMemory:
         """``norm(M[parents] + fine)``: each fine row gets its cell's row plus the fine features.
 
@@ -136,6 +152,7 @@ class TrunkMemory(ObjectMemory):
             fine_valid: ``[B, Nf]`` bool.
             grids: ``[n, 2]`` fine grid of each object.
             norm: the high-resolution RMSNorm.
+            full: whether every fine row is valid, when the caller knows (else read from ``fine_valid``).
         """
 
 
@@ -160,8 +177,8 @@ class DenseMemory(TrunkMemory):
         self._normalised: tuple[float, torch.Tensor] | None = None
 
     @classmethod
-    def from_shared(cls, base, base_valid, image_index, grids) -> DenseMemory:
-        full = bool(base_valid.all())
+    def from_shared(cls, base, base_valid, image_index, grids, full=None) -> DenseMemory:
+        full = bool(base_valid.all()) if full is None else full
         if not full:
             base = base * base_valid[..., None].to(base.dtype)
         return cls(base[image_index], base_valid[image_index], image_index, grids, full)
@@ -200,10 +217,10 @@ class DenseMemory(TrunkMemory):
             state = self.state + delta * self.valid[..., None].to(delta.dtype)
         return DenseMemory(state, self.valid, self.image_index, self.grids, self.full)
 
-    def to_fine(self, fine, parents, fine_valid, grids, norm) -> DenseMemory:
+    def to_fine(self, fine, parents, fine_valid, grids, norm, full=None) -> DenseMemory:
         rows = parents[self.image_index]
         state = self.state.gather(1, rows[..., None].expand(-1, -1, self.hidden_size)) + fine[self.image_index]
         valid = fine_valid[self.image_index]
-        full = bool(fine_valid.all())
+        full = bool(fine_valid.all()) if full is None else full
         state = norm(state) if full else norm(state) * valid[..., None].to(state.dtype)
         return DenseMemory(state, valid, self.image_index, grids, full)

@@ -68,6 +68,13 @@ class PaDTTrunkConfig(PluginConfig):
         "objects per image or narrow decoders); auto picks per batch by their cost",
     )
 
+    compile: bool = Field(
+        False,
+        description="torch.compile the blocks for training (dense memory): fused kernels instead of thousands of "
+        "small ops. Pays a compile (tens of seconds on CPU; again once when the object count first changes), "
+        "so it suits long runs; evaluation and generation stay eager",
+    )
+
     cell_positions: bool = Field(
         False, description="give each VRT query the 2-D position of the cell it names (additive, beyond the reference)"
     )
@@ -213,37 +220,77 @@ class PaDTTrunk(Trunk):
         features = inputs.features
         n, num_head_queries = inputs.num_objects, queries.shape[0]
 
-        # Queries: [head tokens | VRT tokens], padded per object; the initial tokens are the positions.
+        # Queries: [head tokens | VRT tokens], padded per object.
         vrt, vrt_mask = pad_packed(inputs.vrt_states.to(dtype), inputs.counts)
-        tokens = self.input_projection(vrt) + self.vrt_embedding.weight
-        if self.config.cell_positions:
-            tokens = tokens + self.cell_position(self._cell_sinusoid(inputs, index, dtype))
-        q = torch.cat([queries.to(dtype).expand(n, -1, -1), tokens], dim=1)
+        cell_sinusoid = self._cell_sinusoid(inputs, index, dtype) if self.config.cell_positions else None
         q_mask = None if bool(vrt_mask.all()) else torch.cat([vrt_mask.new_ones(n, num_head_queries), vrt_mask], 1)
-        q_pos = q
+        queries = queries.to(dtype)
 
-        # Low-res memory: projected prototypes on the VRT grid, at their top-left fine patch.
+        # Everything read on the host (grids, counts, which rows are padding) is settled here, so the
+        # blocks below are tensor arithmetic only: one graph when compiled.
         has_fine = inputs.has_fine and self.vision_hidden_size is not None
         tables = self._tables(features, has_fine, queries.device)
         protos, proto_valid = pad_rows([p.to(dtype) for p in inputs.prototypes])
-        memory_cls = self._memory_kind(n, len(features), q.shape[1])
-        memory = memory_cls.from_shared(self.input_projection(protos), proto_valid, index, tables.grids[index])
-        q, memory = self.low_res_transformer(q, q_pos, q_mask, memory, tables.cell_positions)
-
-        # High-res memory: each fine patch = its cell's memory row + the fine feature, normalised.
+        memory_cls = self._memory_kind(n, len(features), num_head_queries + vrt.shape[1])
+        fine = fine_valid = None
         if has_fine:
             fines = [f.fine.to(dtype) for f in features]
             if tables.fine_order is not None:
                 fines = [x[o] for x, o in zip(fines, tables.fine_order)]
             fine, fine_valid = pad_rows(fines)
-            fine_grids = tables.fine_grids[index]
-            memory = memory.to_fine(
-                self.fine_projection(fine), tables.parents, fine_valid, fine_grids, self.high_res_norm
-            )
-            positions = tables.fine_positions
-            q, memory = self.high_res_transformer1(q, q_pos, q_mask, memory, positions)
-            q, memory = self.high_res_transformer2(q, q_pos, q_mask, memory, positions)
+        run = self._run
+        if self.config.compile and memory_cls is DenseMemory and torch.is_grad_enabled():
+            run = self._compiled_run()
+        q, memory = run(
+            queries, vrt, cell_sinusoid, q_mask, index, tables, memory_cls, protos, proto_valid,
+            bool(proto_valid.all()), fine, fine_valid, fine_valid is not None and bool(fine_valid.all()),
+        )  # fmt: skip
         return TrunkOutput(queries=q[:, :num_head_queries], memory=memory if return_memory else None)
+
+    def _run(
+        self,
+        queries: torch.Tensor,
+        vrt: torch.Tensor,
+        cell_sinusoid: torch.Tensor | None,
+        q_mask: torch.Tensor | None,
+        index: torch.Tensor,
+        tables: _LayoutTables,
+        memory_cls: type[TrunkMemory],
+        protos: torch.Tensor,
+        proto_valid: torch.Tensor,
+        protos_full: bool,
+        fine: torch.Tensor | None,
+        fine_valid: torch.Tensor | None,
+        fine_full: bool,
+    ) -> tuple[torch.Tensor, TrunkMemory]:
+        """The blocks: low-res memory from the prototypes, then (with ``fine``) the two high-res blocks."""
+        tokens = self.input_projection(vrt) + self.vrt_embedding.weight
+        if cell_sinusoid is not None:
+            tokens = tokens + self.cell_position(cell_sinusoid)
+        q = torch.cat([queries.expand(vrt.shape[0], -1, -1), tokens], dim=1)
+        q_pos = q  # the initial tokens are the positions
+        # Low-res memory: projected prototypes on the VRT grid, at their top-left fine patch.
+        memory = memory_cls.from_shared(
+            self.input_projection(protos), proto_valid, index, tables.grids[index], full=protos_full
+        )
+        q, memory = self.low_res_transformer(q, q_pos, q_mask, memory, tables.cell_positions)
+        if fine is None:
+            return q, memory
+        # High-res memory: each fine patch = its cell's memory row + the fine feature, normalised.
+        fine_grids = tables.fine_grids[index]
+        memory = memory.to_fine(
+            self.fine_projection(fine), tables.parents, fine_valid, fine_grids, self.high_res_norm, full=fine_full
+        )
+        q, memory = self.high_res_transformer1(q, q_pos, q_mask, memory, tables.fine_positions)
+        q, memory = self.high_res_transformer2(q, q_pos, q_mask, memory, tables.fine_positions)
+        return q, memory
+
+    def _compiled_run(self):
+        """``_run`` under ``torch.compile`` (built on first use; not part of the module's state)."""
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None:
+            compiled = self.__dict__["_compiled"] = torch.compile(self._run)
+        return compiled
 
     def _memory_kind(self, num_objects: int, num_images: int, num_queries: int) -> type[TrunkMemory]:
         """``config.memory``; for ``auto``, the cheaper kind for this batch.
@@ -311,6 +358,7 @@ class PaDTTrunk(Trunk):
         for positions in (tables.cell_positions, tables.fine_positions):
             if positions is not None:
                 positions.cis  # noqa: B018 -- the rotary angles are the costly part: compute them once
+                positions.cos_sin  # noqa: B018 -- and their real form, which compiled blocks read
         return tables
 
     def _positions(self, per_image: list[torch.Tensor], factor: int) -> MemoryPositions:
