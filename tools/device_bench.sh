@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark suite on a lent GPU machine (bare image: PyTorch there, our other needs carried as
-# wheels in .whl/, see docs/performance.md). Writes JSON into $OUT. Usage: bash tools/device_bench.sh [3b]
+# wheels in .whl/, see docs/performance.md). Writes JSON into $OUT. Usage: bash tools/device_bench.sh [3b|compile]
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/padt . || exit 1
@@ -18,6 +18,20 @@ keys = ("ratio", "speedup_100", "growth_100_over_10", "peak_mem_mb")
 print("  ", {k: d[k] for k in keys if k in d}, {k: d[k].get("step_ms") for k in ("padt", "plain") if k in d})
 PY
 }
+WIDE="backbone.config.text_config.hidden_size=1024 backbone.config.text_config.intermediate_size=2816
+ backbone.config.text_config.num_hidden_layers=8 backbone.config.text_config.num_attention_heads=16
+ backbone.config.text_config.num_key_value_heads=4 backbone.config.text_config.rope_parameters.mrope_section=[8,12,12]
+ backbone.config.vision_config.hidden_size=256 backbone.config.vision_config.intermediate_size=1024
+ backbone.config.vision_config.depth=4 backbone.config.vision_config.out_hidden_size=1024
+ decoder.trunk.hidden_size=256 decoder.trunk.intermediate_size=684 decoder.trunk.num_heads=4"
+if [ "${1:-}" = "compile" ]; then
+  # eager vs decoder.trunk.compile on one warm card (bf16): the tiny recipe and the ~100 M-parameter widths
+  for c in false true; do
+    STEP_TIMEOUT=200 run train_bf16_compile_$c bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20 decoder.trunk.compile=$c
+    STEP_TIMEOUT=200 run train_wide_bf16_compile_$c bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20 decoder.trunk.compile=$c $(echo $WIDE)
+  done
+  exit
+fi
 if [ "${1:-}" = "3b" ]; then
   # Qwen2.5-VL-3B widths and depths (random weights, the tiny tokenizer's vocabulary), reference decoder
   QWEN3B="backbone.config.text_config.hidden_size=2048 backbone.config.text_config.intermediate_size=11008
@@ -33,12 +47,6 @@ fi
 run train_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20
 run train_fp32 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --steps 20
 # the same comparison at a width where the GPU computes rather than waits on the host (~100 M parameters)
-WIDE="backbone.config.text_config.hidden_size=1024 backbone.config.text_config.intermediate_size=2816
- backbone.config.text_config.num_hidden_layers=8 backbone.config.text_config.num_attention_heads=16
- backbone.config.text_config.num_key_value_heads=4 backbone.config.text_config.rope_parameters.mrope_section=[8,12,12]
- backbone.config.vision_config.hidden_size=256 backbone.config.vision_config.intermediate_size=1024
- backbone.config.vision_config.depth=4 backbone.config.vision_config.out_hidden_size=1024
- decoder.trunk.hidden_size=256 decoder.trunk.intermediate_size=684 decoder.trunk.num_heads=4"
 run train_wide_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20 $(echo $WIDE)
 run generate_tiny_qwen_bf16 bench generate --recipe $R/tiny_qwen.yaml --device cuda --dtype bfloat16 --repeats 10
 run generate_tiny_llava_bf16 bench generate --recipe $R/tiny_llava.yaml --device cuda --dtype bfloat16 --repeats 10
