@@ -206,7 +206,7 @@ class PaDTModel(nn.Module):
         if self.projection is None:  # answer format without VRTs
             prototypes, bank = [], None
         else:
-            prototypes = [self.projection(f.tokens, f.grid) for f in features]
+            prototypes = self.projection.project_all([f.tokens for f in features], [f.grid for f in features])
             bank = PrototypeBank.from_prototypes(
                 prototypes, image_index, self.backbone.hidden_size, self.device, self.dtype
             )
@@ -222,12 +222,14 @@ class PaDTModel(nn.Module):
                     f"the input holds VRT ids (>= {vocab}) but answer format {self.answer_format.name!r} uses no VRTs"
                 )
             return
-        for b in range(input_ids.shape[0]):
-            ks = input_ids[b][input_ids[b] >= vocab] - vocab
-            if ks.numel() and int(ks.max()) >= encoded.cells(b):
-                raise ValueError(
-                    f"sample {b} refers to <|VRT_{int(ks.max())}|> but its image has {encoded.cells(b)} cells"
-                )
+        # Largest VRT id of each sample against its image's cell count: one host read for the batch.
+        cells = torch.tensor([encoded.cells(b) for b in range(input_ids.shape[0])], device=input_ids.device)
+        highest = torch.where(input_ids >= vocab, input_ids - vocab, -1).amax(1) if input_ids.numel() else cells - 1
+        bad = (highest >= cells).nonzero()
+        if bad.numel():
+            b = int(bad[0])
+            k = int(highest[b])
+            raise ValueError(f"sample {b} refers to <|VRT_{k}|> but its image has {encoded.cells(b)} cells")
 
     # --- the VRT hooks --------------------------------------------------------------------------
     @contextmanager

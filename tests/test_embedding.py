@@ -48,3 +48,29 @@ def test_bank_embedding_and_logits_are_per_sample():
     assert (logits[1, :, vocab:] == torch.finfo(torch.float32).min).all()
     beams = extend_logits(torch.zeros(6, 1, vocab), torch.randn(6, 1, 8), bank)  # 2 beams per sample
     assert (beams[2:4, :, vocab:] == torch.finfo(torch.float32).min).all()
+
+
+def test_project_all_batches_images_of_one_grid_and_keeps_their_order():
+    torch.manual_seed(0)
+    proj = PrototypeProjection(16, rank=4, position="learned", max_grid=(4, 4))
+    with torch.no_grad():  # away from the all-zero start, so the comparison means something
+        for p in proj.parameters():
+            p.normal_()
+    grids = [(2, 3), (3, 3), (2, 3), (2, 3)]
+    tokens = [torch.randn(h * w, 16, requires_grad=True) for h, w in grids]
+    together = proj.project_all(tokens, grids)
+    alone = [proj(t, g) for t, g in zip(tokens, grids)]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b)
+    grads = torch.autograd.grad(sum((t * (i + 1)).sum() for i, t in enumerate(together)), tokens)
+    for i, g in enumerate(grads):  # each image's gradient reaches its own tokens
+        torch.testing.assert_close(g, torch.autograd.grad((alone[i] * (i + 1)).sum(), tokens[i], retain_graph=True)[0])
+
+
+def test_bank_of_equal_images_is_stacked_like_the_padded_one():
+    protos = [torch.randn(4, 8) for _ in range(3)]
+    bank = PrototypeBank.from_prototypes(protos, [2, 0, 1], 8, torch.device("cpu"), torch.float64)
+    assert bank.bank.dtype == torch.float64 and bank.valid.all() and bank.bank.shape == (3, 4, 8)
+    torch.testing.assert_close(bank.bank, torch.stack([protos[2], protos[0], protos[1]]).double())
+    mixed = PrototypeBank.from_prototypes([*protos, torch.randn(2, 8)], [2, 3], 8, torch.device("cpu"), torch.float32)
+    assert mixed.valid.sum(1).tolist() == [4, 2]  # different sizes: padded
