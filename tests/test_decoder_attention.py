@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,6 +148,9 @@ def test_rotation_as_real_pairs_equals_the_complex_one():
     torch.testing.assert_close(rotate_pairs(leaf, rotary_cos_sin(cis)), want)
 
 
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile on CPU needs a C++ compiler"
+)
 def test_compiled_trunk_equals_eager_with_gradients():
     """``decoder.trunk.compile``: the blocks run as one compiled graph in training, with the eager
     values and gradients — images of two sizes (padded memory rows) and objects with 1..5 VRTs
