@@ -19,7 +19,7 @@ object's memory is its own (``factored_memory.py`` keeps that cheap), attention 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,8 +71,8 @@ class PaDTTrunkConfig(PluginConfig):
     compile: bool = Field(
         False,
         description="torch.compile the blocks for training (dense memory): fused kernels instead of thousands of "
-        "small ops. Pays a compile (tens of seconds on CPU; again once when the object count first changes), "
-        "so it suits long runs; evaluation and generation stay eager",
+        "small ops. Pays compiles (tens of seconds each on CPU, needing a C++ compiler; the first step, then "
+        "once or twice as object counts vary), so it suits long runs; evaluation and generation stay eager",
     )
 
     cell_positions: bool = Field(
@@ -285,7 +285,7 @@ class PaDTTrunk(Trunk):
         q, memory = self.high_res_transformer2(q, q_pos, q_mask, memory, tables.fine_positions)
         return q, memory
 
-    def _compiled_run(self):
+    def _compiled_run(self) -> Callable[..., tuple[torch.Tensor, TrunkMemory]]:
         """``_run`` under ``torch.compile`` (built on first use; not part of the module's state)."""
         compiled = self.__dict__.get("_compiled")
         if compiled is None:
