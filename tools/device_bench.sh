@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark suite on a lent GPU machine (bare image: PyTorch there, our other needs carried as
-# wheels in .whl/, see docs/performance.md). Writes JSON into $OUT. Usage: bash tools/device_bench.sh [3b|compile]
+# wheels in .whl/, see docs/performance.md). Writes JSON into $OUT. Usage: bash tools/device_bench.sh [3b|3b-compile|compile]
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/padt . || exit 1
@@ -32,7 +32,8 @@ if [ "${1:-}" = "compile" ]; then
   done
   exit
 fi
-if [ "${1:-}" = "3b" ]; then
+if [ "${1:-}" = "3b" ] || [ "${1:-}" = "3b-compile" ]; then
+  [ "${1:-}" = "3b-compile" ] && set -- 3b compile
   # Qwen2.5-VL-3B widths and depths (random weights, the tiny tokenizer's vocabulary), reference decoder
   QWEN3B="backbone.config.text_config.hidden_size=2048 backbone.config.text_config.intermediate_size=11008
    backbone.config.text_config.num_hidden_layers=36 backbone.config.text_config.num_attention_heads=16
@@ -41,6 +42,11 @@ if [ "${1:-}" = "3b" ]; then
    backbone.config.vision_config.num_heads=16 backbone.config.vision_config.depth=32
    backbone.config.vision_config.fullatt_block_indexes=[7,15,23,31] backbone.config.vision_config.out_hidden_size=2048
    decoder.trunk.hidden_size=1280 decoder.trunk.intermediate_size=3420 decoder.trunk.num_heads=16"
+  if [ "${2:-}" = "compile" ]; then  # eager (auto: factored memory) vs the compiled trunk (dense memory)
+    STEP_TIMEOUT=240 run train_3b_bf16_eager bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 10 $(echo $QWEN3B)
+    STEP_TIMEOUT=300 run train_3b_bf16_compiled_dense bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 10 $(echo $QWEN3B) decoder.trunk.memory=dense decoder.trunk.compile=true
+    exit
+  fi
   STEP_TIMEOUT=290 run train_3b_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 10 $(echo $QWEN3B)
   exit
 fi
