@@ -333,10 +333,13 @@ class Trunk(nn.Module, ABC):
 
     Subclasses set ``name`` and ``Config`` and keep ``hidden_size``, ``llm_hidden_size`` and
     ``vision_hidden_size`` (``None`` when built for a backbone without fine features).
+    ``compile_training`` is set by the decoder from ``decoder.compile``: a trunk may then run its
+    training forward through ``torch.compile`` (same values; ignoring it is correct too).
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[PluginConfig]]
+    compile_training: bool = False
 
     hidden_size: int
     llm_hidden_size: int
@@ -428,10 +431,14 @@ class Head(nn.Module, ABC):
         needs_fine: whether the head needs fine image features (checked when the decoder is built).
         requires: names of heads whose predictions ``loss`` reads from ``ctx.predictions``.
         loss_keys: names of the terms ``loss`` returns (``box_giou``, ...); unique across heads.
+
+    ``compile_training`` is set by the decoder from ``decoder.compile``: a head may
+    then run its training math through ``torch.compile`` (same values; ignoring it is correct too).
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[PluginConfig]]
+    compile_training: bool = False
     num_queries: ClassVar[int] = 1
     reads_memory: ClassVar[bool] = False
     needs_fine: ClassVar[bool] = False
@@ -476,7 +483,9 @@ class PaDTDecoder(nn.Module):
     ``{"box": [x1, y1, x2, y2], "score": 0.93, "mask": bool array}`` in original-image pixels.
     """
 
-    def __init__(self, trunk: Trunk, heads: Sequence[Head], layout: str | Layout = "raster") -> None:
+    def __init__(
+        self, trunk: Trunk, heads: Sequence[Head], layout: str | Layout = "raster", *, compile: bool = False
+    ) -> None:
         super().__init__()
         names = [h.name for h in heads]
         if not names:
@@ -502,6 +511,8 @@ class PaDTDecoder(nn.Module):
         self.trunk = trunk
         self.heads = nn.ModuleDict({h.name: h for h in heads})
         self.layout = get_layout(layout)
+        for part in (trunk, *heads):
+            part.compile_training = compile
 
     @classmethod
     def from_config(cls, config: DecoderConfig, *, llm_hidden_size: int, vision_hidden_size: int | None) -> PaDTDecoder:
@@ -518,7 +529,7 @@ class PaDTDecoder(nn.Module):
             layout=layout,
         )
         heads = [c.from_config(h, hidden_size=trunk.hidden_size) for c, h in zip(head_classes, config.heads)]
-        return cls(trunk, heads, layout)
+        return cls(trunk, heads, layout, compile=config.compile)
 
     @property
     def reads_memory(self) -> bool:

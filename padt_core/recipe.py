@@ -123,6 +123,13 @@ class DecoderConfig(_Section):
     trunk: TrunkSection
     heads: list[HeadSection] = Field(min_length=1)
     layout: Literal["raster", "reference"] = "raster"
+    compile: bool = Field(
+        False,
+        description="torch.compile the decoder's training math (the trunk's blocks, the heads' that support it): "
+        "fused kernels instead of thousands of small ops. Pays compiles (tens of seconds each on CPU, needing a "
+        "C++ compiler; the first step, then once or twice as object counts vary), so it suits long runs; "
+        "evaluation and generation stay eager",
+    )
 
 
 class GenerationConfig(_Section):

@@ -65,9 +65,11 @@ def make_inputs(
     )
 
 
-def make_decoder(heads=("box", "score", "mask"), *, memory: str = "factored", seed: int = 0, **trunk) -> PaDTDecoder:
+def make_decoder(
+    heads=("box", "score", "mask"), *, memory: str = "factored", seed: int = 0, compile: bool = False, **trunk
+) -> PaDTDecoder:
     torch.manual_seed(seed)
-    config = DecoderConfig(trunk={**TINY, "memory": memory, **trunk}, heads=list(heads))
+    config = DecoderConfig(trunk={**TINY, "memory": memory, **trunk}, heads=list(heads), compile=compile)
     decoder = PaDTDecoder.from_config(config, llm_hidden_size=D_LLM, vision_hidden_size=D_VIS)
     with torch.no_grad():  # larger weights than the 0.02 init, so memory updates matter in comparisons
         for p in decoder.parameters():

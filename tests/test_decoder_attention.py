@@ -151,10 +151,10 @@ def test_rotation_as_real_pairs_equals_the_complex_one():
 @pytest.mark.skipif(
     not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile on CPU needs a C++ compiler"
 )
-def test_compiled_trunk_equals_eager_with_gradients():
-    """``decoder.trunk.compile``: the blocks run as one compiled graph in training, with the eager
-    values and gradients — images of two sizes (padded memory rows) and objects with 1..5 VRTs
-    (padded query rows). Evaluation stays eager."""
+def test_compiled_decoder_equals_eager_with_gradients():
+    """``decoder.compile``: the trunk's blocks run as one compiled graph in training, the mask head's
+    logits and loss terms as one each, with the eager values and gradients — images of two sizes
+    (padded memory rows) and objects with 1..5 VRTs (padded query rows). Evaluation stays eager."""
     inputs = make_inputs(GRIDS, OBJECTS)
     targets = make_targets(len(OBJECTS))
     results = []
@@ -167,10 +167,12 @@ def test_compiled_trunk_equals_eager_with_gradients():
         grads = {k: p.grad.clone() for k, p in decoder.named_parameters() if p.grad is not None}
         results.append(({k: v.detach() for k, v in losses.items()}, grads))
         if compile_:
-            assert "_compiled" in decoder.trunk.__dict__
-            assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]  # no host reads inside
+            assert set(decoder.trunk.__dict__["_compiled"]) == {"_run"}
+            assert set(decoder.heads["mask"].__dict__["_compiled"]) == {"_train_logits", "_loss_terms"}
+            assert counters["stats"]["unique_graphs"] == 3 and not counters["graph_break"]  # no host reads inside
             with torch.no_grad():
                 decoder(inputs)  # eager under no_grad: nothing else compiled, values unchanged
+            assert counters["stats"]["unique_graphs"] == 3
     (eager_losses, eager_grads), (compiled_losses, compiled_grads) = results
     assert eager_losses.keys() == compiled_losses.keys()
     for key in eager_losses:

@@ -25,10 +25,10 @@ WIDE="backbone.config.text_config.hidden_size=1024 backbone.config.text_config.i
  backbone.config.vision_config.depth=4 backbone.config.vision_config.out_hidden_size=1024
  decoder.trunk.hidden_size=256 decoder.trunk.intermediate_size=684 decoder.trunk.num_heads=4"
 if [ "${1:-}" = "compile" ]; then
-  # eager vs decoder.trunk.compile on one warm card (bf16): the tiny recipe and the ~100 M-parameter widths
+  # eager vs decoder.compile on one warm card (bf16): the tiny recipe and the ~100 M-parameter widths
   for c in false true; do
-    STEP_TIMEOUT=200 run train_bf16_compile_$c bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20 decoder.trunk.compile=$c
-    STEP_TIMEOUT=200 run train_wide_bf16_compile_$c bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20 decoder.trunk.compile=$c $(echo $WIDE)
+    STEP_TIMEOUT=200 run train_bf16_compile_$c bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20 decoder.compile=$c
+    STEP_TIMEOUT=200 run train_wide_bf16_compile_$c bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 20 decoder.compile=$c $(echo $WIDE)
   done
   exit
 fi
@@ -42,9 +42,10 @@ if [ "${1:-}" = "3b" ] || [ "${1:-}" = "3b-compile" ]; then
    backbone.config.vision_config.num_heads=16 backbone.config.vision_config.depth=32
    backbone.config.vision_config.fullatt_block_indexes=[7,15,23,31] backbone.config.vision_config.out_hidden_size=2048
    decoder.trunk.hidden_size=1280 decoder.trunk.intermediate_size=3420 decoder.trunk.num_heads=16"
-  if [ "${2:-}" = "compile" ]; then  # eager (auto: factored memory) vs the compiled trunk (dense memory)
-    STEP_TIMEOUT=240 run train_3b_bf16_eager bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 10 $(echo $QWEN3B)
-    STEP_TIMEOUT=300 run train_3b_bf16_compiled_dense bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 10 $(echo $QWEN3B) decoder.trunk.memory=dense decoder.trunk.compile=true
+  if [ "${2:-}" = "compile" ]; then  # dense memory (what compiles), eager vs decoder.compile
+    for c in false true; do
+      STEP_TIMEOUT=240 run train_3b_bf16_dense_compile_$c bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 10 $(echo $QWEN3B) decoder.trunk.memory=dense decoder.compile=$c
+    done
     exit
   fi
   STEP_TIMEOUT=290 run train_3b_bf16 bench train --recipe $R/tiny_qwen_shapes.yaml --device cuda --dtype bfloat16 --steps 10 $(echo $QWEN3B)

@@ -6,6 +6,8 @@ Module and parameter names follow the reference decoder (reference §5.2, §10.2
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,7 @@ __all__ = [
     "apply_rotary",
     "attend",
     "attend_projected",
+    "compiled",
     "few_keys",
     "init_weights",
     "merge_heads",
@@ -84,6 +87,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Te
     """
     if few_keys(q, k):
         return torch.matmul(_few_key_probs(q, k, key_mask).transpose(-1, -2), v)
+    if q.device.type == "cpu" and torch.compiler.is_compiling():
+        # Compiled CPU code: scores, softmax and the products as plain ops, which inductor fuses; the
+        # CPU flash kernel's backward took 0.7 ms per call for 8 queries over 256 keys (~0.1 ms of products).
+        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(q.dtype), v)
     mask = None if key_mask is None else key_mask[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -230,6 +240,15 @@ def _rotated(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
         (a, b), (cos, sin) = pairs.unbind(-1), cis.unbind(-1)
         rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
     return rotated.view(x.shape).to(x.dtype)
+
+
+def compiled(module: nn.Module, method: str) -> Callable:
+    """``module.<method>`` under ``torch.compile``, built on first use and kept out of the module's state
+    (its ``state_dict`` and parameters are untouched; only this process holds the compiled code)."""
+    cache = module.__dict__.setdefault("_compiled", {})
+    if method not in cache:
+        cache[method] = torch.compile(getattr(module, method))
+    return cache[method]
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -26,7 +26,7 @@ from padt_core.decoder import DecoderContext, Head, ObjectTargets
 from padt_core.losses import dice_loss, sigmoid_focal_loss
 from padt_core.plugins import PluginConfig
 
-from .layers import RMSNorm, init_weights
+from .layers import RMSNorm, compiled, init_weights
 
 __all__ = ["SUBCELLS", "MaskHead", "MaskHeadConfig"]
 
@@ -71,13 +71,19 @@ class MaskHead(Head):
         memory = ctx.memory
         if memory is None or not torch.equal(memory.grids, fine_grids):
             raise ValueError("the mask head needs the trunk's memory on the fine grid")
-        v = self.object_mlp(query_out[:, 0])  # [n, d/16]
         if torch.is_grad_enabled():
-            logits = self._logits(memory.project(self.upscale1.weight, self.upscale1.bias), v)
+            rows = memory.project(self.upscale1.weight, self.upscale1.bias)
+            train_logits = compiled(self, "_train_logits") if self.compile_training else self._train_logits
+            logits = train_logits(rows, query_out[:, 0])
         else:  # inference: a few objects at a time, so the [n, N, d] buffers never exist at once
+            v = self.object_mlp(query_out[:, 0])  # [n, d/16]
             chunks = memory.project_chunks(self.upscale1.weight, self.upscale1.bias)
             logits = torch.cat([self._logits(x, v[objects]) for objects, x in chunks])
         return ctx.layout.place_patches(logits, fine_grids)
+
+    def _train_logits(self, rows: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """``[n, N, 4, 4]`` from the projected memory rows and each object's mask token (tensor math only)."""
+        return self._logits(rows, self.object_mlp(token))
 
     def _logits(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``[n, N, 4, 4]`` sub-cell logits from projected memory rows ``x`` ``[n, N, d]`` and ``v`` ``[n, d/16]``."""
@@ -97,11 +103,20 @@ class MaskHead(Head):
         if not bool(has_mask.any()):  # nothing to learn, but keep the head in the graph
             zero = pred.float().sum() * 0.0
             return {"mask_dice": zero, "mask_focal": zero}
-        logits, gt, valid = pred[has_mask], gt[has_mask], valid[has_mask]
+        if not bool(has_mask.all()):
+            pred, gt, valid = pred[has_mask], gt[has_mask], valid[has_mask]
+        terms = compiled(self, "_loss_terms") if self.compile_training else self._loss_terms
+        dice, focal = terms(pred, gt, valid)
+        return {"mask_dice": dice, "mask_focal": focal}
+
+    def _loss_terms(
+        self, logits: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted dice and focal terms, averaged over objects (tensor math only)."""
         cfg = self.config
         dice = dice_loss(logits, gt, valid).mean()
         focal = sigmoid_focal_loss(logits, gt, valid, cfg.focal_alpha, cfg.focal_gamma).mean()
-        return {"mask_dice": cfg.dice_weight * dice, "mask_focal": cfg.focal_weight * focal}
+        return cfg.dice_weight * dice, cfg.focal_weight * focal
 
     def _targets(
         self, targets: ObjectTargets, ctx: DecoderContext, canvas: torch.Size

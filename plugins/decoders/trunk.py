@@ -19,7 +19,7 @@ object's memory is its own (``factored_memory.py`` keeps that cheap), attention 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +38,7 @@ from .layers import (
     Attention,
     RMSNorm,
     attend,
+    compiled,
     init_weights,
     merge_heads,
     pair_permutation,
@@ -66,13 +67,6 @@ class PaDTTrunkConfig(PluginConfig):
         description="per-object memory kept as shared image rows + low-rank object part (exact, fast for many "
         "objects per image at wide decoders) or as dense copies (the reference's arithmetic; faster for few "
         "objects per image or narrow decoders); auto picks per batch by their cost",
-    )
-
-    compile: bool = Field(
-        False,
-        description="torch.compile the blocks for training (dense memory): fused kernels instead of thousands of "
-        "small ops. Pays compiles (tens of seconds each on CPU, needing a C++ compiler; the first step, then "
-        "once or twice as object counts vary), so it suits long runs; evaluation and generation stay eager",
     )
 
     cell_positions: bool = Field(
@@ -239,8 +233,8 @@ class PaDTTrunk(Trunk):
                 fines = [x[o] for x, o in zip(fines, tables.fine_order)]
             fine, fine_valid = pad_rows(fines)
         run = self._run
-        if self.config.compile and memory_cls is DenseMemory and torch.is_grad_enabled():
-            run = self._compiled_run()
+        if self.compile_training and memory_cls is DenseMemory and torch.is_grad_enabled():
+            run = compiled(self, "_run")
         q, memory = run(
             queries, vrt, cell_sinusoid, q_mask, index, tables, memory_cls, protos, proto_valid,
             bool(proto_valid.all()), fine, fine_valid, fine_valid is not None and bool(fine_valid.all()),
@@ -284,13 +278,6 @@ class PaDTTrunk(Trunk):
         q, memory = self.high_res_transformer1(q, q_pos, q_mask, memory, tables.fine_positions)
         q, memory = self.high_res_transformer2(q, q_pos, q_mask, memory, tables.fine_positions)
         return q, memory
-
-    def _compiled_run(self) -> Callable[..., tuple[torch.Tensor, TrunkMemory]]:
-        """``_run`` under ``torch.compile`` (built on first use; not part of the module's state)."""
-        compiled = self.__dict__.get("_compiled")
-        if compiled is None:
-            compiled = self.__dict__["_compiled"] = torch.compile(self._run)
-        return compiled
 
     def _memory_kind(self, num_objects: int, num_images: int, num_queries: int) -> type[TrunkMemory]:
         """``config.memory``; for ``auto``, the cheaper kind for this batch.
