@@ -382,11 +382,11 @@ def test_auto_memory_picks_the_cheaper_kind():
     from padt_plugins.decoders.memory import DenseMemory
     from padt_plugins.decoders.trunk import PaDTTrunk, PaDTTrunkConfig
 
-    def kind(width: int, heads: int, objects: int, images: int, queries: int = 8):
+    def kind(width: int, heads: int, objects: int, images: int, queries: int = 8, rows=None, device=None):
         # the rule reads only the config and the width: no need to build a 1280-wide trunk for it
         config = PaDTTrunkConfig(hidden_size=width, intermediate_size=width, num_heads=heads, memory="auto")
         trunk = types.SimpleNamespace(config=config, hidden_size=width)
-        return PaDTTrunk._memory_kind(trunk, objects, images, queries)
+        return PaDTTrunk._memory_kind(trunk, objects, images, queries, rows, device)
 
     # reference widths: R = 3 * (16 * 8 + 1) = 387 against d = 1280
     assert kind(1280, 16, objects=100, images=1) is FactoredMemory
@@ -396,3 +396,11 @@ def test_auto_memory_picks_the_cheaper_kind():
     assert kind(1280, 16, objects=1, images=1) is DenseMemory  # nothing to share
     # the tiny recipes' decoder (64 wide, 4 heads): R = 99 > 64, dense even with many objects per image
     assert kind(64, 4, objects=100, images=1) is DenseMemory
+    # on an accelerator dense copies win while objects x rows x width stays within 2**26 elements
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert kind(1280, 16, objects=12, images=8, rows=256, device=cuda) is DenseMemory  # a 3B training batch
+    assert kind(1280, 16, objects=12, images=8, rows=256, device=cpu) is FactoredMemory  # CPUs pay products
+    assert kind(1280, 16, objects=100, images=1, rows=1024, device=cuda) is FactoredMemory  # 131 M elements
+    assert kind(1280, 16, objects=52, images=1, rows=1024, device=cuda) is FactoredMemory  # just above 2**26
+    assert kind(1280, 16, objects=51, images=1, rows=1024, device=cuda) is DenseMemory  # just below
+    assert kind(1280, 16, objects=51, images=1, rows=1024, device=cpu) is FactoredMemory
