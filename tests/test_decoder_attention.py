@@ -154,7 +154,8 @@ def test_rotation_as_real_pairs_equals_the_complex_one():
 def test_compiled_decoder_equals_eager_with_gradients():
     """``decoder.compile``: the trunk's blocks run as one compiled graph in training, the mask head's
     logits and loss terms as one each, with the eager values and gradients — images of two sizes
-    (padded memory rows) and objects with 1..5 VRTs (padded query rows). Evaluation stays eager."""
+    (padded memory rows) and objects with 1..5 VRTs (padded query rows). The object count is dynamic
+    from the first compile (no recompile when it changes); evaluation stays eager."""
     inputs = make_inputs(GRIDS, OBJECTS)
     targets = make_targets(len(OBJECTS))
     results = []
@@ -172,6 +173,9 @@ def test_compiled_decoder_equals_eager_with_gradients():
             assert counters["stats"]["unique_graphs"] == 3 and not counters["graph_break"]  # no host reads inside
             with torch.no_grad():
                 decoder(inputs)  # eager under no_grad: nothing else compiled, values unchanged
+            for objects in (OBJECTS[:3], OBJECTS + OBJECTS[:2]):  # other object counts: the same graphs
+                fewer = make_inputs(GRIDS, objects)
+                decoder.loss(decoder(fewer), make_targets(len(objects)), fewer)["total"].backward()
             assert counters["stats"]["unique_graphs"] == 3
     (eager_losses, eager_grads), (compiled_losses, compiled_grads) = results
     assert eager_losses.keys() == compiled_losses.keys()

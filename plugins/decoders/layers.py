@@ -242,9 +242,17 @@ def _rotated(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     return rotated.view(x.shape).to(x.dtype)
 
 
-def compiled(module: nn.Module, method: str) -> Callable:
+def compiled(module: nn.Module, method: str, *per_object: torch.Tensor | None) -> Callable:
     """``module.<method>`` under ``torch.compile``, built on first use and kept out of the module's state
-    (its ``state_dict`` and parameters are untouched; only this process holds the compiled code)."""
+    (its ``state_dict`` and parameters are untouched; only this process holds the compiled code).
+
+    ``per_object``: the call's tensors whose first dim is the object count. It changes from batch to
+    batch, so it is marked dynamic up front: one compile serves every count instead of a recompile at
+    the first change and another at a count outside the range inferred then.
+    """
+    for tensor in per_object:
+        if tensor is not None:
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
     cache = module.__dict__.setdefault("_compiled", {})
     if method not in cache:
         cache[method] = torch.compile(getattr(module, method))

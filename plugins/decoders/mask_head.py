@@ -73,8 +73,9 @@ class MaskHead(Head):
             raise ValueError("the mask head needs the trunk's memory on the fine grid")
         if torch.is_grad_enabled():
             rows = memory.project(self.upscale1.weight, self.upscale1.bias)
-            train_logits = compiled(self, "_train_logits") if self.compile_training else self._train_logits
-            logits = train_logits(rows, query_out[:, 0])
+            token = query_out[:, 0]
+            train_logits = compiled(self, "_train_logits", rows, token) if self.compile_training else self._train_logits
+            logits = train_logits(rows, token)
         else:  # inference: a few objects at a time, so the [n, N, d] buffers never exist at once
             v = self.object_mlp(query_out[:, 0])  # [n, d/16]
             chunks = memory.project_chunks(self.upscale1.weight, self.upscale1.bias)
@@ -105,7 +106,7 @@ class MaskHead(Head):
             return {"mask_dice": zero, "mask_focal": zero}
         if not bool(has_mask.all()):
             pred, gt, valid = pred[has_mask], gt[has_mask], valid[has_mask]
-        terms = compiled(self, "_loss_terms") if self.compile_training else self._loss_terms
+        terms = compiled(self, "_loss_terms", pred, gt, valid) if self.compile_training else self._loss_terms
         dice, focal = terms(pred, gt, valid)
         return {"mask_dice": dice, "mask_focal": focal}
 

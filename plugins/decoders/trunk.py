@@ -235,7 +235,7 @@ class PaDTTrunk(Trunk):
         memory_cls = self._memory_kind(n, len(features), num_head_queries + vrt.shape[1], rows, queries.device)
         run = self._run
         if self.compile_training and memory_cls is DenseMemory and torch.is_grad_enabled():
-            run = compiled(self, "_run")
+            run = compiled(self, "_run", vrt, cell_sinusoid, q_mask, index)
         q, memory = run(
             queries, vrt, cell_sinusoid, q_mask, index, tables, memory_cls, protos, proto_valid,
             bool(proto_valid.all()), fine, fine_valid, fine_valid is not None and bool(fine_valid.all()),
