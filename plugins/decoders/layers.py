@@ -6,6 +6,7 @@ Module and parameter names follow the reference decoder (reference §5.2, §10.2
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -223,8 +224,9 @@ def rotate_pairs(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
 
 
 def rotary_cos_sin(cis: torch.Tensor) -> torch.Tensor:
-    """``[..., 2]`` real ``(cos, sin)`` of a complex rotation ``cis`` (contiguous)."""
-    return torch.view_as_real(cis).contiguous()
+    """``[..., 2]`` real ``(cos, sin)`` of a complex rotation ``cis``: a tensor of its own, not a view of
+    ``cis``'s storage (a module caching both would not pickle)."""
+    return torch.view_as_real(cis).clone()
 
 
 def _pairs_shape(x: torch.Tensor, cis: torch.Tensor) -> tuple[int, ...]:
@@ -243,8 +245,8 @@ def _rotated(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
 
 
 def compiled(module: nn.Module, method: str, *per_object: torch.Tensor | None) -> Callable:
-    """``module.<method>`` under ``torch.compile``, built on first use and kept out of the module's state
-    (its ``state_dict`` and parameters are untouched; only this process holds the compiled code).
+    """``module.<method>`` under ``torch.compile``: the class's function is compiled once per process and
+    called with ``module`` bound, so nothing is stored on the module (it pickles and copies as before).
 
     ``per_object``: the call's tensors whose first dim is the object count. It changes from batch to
     batch, so it is marked dynamic up front: one compile serves every count instead of a recompile at
@@ -253,10 +255,13 @@ def compiled(module: nn.Module, method: str, *per_object: torch.Tensor | None) -
     for tensor in per_object:
         if tensor is not None:
             torch._dynamo.maybe_mark_dynamic(tensor, 0)
-    cache = module.__dict__.setdefault("_compiled", {})
-    if method not in cache:
-        cache[method] = torch.compile(getattr(module, method))
-    return cache[method]
+    key = (type(module), method)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(getattr(type(module), method))
+    return functools.partial(_COMPILED[key], module)
+
+
+_COMPILED: dict[tuple[type, str], Callable] = {}
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
