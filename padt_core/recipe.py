@@ -127,8 +127,8 @@ class DecoderConfig(_Section):
         False,
         description="torch.compile the decoder's training math (the trunk's blocks, the heads' that support it): "
         "fused kernels instead of thousands of small ops. Pays compiles (tens of seconds each on CPU, needing a "
-        "C++ compiler; the first step, then once or twice as object counts vary), so it suits long runs; "
-        "evaluation and generation stay eager",
+        "C++ compiler; the first step, then a few times as object counts and image sizes first vary), so it suits "
+        "long runs; evaluation and generation stay eager",
     )
 
 
