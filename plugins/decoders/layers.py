@@ -87,14 +87,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Te
     Every query row must see at least one key (head query tokens and real image rows always exist).
     """
     if few_keys(q, k):
-        return torch.matmul(_few_key_probs(q, k, key_mask).transpose(-1, -2), v)
+        return torch.matmul(_probs(q, k, key_mask, keys_major=True).transpose(-1, -2), v)
     if q.device.type == "cpu" and torch.compiler.is_compiling():
         # Compiled CPU code: scores, softmax and the products as plain ops, which inductor fuses; the
         # CPU flash kernel's backward took 0.7 ms per call for 8 queries over 256 keys (~0.1 ms of products).
-        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(q.dtype), v)
+        return torch.matmul(_probs(q, k, key_mask, keys_major=False), v)
     mask = None if key_mask is None else key_mask[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -111,12 +108,17 @@ def few_keys(q: torch.Tensor, k: torch.Tensor) -> bool:
     return q.device.type == "cpu" and k.shape[-2] <= FEW_KEYS and k.shape[-2] * 4 <= q.shape[-2]
 
 
-def _few_key_probs(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-    """Attention probabilities keys-major, ``[n, H, Lk, Lq]``, in ``q``'s dtype (softmax in float32)."""
-    scores = torch.matmul(k * q.shape[-1] ** -0.5, q.transpose(-1, -2))
+def _probs(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None, *, keys_major: bool) -> torch.Tensor:
+    """Attention probabilities in ``q``'s dtype (softmax in float32): ``[n, H, Lq, Lk]``, or keys-major
+    ``[n, H, Lk, Lq]`` with the softmax across the short key axis."""
+    scale = q.shape[-1] ** -0.5
+    if keys_major:
+        scores, mask, dim = torch.matmul(k * scale, q.transpose(-1, -2)), (slice(None), None, slice(None), None), -2
+    else:
+        scores, mask, dim = torch.matmul(q * scale, k.transpose(-1, -2)), (slice(None), None, None, slice(None)), -1
     if key_mask is not None:
-        scores = scores.masked_fill(~key_mask[:, None, :, None], float("-inf"))
-    return scores.softmax(-2, dtype=torch.float32).to(q.dtype)
+        scores = scores.masked_fill(~key_mask[mask], float("-inf"))
+    return scores.softmax(dim, dtype=torch.float32).to(q.dtype)
 
 
 def attend_projected(
@@ -138,7 +140,7 @@ def attend_projected(
         delta = out(merge_heads(attend(q, k, v, key_mask)))
         return delta if residual is None else residual + delta
     n, heads, length, dh = q.shape
-    probs = _few_key_probs(q, k, key_mask)  # [n, H, Lk, Lq]
+    probs = _probs(q, k, key_mask, keys_major=True)  # [n, H, Lk, Lq]
     weight = out.weight.view(-1, heads, dh).permute(1, 2, 0)  # [H, dh, d_out]
     values = torch.matmul(v, weight)  # [n, H, Lk, d_out]
     if out.bias is not None:

@@ -101,10 +101,11 @@ class MaskHead(Head):
     # --- loss ----------------------------------------------------------------------------------------------
     def loss(self, pred: torch.Tensor, targets: ObjectTargets, ctx: DecoderContext) -> dict[str, torch.Tensor]:
         gt, valid, has_mask = self._targets(targets, ctx, pred.shape[-2:])
-        if not bool(has_mask.any()):  # nothing to learn, but keep the head in the graph
+        with_mask = sum(m is not None for m in targets.mask_list(ctx.num_objects))  # on the host: no sync
+        if with_mask == 0:  # nothing to learn, but keep the head in the graph
             zero = pred.float().sum() * 0.0
             return {"mask_dice": zero, "mask_focal": zero}
-        if not bool(has_mask.all()):
+        if with_mask < ctx.num_objects:
             pred, gt, valid = pred[has_mask], gt[has_mask], valid[has_mask]
         terms = compiled(self, "_loss_terms", pred, gt, valid) if self.compile_training else self._loss_terms
         dice, focal = terms(pred, gt, valid)

@@ -361,7 +361,8 @@ class PaDTTrunk(Trunk):
         for positions in (tables.cell_positions, tables.fine_positions):
             if positions is not None:
                 positions.cis  # noqa: B018 -- the rotary angles are the costly part: compute them once
-                positions.cos_sin  # noqa: B018 -- and their real form, which compiled blocks read
+                if self.compile_training:
+                    positions.cos_sin  # noqa: B018 -- their real form, which only compiled blocks read
         return tables
 
     def _positions(self, per_image: list[torch.Tensor], factor: int) -> MemoryPositions:
