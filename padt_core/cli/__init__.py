@@ -1,0 +1,103 @@
+"""The ``padt`` command line: one subcommand per verb, each a plain function.
+
+Subcommands live in :data:`COMMANDS` (``name -> Command``). A ``Command`` adds its arguments to its
+own parser and points the parser at a handler ``fn(args) -> exit code``; a new verb adds one entry.
+Verbs: ``plugins``, ``recipe``, ``data``, ``train``, ``eval``, ``predict``, ``convert``, ``bench``, ``demo``.
+Handlers import the heavy modules (torch, transformers) themselves, so ``padt --help`` stays fast.
+
+``padt train`` also runs under ``torchrun --nproc_per_node N -m padt_core.cli train …`` (or
+``accelerate launch``); only rank 0 prints the summary.
+
+Bad input (missing files, invalid recipes, unknown plugins, an unreachable hub, values our code
+rejects) prints one ``padt: error: …`` message on stderr and exits with status 2; ``--traceback``
+shows the full trace instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from ._common import EXIT_USAGE, Command, Handler, _common_options, _user_errors, add_subcommand
+from .bench import _configure_bench
+from .convert import _configure_convert, cmd_convert
+from .data import _configure_data, cmd_data_shapes
+from .demo import _configure_demo, cmd_demo
+from .eval import _configure_eval, cmd_eval
+from .plugins import _configure_plugins
+from .predict import _configure_predict, cmd_predict
+from .recipe import _configure_recipe
+from .train import _configure_train, cmd_train
+
+__all__ = [
+    "COMMANDS",
+    "Command",
+    "Handler",
+    "add_subcommand",
+    "build_parser",
+    "cmd_convert",
+    "cmd_data_shapes",
+    "cmd_demo",
+    "cmd_eval",
+    "cmd_predict",
+    "cmd_train",
+    "main",
+]
+
+COMMANDS: dict[str, Command] = {
+    "plugins": Command("list registered plugins", _configure_plugins),
+    "recipe": Command("validate recipes, print the recipe schema", _configure_recipe),
+    "data": Command("write datasets (synthetic shapes)", _configure_data),
+    "train": Command(
+        "train a recipe (Hugging Face Trainer; torchrun / accelerate for several processes)", _configure_train
+    ),
+    "eval": Command("evaluate a model on a recipe's or a dataset's samples; write a report JSON", _configure_eval),
+    "predict": Command("predict objects in images with a saved model or a recipe", _configure_predict),
+    "convert": Command("convert a released PaDT checkpoint into a padt model directory", _configure_convert),
+    "bench": Command("benchmarks (JSON on stdout)", _configure_bench),
+    "demo": Command(
+        "end-to-end demo: shapes -> train -> eval -> report + gallery (--smoke: instant check)", _configure_demo
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``padt`` parser with every subcommand in :data:`COMMANDS`."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="padt",
+        description="PaDT: let a multimodal LLM point at image patches (visual reference tokens).",
+        parents=[_common_options()],
+    )
+    parser.add_argument("--version", action="version", version=f"padt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        command.configure(add_subcommand(sub, name, command.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``padt``; returns the exit status (0 ok, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    show_trace = getattr(args, "traceback", False)
+    from ..runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # large CPU tensors stay on the heap (padt_core/runtime.py); PADT_MALLOC_TUNING=0 opts out
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("padt: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `padt … | head`: the reader left; stay quiet, as other command-line tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit, which would fail again
+        return 141
+    except _user_errors() as err:
+        if show_trace:
+            raise
+        print(f"padt: error: {str(err) or type(err).__name__}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,230 @@
+"""``padt bench generate | decoder | train | ablate | repro``: thin wrappers over the benchmark package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._common import _add_device, _add_overrides, _print_json, _write_result, add_subcommand
+
+
+def cmd_bench_generate(args: argparse.Namespace) -> int:
+    """Per-token decode time of PaDT generation vs the plain backbone."""
+    from ..bench.generate import bench_generate
+
+    result = bench_generate(
+        args.recipe,
+        batch_sizes=tuple(args.batch_sizes),
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        overrides=args.overrides or None,
+        image_size=args.image_size,
+        vrt_mode=args.vrt_mode,
+        threads=args.threads,
+        clock=args.clock,
+    )
+    _write_result(result, args.output)
+    return 0
+
+
+def cmd_bench_decoder(args: argparse.Namespace) -> int:
+    """Decoder benchmark (``padt_core.bench.decoder``); options other than device/dtype use its defaults."""
+    try:
+        from ..bench.decoder import bench_decoder
+    except ModuleNotFoundError as err:
+        if err.name not in {"padt_core.bench.decoder", "padt_core.bench"}:
+            raise  # a dependency of the module is missing: that is a real error, keep its trace
+        raise ValueError(
+            "the decoder benchmark is not available in this installation (padt_core/bench/decoder.py is missing)"
+        ) from None
+    kwargs: dict[str, Any] = {
+        "device": args.device,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "memory": args.memory,
+        "object_counts": tuple(args.objects),
+        "one_by_one": not args.no_one_by_one,
+    }
+    if args.dtype is not None:
+        kwargs["dtype"] = args.dtype
+    result = bench_decoder(**kwargs)
+    _write_result(result, args.output)
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    """PaDT training step vs a plain next-token SFT step of the same backbone (``padt_core.bench.train``)."""
+    from ..bench.train import bench_train
+
+    result = bench_train(
+        args.recipe,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        overrides=args.overrides or None,
+        threads=args.threads,
+        clock=args.clock,
+    )
+    _write_result(result, args.output)
+    return 0
+
+
+def _configure_bench(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_command", metavar="{generate,decoder,train,ablate,repro}", required=True)
+    gen = add_subcommand(sub, "generate", "PaDT vs plain backbone decode speed (ms per token)")
+    gen.add_argument("--recipe", required=True, help="recipe path or bundled name")
+    gen.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B")
+    gen.add_argument("--new-tokens", type=int, default=32, metavar="N", help="tokens per timed generation")
+    gen.add_argument("--repeats", type=int, default=3, metavar="K", help="timed repeats (median)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--image-size", type=int, default=224, metavar="PX", help="side of the noise images")
+    gen.add_argument(
+        "--vrt-mode",
+        choices=["random", "init"],
+        default="random",
+        help="random: non-zero prototypes so VRTs are emitted (default); init: weights as built",
+    )
+    gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    gen.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time (default) or this process's CPU time (CPU only; steadier on a shared machine)",
+    )
+    gen.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
+    _add_device(gen)
+    _add_overrides(gen)
+    gen.set_defaults(handler=cmd_bench_generate)
+    dec = add_subcommand(sub, "decoder", "decoder trunk + heads speed")
+    dec.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    dec.add_argument("--repeats", type=int, default=1, help="timed calls per mode and case (median)")
+    dec.add_argument("--memory", choices=["factored", "dense", "auto"], default="factored", help="trunk memory kind")
+    dec.add_argument("--objects", type=int, nargs="+", default=[1, 10, 100], help="object counts on one image")
+    dec.add_argument("--no-one-by-one", action="store_true", help="skip the one-object-at-a-time baseline")
+    dec.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
+    _add_device(dec)
+    dec.set_defaults(handler=cmd_bench_decoder)
+    tr = add_subcommand(sub, "train", "PaDT training step vs plain SFT step (samples/s, peak memory, ratio)")
+    tr.add_argument("--recipe", default="recipes/tiny_qwen_shapes.yaml", help="recipe path or bundled name")
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--steps", type=int, default=5, help="timed steps")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    tr.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall or this process's CPU time")
+    tr.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
+    _add_device(tr)
+    _add_overrides(tr)
+    tr.set_defaults(handler=cmd_bench_train)
+    _configure_bench_sweeps(sub)
+
+
+def _sweep_json(results: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """What ``padt bench ablate|repro`` print: machine, torch, dtype and the figures (not every curve)."""
+    machine = results.get("machine", {})
+    return {
+        "machine": machine,
+        "torch": machine.get("torch"),
+        "dtype": machine.get("dtype"),
+        **{k: results[k] for k in keys if k in results},
+    }
+
+
+def cmd_bench_ablate(args: argparse.Namespace) -> int:
+    """Issue 8's ablation of the switches beyond the reference (``padt_core.bench.ablate``)."""
+    from ..bench.ablate import bench_ablate
+    from ..bench.sweep import SweepError
+
+    try:
+        results = bench_ablate(
+            args.out,
+            configs=args.configs,
+            seeds=args.seeds,
+            **_sweep_kwargs(args),
+        )
+    except SweepError as err:
+        # Finished runs are saved; the message says how to retry the failed ones (no traceback needed).
+        print(f"padt: error: {err}", file=sys.stderr)
+        return 1
+    _print_json(_sweep_json(results, ["settings", "summary", "wall_seconds"]))
+    return 0
+
+
+def _sweep_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The budget, data and evaluation options ``padt bench ablate`` and ``repro`` share."""
+    names = ("steps", "train_images", "val_images", "quick", "difficulty", "jobs", "overwrite", "work_dir")
+    return {
+        **{name: getattr(args, name) for name in (*names, "eval_points", "eval_samples")},
+        "command": "padt " + " ".join(sys.argv[1:]),
+    }
+
+
+def cmd_bench_repro(args: argparse.Namespace) -> int:
+    """Issue 9's PaDT vs text-coordinate comparison (``padt_core.bench.repro``)."""
+    from ..bench.repro import bench_repro
+    from ..bench.sweep import SweepError
+
+    try:
+        results = bench_repro(
+            args.out,
+            methods=args.methods,
+            recipes={"padt": args.padt_recipe, "text_coordinates": args.text_recipe},
+            lrs=args.lrs,
+            seeds=args.seeds,
+            **_sweep_kwargs(args),
+        )
+    except SweepError as err:
+        # Finished runs are saved; the message says how to retry the failed ones (no traceback needed).
+        print(f"padt: error: {err}", file=sys.stderr)
+        return 1
+    summary = {m: {k: v for k, v in results[m].items() if k != "per_seed"} for m in results["settings"]["methods"]}
+    _print_json(_sweep_json(results, ["settings", "plan", "comparison", "wall_seconds"]) | summary)
+    return 0
+
+
+def _add_sweep_options(parser: argparse.ArgumentParser, jobs: int, work_dir: str) -> None:
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the budget's)")
+    parser.add_argument("--train-images", type=int, default=None, help="shapes train images (default: budget's)")
+    parser.add_argument("--val-images", type=int, default=None, help="held-out shapes images (default: budget's)")
+    parser.add_argument("--difficulty", choices=["full", "easy"], default="full", help="shapes split (default: full)")
+    parser.add_argument("--eval-points", type=int, default=None, help="evaluations per run (default: budget's)")
+    parser.add_argument("--eval-samples", type=int, default=None, help="held-out samples per task per evaluation")
+    parser.add_argument("--jobs", type=int, default=jobs, help=f"runs in parallel, one thread each (default: {jobs})")
+    parser.add_argument("--quick", action="store_true", help="the small budget (pipeline check, minutes)")
+    parser.add_argument("--out", default="docs/results", help="folder of the JSON, table and plot")
+    parser.add_argument("--work-dir", default=work_dir, help=f"data, logs and run dirs (default: {work_dir})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+
+
+def _configure_bench_sweeps(sub: Any) -> None:
+    from ..bench.ablate import CONFIGS, DEFAULT_CONFIGS
+
+    ab = add_subcommand(sub, "ablate", "issue 8 ablation: no-repeat / positional / cell-geometry switches, seeds")
+    ab.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(DEFAULT_CONFIGS),
+        choices=list(CONFIGS),
+        metavar="NAME",
+        help=f"configurations among {', '.join(CONFIGS)} (default: {', '.join(DEFAULT_CONFIGS)})",
+    )
+    ab.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default: 3, --quick 1)")
+    _add_sweep_options(ab, jobs=2, work_dir="runs/ablation")
+    ab.set_defaults(handler=cmd_bench_ablate)
+    rp = add_subcommand(sub, "repro", "issue 9: PaDT vs text coordinates, equal budget and lr search, seeds")
+    rp.add_argument("--methods", nargs="+", default=["padt", "text_coordinates"],
+                    choices=["padt", "text_coordinates"], help="arms to train (default: both)")  # fmt: skip
+    rp.add_argument(
+        "--lrs", type=float, nargs="+", default=[1e-3, 2e-3], help="lr sweep on seed 0 (default: 1e-3 2e-3)"
+    )
+    rp.add_argument("--seeds", type=int, default=3, help="seeds at the best lr (default: 3)")
+    rp.add_argument("--padt-recipe", default="tiny_qwen_shapes", help="recipe of the PaDT arm")
+    rp.add_argument("--text-recipe", default="tiny_qwen_shapes_textbox", help="recipe of the text-coordinate arm")
+    _add_sweep_options(rp, jobs=2, work_dir="runs/repro")
+    rp.set_defaults(handler=cmd_bench_repro)

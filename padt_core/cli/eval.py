@@ -1,0 +1,93 @@
+"""``padt eval``: predict over evaluation samples, score them, write a report JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ._common import _build_or_load, _refuse_existing, _strict_json
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Predict over evaluation samples, score them, write the report JSON and print the metrics."""
+    import torch
+
+    from ..demo import format_table
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
+    if args.data is not None and not Path(args.data).is_file():
+        raise FileNotFoundError(f"evaluation data not found: {args.data}")
+    model = _build_or_load(args.model, ())
+    model.to(device=torch.device(args.device)).eval()
+    report = _evaluate(model, args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_strict_json(report), indent=2) + "\n")
+    print(format_table(report))
+    for task, counts in report["counts"].items():
+        print(f"{task}: {json.dumps(counts, default=str)}")
+    print(f"report: {out}")
+    return 0
+
+
+def _evaluate(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``evaluate_model`` with the command's options; the report gains an ``eval`` entry saying what ran."""
+    import time
+    from collections import Counter
+
+    from ..eval.run import evaluate_model
+
+    data = args.data if args.data is not None else _recipe_val(model)
+    generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    batch_size = args.batch_size or model.recipe.eval.batch_size
+    start = time.perf_counter()
+    report, _, samples = evaluate_model(model, data, args.task, batch_size, args.max_samples, **generation)
+    report["eval"] = {
+        "model": args.model,
+        "data": args.data or "the model recipe's data.val",
+        "tasks": list(report["counts"]),
+        "samples": dict(sorted(Counter(str(s.task) for s in samples).items())),
+        "batch_size": batch_size,
+        "generation": generation,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    return report
+
+
+def _recipe_val(model: Any) -> list[Any]:
+    """The ``data.val`` sections of the model's own (resolved) recipe: ``padt eval``'s default data."""
+    sections = list(model.recipe.data.val)
+    if not sections:
+        raise ValueError(f"recipe {model.recipe.name!r} of the model has no data.val datasets; pass --data")
+    return sections
+
+
+def _configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL_DIR", help="saved model directory (or a recipe path or name)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="YAML",
+        help="a recipe (its data.val), or a YAML dataset section {name: ..., ...} or list of them "
+        "(default: the data.val of the model's own recipe)",
+    )
+    parser.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        metavar="TASK",
+        help="metric to compute (repeat: --task rec --task ovd); default: every task in the data",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, metavar="N", help="default: the recipe's eval.batch_size"
+    )
+    parser.add_argument(
+        "--max-samples", type=int, default=None, metavar="N", help="only the first N samples of each task"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="default: the recipe's")
+    parser.add_argument("--out", required=True, metavar="FILE", help="where to write the report JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.set_defaults(handler=cmd_eval)

@@ -1,0 +1,154 @@
+"""``padt predict``: answer one prompt about each image; JSON on stdout or files per image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._common import _add_overrides, _build_or_load, _check_model_source, _print_json, _refuse_existing, _strict_json
+
+
+def _prediction_json(prediction: Any, image: str | None = None, rle: bool = False) -> dict[str, Any]:
+    """A prediction as JSON: boxes xyxy in pixels; masks as size + area, or as COCO RLE with ``rle``."""
+    from ..decoder import mask_rle
+
+    objects = []
+    for obj in prediction.objects:
+        box = None if obj.box is None else [float(v) for v in obj.box]
+        score = None if obj.score is None else float(obj.score)
+        item: dict[str, Any] = {"label": obj.label, "vrt": [int(k) for k in obj.vrt], "box": box, "score": score}
+        if obj.mask is None:
+            item["mask"] = None
+        elif rle:
+            item["mask"] = mask_rle(obj.mask)
+        else:  # full-resolution arrays: report their size here, not every pixel
+            item["mask"] = {"shape": list(obj.mask.shape), "area": int(obj.mask.sum())}
+        objects.append(item)
+    out: dict[str, Any] = {} if image is None else {"image": image}
+    out.update(text=prediction.text, objects=objects, skipped=prediction.skipped, truncated=prediction.truncated)
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Answer one prompt about each image; print JSON, or write ``<stem>.json`` + ``<stem>.png`` per image."""
+    import torch
+
+    from ..data.templates import DEFAULT_TEMPLATES
+    from ..model import load_image
+
+    _task_prompt(args, DEFAULT_TEMPLATES)  # bad flag combinations fail before the model loads
+    for path in args.image:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+    _check_model_source(args.model, args.overrides)
+    images = [load_image(path) for path in args.image]
+    outputs = _output_paths(args.image, Path(args.out), args.overwrite) if args.out else None
+    model = _build_or_load(args.model, args.overrides)
+    model.to(device=torch.device(args.device))
+    model.eval()
+    prompt = _task_prompt(args, model.recipe.data.templates)
+    kwargs = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    predictions = model.predict(images, prompt, batch_size=args.batch_size, **kwargs)
+    if outputs is None:
+        _print_json([_prediction_json(p, image) for p, image in zip(predictions, args.image)])
+        return 0
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    written = [
+        _write_prediction(model, path, image, prediction, prompt, files)
+        for path, image, prediction, files in zip(args.image, images, predictions, outputs)
+    ]
+    _print_json(written)
+    return 0
+
+
+def _task_prompt(args: argparse.Namespace, templates: Any) -> str:
+    """The prompt sent to the model: ``--prompt`` verbatim, or ``--task``'s template (``TaskTemplates``)."""
+    from ..data.templates import ovd_prompt, rec_prompt, ric_prompt
+
+    if args.labels is not None and args.task != "ovd":
+        raise ValueError("--labels names the categories of --task ovd; add --task ovd")
+    if args.task is None:
+        if args.prompt is None:
+            raise ValueError("pass --prompt, or --task rec|ovd|ric to use a task's prompt template")
+        return args.prompt
+    if args.task == "rec":
+        if args.prompt is None:
+            raise ValueError('--task rec needs --prompt with the referring sentence (e.g. --prompt "the red square")')
+        return rec_prompt(args.prompt, templates)
+    if args.prompt is not None:
+        raise ValueError(
+            f"--task {args.task} writes its own prompt; drop --prompt (or drop --task to send it verbatim)"
+        )
+    if args.task == "ric":
+        return ric_prompt(templates)
+    labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]
+    if not labels:
+        raise ValueError("--task ovd needs --labels with the categories to detect (e.g. --labels cat,dog)")
+    return ovd_prompt(labels, templates)
+
+
+def _output_paths(images: Sequence[str], out: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """``(json, png)`` per image in ``out``, named after the image's stem; checked before any work is done."""
+    from collections import Counter
+
+    stems = [Path(image).stem for image in images]
+    repeated = sorted(stem for stem, n in Counter(stems).items() if n > 1)
+    if repeated:
+        raise ValueError(f"images with the same file name would write the same files in {out}: {', '.join(repeated)}")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory")
+    paths = [(out / f"{stem}.json", out / f"{stem}.png") for stem in stems]
+    for pair in paths:
+        for path in pair:
+            _refuse_existing(path, overwrite)
+    return paths
+
+
+def _write_prediction(
+    model: Any, source: str, image: Any, prediction: Any, prompt: str, files: tuple[Path, Path]
+) -> dict[str, Any]:
+    """Write one image's prediction as JSON (masks as COCO RLE) and as a drawing; return what was written."""
+    from ..viz import draw_prediction
+
+    grid = _vrt_grid(model, image)
+    record = {"image": source, "width": image.width, "height": image.height, "vrt_grid": list(grid), "prompt": prompt}
+    record.update(_prediction_json(prediction, rle=True))
+    json_file, png_file = files
+    json_file.write_text(json.dumps(_strict_json(record), indent=2) + "\n")
+    draw_prediction(image, prediction, grid).save(png_file)
+    return {"image": source, "json": str(json_file), "png": str(png_file), "objects": len(prediction.objects)}
+
+
+def _vrt_grid(model: Any, image: Any) -> tuple[int, int]:
+    """The ``(h, w)`` VRT grid of ``image`` as the model's processor sees it."""
+    batch = model.backbone.process([model.backbone.format_prompt("x", True)], [image])
+    rows, cols = (int(v) for v in batch["image_grids"][0])
+    return rows, cols
+
+
+def _configure_predict(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL_DIR_OR_RECIPE", help="saved model directory, recipe path or name")
+    parser.add_argument("--image", action="append", required=True, help="image file (repeat for several)")
+    parser.add_argument(
+        "--prompt", default=None, help="the question asked of every image (with --task rec: the sentence)"
+    )
+    parser.add_argument(
+        "--task",
+        choices=["rec", "ovd", "ric"],
+        default=None,
+        help="use the model's prompt template: rec (--prompt is the referring sentence; RES masks come with it), "
+        "ovd (--labels), ric (captioning)",
+    )
+    parser.add_argument("--labels", default=None, metavar="A,B,C", help="categories to detect, with --task ovd")
+    parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="default: the recipe's")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="write <stem>.json (masks as COCO RLE) and <stem>.png per image"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
+    _add_overrides(parser)
+    parser.set_defaults(handler=cmd_predict)
