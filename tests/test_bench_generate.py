@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
+from padt_bench.generate import bench_generate
 
-from padt_core.bench.generate import bench_generate
 from padt_core.cli import main
 
 

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from padt_bench import sweep
+from padt_bench.ablate import CONFIGS, bench_ablate, configuration_overrides
+from padt_bench.repro import _comparison, bench_repro, best_lr, plan_budget, update_readme
 
-from padt_core.bench import sweep
-from padt_core.bench.ablate import CONFIGS, bench_ablate, configuration_overrides
-from padt_core.bench.repro import _comparison, bench_repro, best_lr, plan_budget, update_readme
 from padt_core.data.sample import ObjectAnn
 from padt_core.eval.vrt_cells import vrt_cell_stats
 from padt_core.model import PredictedObject, Prediction
@@ -187,7 +187,7 @@ def test_best_lr_and_the_seed_by_seed_comparison():
 
 
 def test_repro_plan_fits_its_budgets_and_the_readme_section_is_replaced():
-    from padt_core.bench.repro import BUDGETS, TARGET_MINUTES
+    from padt_bench.repro import BUDGETS, TARGET_MINUTES
 
     for budget, (n_train, n_val, steps, points, samples) in BUDGETS.items():
         plan = plan_budget(

@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-
-from padt_core.bench.train import bench_train
+from padt_bench.train import bench_train
 
 
 def test_bench_train_tiny_keys(tmp_path):
@@ -41,7 +40,8 @@ def test_bench_train_rejects_bad_settings(kwargs, match):
 
 
 def test_bench_times_the_optimiser_the_trainer_runs(tmp_path):
-    from padt_core.bench.train import _adamw
+    from padt_bench.train import _adamw
+
     from padt_core.recipe import load_recipe
     from padt_core.train.trainer import training_arguments
 

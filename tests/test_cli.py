@@ -126,9 +126,9 @@ def test_schema_is_json_with_backbone(capsys):
 
 def test_bench_decoder_passes_its_options(capsys, monkeypatch):
     calls: list[dict] = []
-    fake = types.ModuleType("padt_core.bench.decoder")
+    fake = types.ModuleType("padt_bench.decoder")
     fake.bench_decoder = lambda **kwargs: calls.append(kwargs) or {"ok": True}
-    monkeypatch.setitem(sys.modules, "padt_core.bench.decoder", fake)
+    monkeypatch.setitem(sys.modules, "padt_bench.decoder", fake)
     code, out, _ = run(capsys, "bench", "decoder", "--dtype", "bfloat16")
     assert code == 0
     assert json.loads(out) == {"ok": True}
@@ -142,7 +142,7 @@ def test_bench_decoder_passes_its_options(capsys, monkeypatch):
 
 
 def test_bench_decoder_missing_module_is_a_clear_error(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "padt_core.bench.decoder", None)  # import now fails as if absent
+    monkeypatch.setitem(sys.modules, "padt_bench.decoder", None)  # import now fails as if absent
     code, _, err = run(capsys, "bench", "decoder")
     assert code == 2
     assert "decoder benchmark is not available" in err

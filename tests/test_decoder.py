@@ -364,7 +364,7 @@ def test_mask_rle_round_trip():
 
 
 def test_decoder_benchmark_json():
-    from padt_core.bench.decoder import bench_decoder
+    from padt_bench.decoder import bench_decoder
 
     result = bench_decoder(
         hidden_size=32, intermediate_size=64, num_heads=4, llm_hidden_size=24, vision_hidden_size=20, grid=(2, 3),

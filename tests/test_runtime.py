@@ -1,9 +1,9 @@
 """padt_core.runtime: the glibc allocator thresholds padt commands set for large CPU tensors."""
 
 import pytest
+from padt_bench.generate import machine_info
 
 from padt_core import runtime
-from padt_core.bench.generate import machine_info
 
 glibc = pytest.mark.skipif(runtime._glibc() is None, reason="needs glibc")
 

@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+from padt_bench.train import DEFAULT_RECIPE, _samples, _to_device, make_collator, train_steps
 from torch.profiler import ProfilerActivity, profile
 
 import padt_core
-from padt_core.bench.train import DEFAULT_RECIPE, _samples, _to_device, make_collator, train_steps
 from padt_core.recipe import load_recipe
 from padt_core.runtime import tune_cpu_allocator
 

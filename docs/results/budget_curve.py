@@ -3,7 +3,7 @@
 Every run trains ``tiny_qwen_shapes`` from scratch on one generated ``easy`` shapes dataset (4000 train
 / 200 held-out images, data seed 0, train seed 0; the demo's ``long`` budget data) with one torch
 thread, and is evaluated during the run on 100 held-out samples per task (REC, RES, OVD), as
-``padt bench ablate`` does (``padt_core/bench/sweep.py``). Two runs side by side fill the 2 cores.
+``padt bench ablate`` does (``bench/sweep.py``). Two runs side by side fill the 2 cores.
 
     python docs/results/budget_curve.py RUN [RUN ...]     # names below; results merged into the JSON
 
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from padt_core.bench.sweep import RunSpec, ShapesData, train_run
+from padt_bench.sweep import RunSpec, ShapesData, train_run
 
 DATA = ShapesData(root="runs/budget_curve/data", n_train=4000, n_val=200, difficulty="easy", seed=0)
 VISION_128x4 = (

@@ -39,7 +39,8 @@ def train_curve(
     data_root: str | None = None,
 ) -> dict[str, Any]:
     """Train the tiny shapes recipe for ``steps`` steps; per-step losses and first/last-``window`` means."""
-    from padt_core.bench.generate import machine_info
+    from padt_bench.generate import machine_info
+
     from padt_core.train.run import train
 
     if steps < 2 * window:

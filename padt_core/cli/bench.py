@@ -12,7 +12,7 @@ from ._common import _add_device, _add_overrides, _print_json, _write_result, ad
 
 def cmd_bench_generate(args: argparse.Namespace) -> int:
     """Per-token decode time of PaDT generation vs the plain backbone."""
-    from ..bench.generate import bench_generate
+    from padt_bench.generate import bench_generate
 
     result = bench_generate(
         args.recipe,
@@ -33,14 +33,14 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_decoder(args: argparse.Namespace) -> int:
-    """Decoder benchmark (``padt_core.bench.decoder``); options other than device/dtype use its defaults."""
+    """Decoder benchmark (``padt_bench.decoder``); options other than device/dtype use its defaults."""
     try:
-        from ..bench.decoder import bench_decoder
+        from padt_bench.decoder import bench_decoder
     except ModuleNotFoundError as err:
-        if err.name not in {"padt_core.bench.decoder", "padt_core.bench"}:
+        if err.name not in {"padt_bench.decoder", "padt_bench"}:
             raise  # a dependency of the module is missing: that is a real error, keep its trace
         raise ValueError(
-            "the decoder benchmark is not available in this installation (padt_core/bench/decoder.py is missing)"
+            "the decoder benchmark is not available in this installation (module padt_bench.decoder is missing)"
         ) from None
     kwargs: dict[str, Any] = {
         "device": args.device,
@@ -58,8 +58,8 @@ def cmd_bench_decoder(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    """PaDT training step vs a plain next-token SFT step of the same backbone (``padt_core.bench.train``)."""
-    from ..bench.train import bench_train
+    """PaDT training step vs a plain next-token SFT step of the same backbone (``padt_bench.train``)."""
+    from padt_bench.train import bench_train
 
     result = bench_train(
         args.recipe,
@@ -137,9 +137,9 @@ def _sweep_json(results: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_bench_ablate(args: argparse.Namespace) -> int:
-    """Issue 8's ablation of the switches beyond the reference (``padt_core.bench.ablate``)."""
-    from ..bench.ablate import bench_ablate
-    from ..bench.sweep import SweepError
+    """Issue 8's ablation of the switches beyond the reference (``padt_bench.ablate``)."""
+    from padt_bench.ablate import bench_ablate
+    from padt_bench.sweep import SweepError
 
     try:
         results = bench_ablate(
@@ -166,9 +166,9 @@ def _sweep_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_bench_repro(args: argparse.Namespace) -> int:
-    """Issue 9's PaDT vs text-coordinate comparison (``padt_core.bench.repro``)."""
-    from ..bench.repro import bench_repro
-    from ..bench.sweep import SweepError
+    """Issue 9's PaDT vs text-coordinate comparison (``padt_bench.repro``)."""
+    from padt_bench.repro import bench_repro
+    from padt_bench.sweep import SweepError
 
     try:
         results = bench_repro(
@@ -203,7 +203,7 @@ def _add_sweep_options(parser: argparse.ArgumentParser, jobs: int, work_dir: str
 
 
 def _configure_bench_sweeps(sub: Any) -> None:
-    from ..bench.ablate import CONFIGS, DEFAULT_CONFIGS
+    from padt_bench.ablate import CONFIGS, DEFAULT_CONFIGS
 
     ab = add_subcommand(sub, "ablate", "issue 8 ablation: no-repeat / positional / cell-geometry switches, seeds")
     ab.add_argument(

@@ -103,7 +103,7 @@ class ShapesData:
 
     def ensure(self) -> None:
         """Generate the dataset once, before runs start (two workers must not race to write it)."""
-        from ..data.shapes import ShapesParams, ensure_shapes
+        from padt_core.data.shapes import ShapesParams, ensure_shapes
 
         ensure_shapes(self.root, ShapesParams(self.seed, self.n_train, self.n_val, difficulty=self.difficulty))
 
@@ -147,7 +147,7 @@ def scaled_warmups(recipe: str, steps: int) -> list[str]:
     900); a 120-step quick run would otherwise spend nearly all its steps warming up. Budgets at or
     above the recipe's own ``max_steps`` keep the recipe's values.
     """
-    from ..recipe import load_recipe
+    from padt_core.recipe import load_recipe
 
     cfg = load_recipe(recipe).train
     if cfg.max_steps <= 0 or steps >= cfg.max_steps:
@@ -217,11 +217,11 @@ def train_run(
     import torch
     from transformers import TrainerCallback
 
-    from ..eval.evaluate import evaluate
-    from ..eval.run import load_eval_samples, predict_samples
-    from ..eval.vrt_cells import processor_grid, vrt_cell_stats
-    from ..recipe import load_recipe
-    from ..train.run import train
+    from padt_core.eval.evaluate import evaluate
+    from padt_core.eval.run import load_eval_samples, predict_samples
+    from padt_core.eval.vrt_cells import processor_grid, vrt_cell_stats
+    from padt_core.recipe import load_recipe
+    from padt_core.train.run import train
 
     if threads is not None:
         torch.set_num_threads(threads)

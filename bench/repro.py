@@ -120,9 +120,9 @@ def bench_repro(
 
     ``recipes`` maps a method to another recipe (default :data:`METHODS`). ``methods`` can leave one
     arm out (e.g. ``["padt"]`` to check the pipeline). Other arguments as in
-    :func:`padt_core.bench.ablate.bench_ablate`; the rest of the budget comes from :data:`BUDGETS`.
+    :func:`padt_bench.ablate.bench_ablate`; the rest of the budget comes from :data:`BUDGETS`.
     """
-    from ..recipe import load_recipe
+    from padt_core.recipe import load_recipe
 
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     recipe_of = {**METHODS, **(recipes or {})}

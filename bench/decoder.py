@@ -29,10 +29,11 @@ from typing import Any
 
 import torch
 
-from ..decoder import DecoderInputs, PaDTDecoder
-from ..features import VisualFeatures
-from ..recipe import DecoderConfig
-from ..runtime import release_free_memory, tune_cpu_allocator
+from padt_core.decoder import DecoderInputs, PaDTDecoder
+from padt_core.features import VisualFeatures
+from padt_core.recipe import DecoderConfig
+from padt_core.runtime import release_free_memory, tune_cpu_allocator
+
 from .generate import machine_info
 
 __all__ = ["bench_decoder"]

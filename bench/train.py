@@ -39,7 +39,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..runtime import release_free_memory
+from padt_core.runtime import release_free_memory
+
 from .generate import _CLOCKS, _DTYPES, _jsonable_overrides, machine_info
 
 __all__ = ["bench_train"]
@@ -70,7 +71,7 @@ def bench_train(
     ``data.train`` section must be a ``shapes`` section (its tasks and image size are used). The data
     is generated into ``data_root`` (default: a temporary folder) with ``n_images`` train images
     (default: enough for one batch). ``steps`` timed steps per side after ``warmup`` untimed ones.
-    ``threads`` and ``clock`` as in :func:`padt_core.bench.generate.bench_generate`.
+    ``threads`` and ``clock`` as in :func:`padt_bench.generate.bench_generate`.
     """
     import padt_core
     from padt_core.recipe import load_recipe

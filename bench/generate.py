@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..runtime import allocator_settings
+from padt_core.runtime import allocator_settings
 
 __all__ = ["bench_generate", "machine_info"]
 

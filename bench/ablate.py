@@ -17,7 +17,7 @@ Configurations run by default are the first five; ``no_geometry`` is asked for b
 
 Every configuration trains ``seeds`` times (``train.seed``: initialisation and data order; the data
 stays the same) and is evaluated on the held-out split at a few points of each run (see
-:mod:`padt_core.bench.sweep`). Writes ``ablation.json`` (per run: final numbers and curve; per
+:mod:`padt_bench.sweep`). Writes ``ablation.json`` (per run: final numbers and curve; per
 configuration: mean ± std over seeds), ``ablation.md`` (table, command, settings) and ``ablation.png``.
 """
 
