@@ -7,13 +7,14 @@ from typing import Literal
 import torch
 from pydantic import Field
 from torch import nn
+from torchvision.ops import box_convert
 
 from padt_core.decoder import DecoderContext, Head, ObjectTargets
 from padt_core.layout import vrt_cell_rc
-from padt_core.losses import box_cxcywh_to_xyxy, box_l1_loss, giou_loss
 from padt_core.plugins import PluginConfig
 
 from .layers import init_weights
+from .losses import box_l1_loss, giou_loss
 
 __all__ = ["BoxHead", "BoxHeadConfig", "cell_hull"]
 
@@ -54,6 +55,8 @@ class BoxHead(Head):
     name = "box"
     Config = BoxHeadConfig
     loss_keys = ("box_giou", "box_l1")
+    target_keys = ("box",)
+    output_keys = ("box",)  # xyxy pixels
 
     def __init__(self, config: BoxHeadConfig, *, hidden_size: int) -> None:
         super().__init__(config, hidden_size=hidden_size)
@@ -80,6 +83,6 @@ class BoxHead(Head):
         """``[x1, y1, x2, y2]`` in original-image pixels, clipped to the image."""
         hw = ctx.original_sizes.to(pred.device).float()
         size = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=-1)
-        xyxy = box_cxcywh_to_xyxy(pred.detach().float()) * size
+        xyxy = box_convert(pred.detach().float(), "cxcywh", "xyxy") * size
         xyxy = torch.minimum(xyxy.clamp(min=0), size)
         return xyxy.cpu().tolist()

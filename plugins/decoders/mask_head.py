@@ -23,10 +23,10 @@ from pydantic import Field
 from torch import nn
 
 from padt_core.decoder import DecoderContext, Head, ObjectTargets
-from padt_core.losses import dice_loss, sigmoid_focal_loss
 from padt_core.plugins import PluginConfig
 
 from .layers import RMSNorm, compiled, init_weights
+from .losses import dice_loss, sigmoid_focal_loss
 
 __all__ = ["SUBCELLS", "MaskHead", "MaskHeadConfig"]
 
@@ -52,6 +52,8 @@ class MaskHead(Head):
     reads_memory = True
     needs_fine = True
     loss_keys = ("mask_dice", "mask_focal")
+    target_keys = ("mask",)  # objects without a mask are left out of its loss
+    output_keys = ("mask",)  # bool [H, W]
 
     def __init__(self, config: MaskHeadConfig, *, hidden_size: int) -> None:
         super().__init__(config, hidden_size=hidden_size)

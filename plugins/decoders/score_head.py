@@ -7,12 +7,13 @@ from typing import Literal
 import torch
 from pydantic import Field
 from torch import nn
+from torchvision.ops import box_convert
 
 from padt_core.decoder import DecoderContext, Head, ObjectTargets
-from padt_core.losses import box_cxcywh_to_xyxy, generalized_iou, score_loss
 from padt_core.plugins import PluginConfig
 
 from .layers import init_weights
+from .losses import generalized_iou, score_loss
 
 __all__ = ["ScoreHead", "ScoreHeadConfig"]
 
@@ -31,6 +32,8 @@ class ScoreHead(Head):
     Config = ScoreHeadConfig
     requires = ("box",)  # the target is the GIoU of the box head's prediction
     loss_keys = ("score",)
+    target_keys = ("box",)  # GIoU of the predicted box with the GT box
+    output_keys = ("score",)
 
     def __init__(self, config: ScoreHeadConfig, *, hidden_size: int) -> None:
         super().__init__(config, hidden_size=hidden_size)
@@ -42,7 +45,7 @@ class ScoreHead(Head):
         return self.linear(query_out[:, 0]).squeeze(-1)
 
     def loss(self, pred: torch.Tensor, targets: ObjectTargets, ctx: DecoderContext) -> dict[str, torch.Tensor]:
-        boxes = box_cxcywh_to_xyxy(ctx.predictions["box"].float())
+        boxes = box_convert(ctx.predictions["box"].float(), "cxcywh", "xyxy")
         return {"score": self.config.weight * score_loss(pred, generalized_iou(boxes, targets.boxes))}
 
     def postprocess(self, pred: torch.Tensor, ctx: DecoderContext) -> list[float]:

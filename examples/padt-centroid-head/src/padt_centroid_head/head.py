@@ -12,9 +12,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 from torch import nn
+from torchvision.ops import box_convert
 
 from padt_core.decoder import DecoderContext, Head, ObjectTargets
-from padt_core.losses import box_xyxy_to_cxcywh
 from padt_core.plugins import PluginConfig
 
 __all__ = ["CentroidHead", "CentroidHeadConfig"]
@@ -52,7 +52,7 @@ class CentroidHead(Head):
         return torch.einsum("nr,nrc->nc", weights, centres).to(query.dtype)
 
     def loss(self, pred: torch.Tensor, targets: ObjectTargets, ctx: DecoderContext) -> dict[str, torch.Tensor]:
-        centre = box_xyxy_to_cxcywh(targets.boxes.float())[:, :2]
+        centre = box_convert(targets.boxes.float(), "xyxy", "cxcywh")[:, :2]
         return {"centroid": self.config.weight * (pred.float() - centre).abs().sum(-1).mean()}
 
     def postprocess(self, pred: torch.Tensor, ctx: DecoderContext) -> list[list[float]]:
