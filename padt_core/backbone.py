@@ -122,6 +122,10 @@ class Backbone(nn.Module, ABC):
         """Modules of the vision side (tower and projector/merger), for ``train.freeze_vision``."""
         raise NotImplementedError(f"backbone {self.name!r} does not say which modules are its vision side")
 
+    def parameter_lr_scales(self) -> list[tuple[nn.Module, float]]:
+        """Modules whose parameters train at ``scale × train.lr`` (e.g. a pretrained tower); empty: all at ``lr``."""
+        return []
+
     def model_inputs(self, batch: BackboneBatch) -> dict[str, Any]:
         """Keyword arguments of ``hf_model`` besides ids, mask and the image features."""
         skip = {"input_ids", "attention_mask", "image_index", "image_grids", "pixel_values"}

@@ -18,7 +18,9 @@ import yaml
 from safetensors.torch import load_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ..decoder import SKIPPED_PREFIX
 from ..recipe import Recipe, TrainConfig
+from .batch import TrainBatch
 from .step import compute_losses
 
 __all__ = ["DatasetEpochCallback", "PaDTTrainer", "check_resumable", "training_arguments"]
@@ -125,6 +127,29 @@ class PaDTTrainer(Trainer):
         self._loss_sums: dict[str, float] = defaultdict(float)
         self._loss_count = 0
 
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The Trainer's optimiser, with each group split by the backbone's ``parameter_lr_scales``."""
+        optimizer = super().create_optimizer(model)
+        module = self.accelerator.unwrap_model(model or self.model)
+        scales = {id(p): s for m, s in module.backbone.parameter_lr_scales() for p in m.parameters()}
+        if scales:
+            groups: list[dict] = []
+            for group in optimizer.param_groups:
+                by_scale: dict[float, list] = defaultdict(list)
+                for p in group["params"]:
+                    by_scale[scales.get(id(p), 1.0)].append(p)
+                groups += [{**group, "params": ps, "lr": group["lr"] * s, "lr_scale": s} for s, ps in by_scale.items()]
+            optimizer.param_groups.clear()  # nothing stepped yet: no state to keep
+            # Unscaled groups first: the Trainer logs the first group's learning rate.
+            for group in sorted(groups, key=lambda g: g["lr_scale"] != 1.0):
+                optimizer.add_param_group(group)
+        return optimizer
+
+    def _prepare_inputs(self, inputs: TrainBatch) -> TrainBatch:
+        # Overridden -- the batch is a typed TrainBatch, which Trainer's generic rebuild of a mapping
+        # (``type(data)({...})``) cannot construct; it moves itself.
+        return inputs.to(self.args.device)
+
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         module = self.accelerator.unwrap_model(model)
         losses = compute_losses(module, inputs, step=self.state.global_step, forward=model)
@@ -144,7 +169,8 @@ class PaDTTrainer(Trainer):
                 # share. Every rank logs at the same steps with the same keys, so this collective matches.
                 means = self.accelerator.reduce(means, reduction="mean")
             for key, value in zip(keys, means.tolist()):
-                logs[f"loss_{key}"] = round(value, 6)
+                # skipped_<head>: objects per step a head had no targets for (a count, not a loss)
+                logs[key if key.startswith(SKIPPED_PREFIX) else f"loss_{key}"] = round(value, 6)
             self._loss_sums.clear()
             self._loss_count = 0
         super().log(logs, start_time)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
+import timm
 import torch
 from einops import rearrange
 from PIL import Image
@@ -67,13 +68,36 @@ class _Strict(BaseModel):
 
 
 class LlavaVisionConfig(_Strict):
-    """``backbone.vision`` (timm source): the ViT."""
+    """``backbone.vision`` (timm source): the tower, a ViT or (with ``stage``) a ConvNet."""
 
-    model: str = Field(description="timm model name, e.g. vit_large_patch14_clip_336.openai")
+    model: str = Field(description="timm model name, e.g. vit_large_patch14_clip_336.openai, efficientnet_lite0")
     pretrained: bool = Field(True, description="load timm's pretrained weights (from the hub)")
     checkpoint: str | None = Field(None, description="local timm weights file instead of the hub (implies pretrained)")
+    weights: str | None = Field(
+        None,
+        description="weights file or 'package:<pip distribution>[/<file>]', mapped onto the timm model by name or "
+        "in order (count and shapes checked); replaces `pretrained`/`checkpoint`",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="timm.create_model overrides (embed_dim, ...)")
     feature_layer: int = Field(-2, description="ViT block whose patch tokens are used (LLaVA-1.5: -2)")
+    stage: int | None = Field(
+        None, description="ConvNet towers: feature_info stage of the LLM tokens (its stride x merge = the VRT cell)"
+    )
+    fine_stages: list[int] | None = Field(
+        None, min_length=1, description="ConvNet towers: stages of the decoder's fine features (default: [stage])"
+    )
+    freeze: bool = Field(False, description="no training of the tower (BatchNorm statistics kept); projector trains")
+    lr_scale: float = Field(1.0, gt=0, description="the tower trains at lr_scale x train.lr")
+
+    @model_validator(mode="after")
+    def _check(self) -> LlavaVisionConfig:
+        if self.weights is not None and self.checkpoint is not None:
+            raise ValueError("backbone.vision: give `weights` or `checkpoint`, not both")
+        if self.fine_stages is not None and self.stage is None:
+            raise ValueError("backbone.vision.fine_stages needs `stage` (ConvNet towers)")
+        if self.freeze and self.lr_scale != 1.0:
+            raise ValueError("backbone.vision: a frozen tower has no learning rate (`freeze` with `lr_scale`)")
+        return self
 
 
 class LlavaLanguageConfig(_Strict):
@@ -244,7 +268,8 @@ class LlavaBackbone(Backbone):
 
         # The vision tower: random, a local weights file, or timm's pretrained weights from the hub.
         checkpoint = vis_cfg.checkpoint if not meta else None
-        pretrained = vis_cfg.pretrained and checkpoint is None and not meta
+        weights = vis_cfg.weights if not meta else None
+        pretrained = vis_cfg.pretrained and vis_cfg.checkpoint is None and vis_cfg.weights is None and not meta
         with torch.device("meta") if meta else _null():
             vision = (load_from_hub if pretrained else _call)(
                 lambda name, **kw: seeded(config.seed, lambda: build_timm_vision(name, **kw)),
@@ -252,6 +277,9 @@ class LlavaBackbone(Backbone):
                 kwargs=vis_cfg.kwargs,
                 pretrained=pretrained,
                 checkpoint=checkpoint,
+                weights=weights,
+                stage=vis_cfg.stage,
+                fine_stages=vis_cfg.fine_stages,
                 hint=(
                     f"Download the timm weights on a connected machine (`hf download timm/{vis_cfg.model} "
                     "--local-dir DIR`) and set `backbone.vision.checkpoint` to the weights file in that local "
@@ -263,6 +291,8 @@ class LlavaBackbone(Backbone):
             vision_model=vis_cfg.model,
             vision_kwargs=dict(vis_cfg.kwargs),
             vision_feature_layer=vis_cfg.feature_layer,
+            vision_stage=vis_cfg.stage,
+            vision_fine_stages=vis_cfg.fine_stages,
             merge=config.merge or 2,
             merge_mode=config.merge_mode,
             projector_hidden_act=config.projector_hidden_act,
@@ -272,13 +302,16 @@ class LlavaBackbone(Backbone):
         with torch.device("meta") if meta else _null():
             model = seeded(config.seed, lambda: LlavaStyleForCausalLM(hf_config, vision=vision, language_model=lm))
         model = model.to(dtype)
+        if vis_cfg.freeze:
+            model.freeze_vision_tower()
         processor = cls._timm_processor(config, tokenizer, image_token, vision, model.cell_size)
         fill_generation_defaults(model, tokenizer)
         return cls(config, model, processor)
 
     @staticmethod
     def _timm_processor(config, tokenizer, image_token, vision, cell) -> LlavaStyleProcessor:
-        data = getattr(vision, "pretrained_cfg", {}) or {}
+        # The tower's own normalisation (ImageNet mean/std for EfficientNet, CLIP's for CLIP ViTs).
+        data = timm.data.resolve_data_config({}, model=vision) if getattr(vision, "pretrained_cfg", None) else {}
         interpolation = data.get("interpolation", "bicubic")
         return LlavaStyleProcessor(
             tokenizer,
@@ -402,15 +435,16 @@ class LlavaBackbone(Backbone):
 
     def _encode_timm(self, pixels, image_sizes):
         out = self.hf_model.get_image_features(pixels, image_sizes)
+        stride, cell = self.hf_model.fine_stride, self.cell_size
         features = []
         for tokens, fmap in zip(out.pooler_output, out.hidden_states):
             _, fh, fw = fmap.shape
             features.append(
                 VisualFeatures(
                     tokens=tokens,
-                    grid=(fh // self.merge, fw // self.merge),
-                    cell_size=self.cell_size,
-                    image_size=(fh * self.patch_size, fw * self.patch_size),
+                    grid=(fh * stride // cell, fw * stride // cell),
+                    cell_size=cell,
+                    image_size=(fh * stride, fw * stride),
                     fine=rearrange(fmap, "d h w -> (h w) d"),
                     fine_grid=(fh, fw),
                 )
@@ -454,6 +488,10 @@ class LlavaBackbone(Backbone):
         if self.config.source == "timm":
             return [self.hf_model.vision, self.hf_model.projector]
         return [self.hf_model.model.vision_tower, self.hf_model.model.multi_modal_projector]
+
+    def parameter_lr_scales(self) -> list[tuple[torch.nn.Module, float]]:
+        scale = self.config.vision.lr_scale if self.config.source == "timm" and self.config.vision else 1.0
+        return [] if scale == 1.0 else [(self.hf_model.vision, scale)]
 
     def model_inputs(self, batch: BackboneBatch) -> dict[str, Any]:
         # ``image_sizes`` describes the padded pixels (timm source); ignored when features are passed.

@@ -46,6 +46,9 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from .llava_cnn import CnnStages, cnn_feature_maps, cnn_stages, prune_tower
+from .tower_weights import load_tower_weights
+
 __all__ = [
     "LlavaStyleConfig",
     "LlavaStyleForCausalLM",
@@ -104,6 +107,8 @@ class LlavaStyleConfig(PreTrainedConfig):
     vision_model: str = "vit_small_patch16_224"
     vision_kwargs: dict | None = None
     vision_feature_layer: int = -1
+    vision_stage: int | None = None  # ConvNet towers: feature_info stage of the LLM tokens (None: a ViT)
+    vision_fine_stages: list[int] | None = None  # ConvNet towers: stages of the decoder's fine features
     merge: int = 2
     merge_mode: str = "concat"
     projector_hidden_act: str = "gelu"
@@ -119,19 +124,43 @@ class LlavaStyleConfig(PreTrainedConfig):
 
 
 def build_timm_vision(
-    model: str, kwargs: dict | None = None, *, pretrained: bool = False, checkpoint: str | None = None
+    model: str,
+    kwargs: dict | None = None,
+    *,
+    pretrained: bool = False,
+    checkpoint: str | None = None,
+    weights: str | None = None,
+    stage: int | None = None,
+    fine_stages: list[int] | None = None,
 ) -> nn.Module:
-    """A timm ViT that accepts any multiple of its patch size (``dynamic_img_size=True``)."""
+    """A timm tower: a ViT that accepts any multiple of its patch size (``dynamic_img_size=True``), or,
+    with ``stage``, a ConvNet pruned after the last feature stage used (``llava_cnn``).
+
+    ``weights`` (a file or ``package:<distribution>``, see ``tower_weights``) is loaded into the full
+    model, classifier included, before the classifier is dropped: files keep their heads.
+    """
     extra = dict(kwargs or {})
-    extra.setdefault("num_classes", 0)  # no classifier head: only patch tokens are used
+    if weights is None:
+        extra.setdefault("num_classes", 0)  # no classifier head: only patch tokens are used
     if checkpoint is not None:
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"timm weights file not found: {checkpoint} (backbone.vision.checkpoint)")
         extra["pretrained_cfg_overlay"] = {"file": checkpoint}
         pretrained = True
-    vision = timm.create_model(model, pretrained=pretrained, dynamic_img_size=True, **extra)
-    if not hasattr(vision, "forward_intermediates") or not hasattr(vision, "patch_embed"):
-        raise ValueError(f"timm model {model!r} is not a ViT with forward_intermediates/patch_embed")
+    if stage is None:
+        extra["dynamic_img_size"] = True
+    vision = timm.create_model(model, pretrained=pretrained, **extra)
+    if weights is not None:
+        load_tower_weights(vision, weights)
+        if "num_classes" not in (kwargs or {}):
+            vision.reset_classifier(0)
+    if stage is not None:
+        prune_tower(vision, cnn_stages(vision, stage, fine_stages))
+    elif not hasattr(vision, "forward_intermediates") or not hasattr(vision, "patch_embed"):
+        raise ValueError(
+            f"timm model {model!r} is not a ViT with forward_intermediates/patch_embed "
+            "(a ConvNet tower needs `backbone.vision.stage`)"
+        )
     return vision
 
 
@@ -170,17 +199,39 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
         self, config: LlavaStyleConfig, vision: nn.Module | None = None, language_model: nn.Module | None = None
     ):
         super().__init__(config)
-        self.vision = vision if vision is not None else build_timm_vision(config.vision_model, config.vision_kwargs)
+        self.vision = (
+            vision
+            if vision is not None
+            else build_timm_vision(
+                config.vision_model,
+                config.vision_kwargs,
+                stage=config.vision_stage,
+                fine_stages=config.vision_fine_stages,
+            )
+        )
         self.language_model = (
             language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         )
-        self.patch_size = _patch_size(self.vision)
-        self.vision_hidden_size = int(self.vision.embed_dim)
-        depth = len(self.vision.blocks)
-        if not -depth <= config.vision_feature_layer < depth:
-            raise ValueError(f"vision_feature_layer {config.vision_feature_layer} outside a {depth}-block ViT")
-        self.feature_block = config.vision_feature_layer % depth
-        merge_in = self.vision_hidden_size * (config.merge**2 if config.merge_mode == "concat" else 1)
+        self.cnn: CnnStages | None = None
+        self.vision_frozen = False
+        if config.vision_stage is not None:
+            # A ConvNet: the "patch" is the token stage's stride; fine features may come from finer stages.
+            self.cnn = cnn_stages(self.vision, config.vision_stage, config.vision_fine_stages)
+            self.patch_size, token_width = self.cnn.stride, self.cnn.channels
+            self.vision_hidden_size, self.fine_stride = self.cnn.fine_channels, self.cnn.fine_stride
+            if (self.patch_size * config.merge) % self.fine_stride:
+                raise ValueError(
+                    f"fine stride {self.fine_stride} does not divide the {self.patch_size * config.merge}-px VRT cell"
+                )
+        else:
+            self.patch_size = _patch_size(self.vision)
+            self.vision_hidden_size = token_width = int(self.vision.embed_dim)
+            self.fine_stride = self.patch_size
+            depth = len(self.vision.blocks)
+            if not -depth <= config.vision_feature_layer < depth:
+                raise ValueError(f"vision_feature_layer {config.vision_feature_layer} outside a {depth}-block ViT")
+            self.feature_block = config.vision_feature_layer % depth
+        merge_in = token_width * (config.merge**2 if config.merge_mode == "concat" else 1)
         hidden = self.language_model.get_input_embeddings().weight.shape[1]
         self.projector = LlavaStyleProjector(merge_in, hidden, config.projector_hidden_act)
         # A config setter resets sub-configs' attention implementation to None (= no causal mask in
@@ -231,10 +282,22 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
             self.vision.set_grad_checkpointing(False)
 
     # --- vision -----------------------------------------------------------------------------------
-    def patch_features(
+    def freeze_vision_tower(self) -> None:
+        """No gradients into the tower, and its normalisation statistics stay as loaded (eval mode)."""
+        self.vision.requires_grad_(False)
+        self.vision_frozen = True
+        self.vision.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.vision_frozen:
+            self.vision.eval()  # BatchNorm running statistics of a frozen pretrained tower must not drift
+        return self
+
+    def tower_maps(
         self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None
-    ) -> list[torch.Tensor]:
-        """Patch tokens of the feature block, one ``[D_vis, H, W]`` map per image (prefix tokens dropped).
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(token map [D, H/p, W/p], fine map [D_fine, H/f, W/f])`` per image (the same map for a ViT).
 
         ``pixel_values [N, 3, H_max, W_max]``; image ``i`` is the top-left ``image_sizes[i]`` crop
         (all of it when ``image_sizes`` is None). Images of equal size run as one batch.
@@ -245,21 +308,25 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
             if image_sizes is None
             else [(int(h), int(w)) for h, w in (image_sizes.tolist() if torch.is_tensor(image_sizes) else image_sizes)]
         )
-        p = self.patch_size
         dtype = self.projector.linear_1.weight.dtype
-        out: list[torch.Tensor | None] = [None] * n
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
         for size in dict.fromkeys(sizes):
             h, w = size
             if h % self.cell_size or w % self.cell_size or h <= 0 or w <= 0:
                 raise ValueError(f"image size {h}x{w} is not a positive multiple of the {self.cell_size}-px VRT cell")
             index = [i for i, s in enumerate(sizes) if s == size]
             pixels = pixel_values[index, :, :h, :w].to(dtype)
-            (maps,) = self.vision.forward_intermediates(
-                pixels, indices=[self.feature_block], stop_early=True, intermediates_only=True, output_fmt="NCHW"
-            )
-            assert maps.shape[-2:] == (h // p, w // p)
-            for i, fmap in zip(index, maps):
-                out[i] = fmap
+            if self.cnn is not None:
+                tokens, fine = cnn_feature_maps(self.vision, pixels, self.cnn)
+            else:
+                (tokens,) = self.vision.forward_intermediates(
+                    pixels, indices=[self.feature_block], stop_early=True, intermediates_only=True, output_fmt="NCHW"
+                )
+                fine = tokens
+            assert tokens.shape[-2:] == (h // self.patch_size, w // self.patch_size)
+            assert fine.shape[-2:] == (h // self.fine_stride, w // self.fine_stride)
+            for i, t, f in zip(index, tokens, fine):
+                out[i] = (t, f)
         return out  # type: ignore[return-value]
 
     def merge_and_project(self, fmap: torch.Tensor) -> torch.Tensor:
@@ -274,10 +341,11 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
     def get_image_features(
         self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **kwargs: Any
     ) -> BaseModelOutputWithPooling:
-        """``pooler_output``: LLM tokens per image; ``hidden_states``: the patch maps they come from."""
-        maps = self.patch_features(pixel_values, image_sizes)
-        tokens = tuple(self.merge_and_project(fmap) for fmap in maps)
-        return BaseModelOutputWithPooling(pooler_output=tokens, hidden_states=tuple(maps))
+        """``pooler_output``: LLM tokens per image; ``hidden_states``: the fine maps ``[D_fine, h, w]``
+        (for a ViT the patch maps the tokens come from)."""
+        maps = self.tower_maps(pixel_values, image_sizes)
+        tokens = tuple(self.merge_and_project(t) for t, _ in maps)
+        return BaseModelOutputWithPooling(pooler_output=tokens, hidden_states=tuple(f for _, f in maps))
 
     def scatter_image_tokens(
         self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, features: Sequence[torch.Tensor]
