@@ -1,17 +1,21 @@
 """Answer formats: how a completion writes the objects of an answer, and how they are read back.
 
 A sample's answer is a template whose objects are placeholders ``<|Obj_k|>`` (``data/sample.py``).
-An answer-format plugin (hook ``padt_answer_formats``, recipe section ``answer_format``) decides
+An answer-format plugin (hook ``padt_answer_formats``, recipe section ``answer_format``) decides,
+through its own methods, everything the core does differently per format:
 
-* how the collator turns that template into the completion it trains on (:meth:`AnswerFormat.render`),
-* how a generated completion is read back into objects with label and box (:meth:`AnswerFormat.parse`),
-* whether the VRT machinery is used at all (:attr:`AnswerFormat.uses_vrt`).
+* which recipes it fits (:meth:`AnswerFormat.check_recipe`, run when a recipe is validated),
+* whether the model builds visual prototypes, hence a prototype bank and the VRT hooks
+  (:meth:`AnswerFormat.build_projection`),
+* how the collator turns a sample into the completion it trains on (:meth:`AnswerFormat.encode_answer`),
+* how generated completions become predicted objects (:meth:`AnswerFormat.read_completions`).
 
-``uses_vrt = True`` (the built-in ``vrt`` format, PaDT itself) hands objects to the core's VRT path:
-the collator writes VRT ids for the placeholders, the loss is the robust VRT CE plus the decoder
-heads' losses, the codec parses VRT runs and the decoder turns them into boxes, scores and masks.
-``uses_vrt = False`` formats write objects as plain text: the model has no prototype bank and no
-decoder, trains with next-token CE on :meth:`render`'s text, and :meth:`parse` alone produces boxes.
+The defaults of this base class are those of a format that writes objects as plain text: no
+prototypes, no decoder (a recipe with one is an error), the completion is :meth:`render`'s text
+trained with next-token CE, and :meth:`parse` alone places the boxes. A text format implements only
+``render`` and ``parse``. The built-in ``vrt`` format (PaDT itself, ``plugins/answer_formats/vrt.py``)
+overrides the four methods to hand objects to the core's VRT path: prototypes and a bank, VRT ids
+and robust-CE masks from the collator, VRT runs parsed by the codec and decoded by the heads.
 
 Boxes in a completion are pixels of the *resized* image the processor hands the model (as
 Qwen2.5-VL's own grounding does); :class:`ImageGeometry` carries both sizes so a format can map them
@@ -26,8 +30,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .plugins import PluginConfig, get_plugin
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .backbone import Backbone, BackboneBatch
     from .data.sample import Sample
+    from .model import Encoded, PaDTModel, Prediction
     from .recipe import Recipe
+    from .train.collator import PaDTCollator
 
 __all__ = ["AnswerFormat", "AnswerObject", "ImageGeometry", "ParsedAnswer", "build_answer_format"]
 
@@ -80,18 +91,15 @@ class ParsedAnswer:
 
 
 class AnswerFormat:
-    """Base of answer-format plugins.
+    """Base of answer-format plugins; its defaults are those of a format that writes objects as text.
 
     Class attributes a subclass sets:
         name: registry name, what a recipe's ``answer_format.name`` selects.
         Config: pydantic config model of the recipe section ``answer_format: {name: ..., <options>}``.
-        uses_vrt: objects are VRT runs decoded by the decoder heads (``True``) or plain text that
-            :meth:`parse` reads alone (``False``).
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[PluginConfig]]
-    uses_vrt: ClassVar[bool] = False
 
     def __init__(self, config: PluginConfig | dict[str, Any] | None = None) -> None:
         if config is None:
@@ -100,6 +108,88 @@ class AnswerFormat:
             config = self.Config.model_validate({"name": self.name, **config})
         self.config = config
 
+    # --- what the core asks of a format -------------------------------------------------------------
+    @classmethod
+    def check_recipe(cls, recipe: Recipe) -> None:
+        """Raise ``ValueError`` (naming the section) when ``recipe``'s other sections do not fit this format.
+
+        Called when a recipe is validated. Default: objects are text, so there are no VRTs for decoder
+        heads to read and a ``decoder`` section would train on nothing.
+        """
+        if recipe.decoder is not None:
+            heads = ", ".join(h.name for h in recipe.decoder.heads)
+            raise ValueError(
+                f"answer_format {cls.name!r} writes objects as text and decodes no VRTs, but decoder is set "
+                f"(trunk {recipe.decoder.trunk.name!r}, heads {heads}); set `decoder: null`"
+            )
+
+    def build_projection(self, recipe: Recipe, backbone: Backbone) -> torch.nn.Module | None:
+        """The module that turns visual tokens into VRT prototypes, or ``None`` (the default): no VRTs.
+
+        ``None`` means the model is the plain backbone: no prototype bank, no VRT hooks on its
+        embeddings, VRT ids in its input are an error.
+        """
+        return None
+
+    def encode_answer(
+        self,
+        collator: PaDTCollator,
+        sample: Sample,
+        grid: tuple[int, int],
+        size: tuple[int, int],
+        rng: np.random.Generator,
+    ) -> Any:
+        """The training completion of ``sample`` (a collator record), or ``None`` to skip the sample.
+
+        Default: :meth:`render`'s text plus end-of-sequence, no VRT targets, no decoder objects.
+
+        Args:
+            collator: the calling collator (its tokenizer, skip counter and VRT writer).
+            sample: the training sample.
+            grid: ``(rows, cols)`` of the VRT grid the processor gave its image.
+            size: ``(height, width)`` of the original image.
+            rng: the sample's random stream (VRT target draws).
+        """
+        return collator.encode_text_answer(sample, grid, size)
+
+    def read_completions(
+        self,
+        model: PaDTModel,
+        batch: BackboneBatch,
+        encoded: Encoded,
+        completions: torch.Tensor,
+        images: list[Image.Image | None],
+    ) -> list[Prediction]:
+        """Generated ``completions`` ``[B, new]`` (right-padded ids) → one :class:`Prediction` each.
+
+        Default: decode the text and let :meth:`parse` place the boxes (in the resized image the model
+        saw, grid × cell size pixels).
+        """
+        from .model import PredictedObject, Prediction
+
+        cell = model.backbone.cell_size
+        eos, pad = model.codec.eos_token_ids, model.backbone.pad_token_id
+        predictions = []
+        for b, row in enumerate(completions.tolist()):
+            image = batch["image_index"][b]
+            geometry = None
+            if image >= 0:  # the model saw the image at grid × cell pixels (the processor's resize)
+                rows, cols = batch["image_grids"][image]
+                geometry = ImageGeometry((images[b].height, images[b].width), (rows * cell, cols * cell))
+            text = model.codec.decode(row)
+            parsed = self.parse(text, geometry)
+            predictions.append(
+                Prediction(
+                    text=text,
+                    objects=[PredictedObject(label=o.label, vrt=[], box=o.box) for o in parsed.objects],
+                    skipped=parsed.skipped,
+                    truncated=not any(i in eos for i in row),
+                    ids=[i for i in row if i != pad],
+                )
+            )
+        return predictions
+
+    # --- what a text format implements -----------------------------------------------------------------
     def render(self, sample: Sample, geometry: ImageGeometry) -> str:
         """The completion text of ``sample`` (without the end-of-sequence token) with every object written out.
 

@@ -6,9 +6,10 @@ ids (``>= V``) their sample's prototype instead of a table row; the output-embed
 the sample's VRT logits to the text logits. Everything else (caches, M-RoPE, beams, logits
 processors) is the backbone's and Hugging Face's own code.
 
-With an answer format that writes objects as text (``uses_vrt = False``, e.g. ``text_box``) the model
-is the plain backbone: no prototype projection, no bank, no hooks, no decoder; ``predict`` reads the
-boxes with the format's parser (``padt_core/answer_format.py``).
+The answer format (``padt_core/answer_format.py``) decides what differs per format: whether there
+is a prototype projection (hence a bank and the hooks) and how generated completions become objects.
+A format that writes objects as text (e.g. ``text_box``) makes the model the plain backbone: no
+projection, no bank, no hooks, no decoder; its parser places the boxes.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from .answer_format import ImageGeometry, build_answer_format
+from .answer_format import build_answer_format
 from .backbone import Backbone, BackboneBatch
-from .embedding import PrototypeBank, PrototypeProjection, embed_with_bank
+from .embedding import PrototypeBank, embed_with_bank
 from .features import VisualFeatures
 from .head import extend_logits
 from .plugins import get_plugin
@@ -111,18 +112,8 @@ class PaDTModel(nn.Module):
         self.recipe = recipe
         self.backbone = backbone
         self.answer_format = build_answer_format(recipe)
-        # Formats that write objects as text have no VRTs: no prototypes to project.
-        self.projection = (
-            PrototypeProjection(
-                backbone.hidden_size,
-                recipe.vrt.rank,
-                recipe.vrt.projection,
-                position=recipe.vrt.position,
-                max_grid=recipe.vrt.max_grid,
-            )
-            if self.answer_format.uses_vrt
-            else None
-        )
+        # None: the format writes objects as text, so there are no VRTs and no prototypes to project.
+        self.projection = self.answer_format.build_projection(recipe, backbone)
         self.decoder = decoder
         self.codec = VRTCodec(backbone.tokenizer, backbone.vocab_rows, backbone.eos_token_ids, backbone.pad_token_id)
 
@@ -400,48 +391,10 @@ class PaDTModel(nn.Module):
         batch = _to_device(self.prepare(pil, prompts), self.device)
         encoded = self.encode(batch)
         completions = self.generate(batch, encoded=encoded, **generation_kwargs)
-        if not self.answer_format.uses_vrt:
-            return self._text_predictions(batch, completions, pil)
-        parsed = [self.codec.parse(row, num_cells=encoded.cells(b)) for b, row in enumerate(completions)]
-        predictions = [
-            Prediction(
-                text=self.codec.decode(row),
-                objects=[PredictedObject(label=o.label, vrt=o.vrt) for o in p.objects],
-                skipped=p.skipped,
-                truncated=p.truncated,
-                ids=[int(i) for i in row if int(i) != self.backbone.pad_token_id],
-            )
-            for row, p in zip(completions, parsed)
-        ]
-        if self.decoder is not None and any(p.objects for p in parsed):
-            self._decode_objects(batch, encoded, completions, parsed, pil, predictions)
-        return predictions
+        return self.answer_format.read_completions(self, batch, encoded, completions, pil)
 
-    def _text_predictions(self, batch, completions: torch.Tensor, pil) -> list[Prediction]:
-        """Predictions of an answer format that writes objects as text: its parser places the boxes."""
-        cell = self.backbone.cell_size
-        eos, pad = self.codec.eos_token_ids, self.backbone.pad_token_id
-        predictions = []
-        for b, row in enumerate(completions.tolist()):
-            image = batch["image_index"][b]
-            geometry = None
-            if image >= 0:  # the model saw the image at grid × cell pixels (the processor's resize)
-                rows, cols = batch["image_grids"][image]
-                geometry = ImageGeometry((pil[b].height, pil[b].width), (rows * cell, cols * cell))
-            text = self.codec.decode(row)
-            parsed = self.answer_format.parse(text, geometry)
-            predictions.append(
-                Prediction(
-                    text=text,
-                    objects=[PredictedObject(label=o.label, vrt=[], box=o.box) for o in parsed.objects],
-                    skipped=parsed.skipped,
-                    truncated=not any(i in eos for i in row),
-                    ids=[i for i in row if i != pad],
-                )
-            )
-        return predictions
-
-    def _decode_objects(self, batch, encoded, completions, parsed: list[ParsedCompletion], pil, predictions):
+    def decode_objects(self, batch, encoded, completions, parsed: list[ParsedCompletion], pil, predictions):
+        """Run the decoder heads on the VRT runs ``parsed`` from ``completions``; fill ``predictions``' objects."""
         from .decoder import DecoderInputs
 
         # The state that emitted VRT t is the last-layer state one position before it: recompute it

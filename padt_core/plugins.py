@@ -89,12 +89,13 @@ class HookSpecs:
     def padt_answer_formats(self) -> list[type]:
         """Return answer-format classes: how objects are written in a completion and parsed back.
 
-        Classes subclass :class:`padt_core.answer_format.AnswerFormat` (``name``, ``Config``,
-        ``uses_vrt``, ``render``, ``parse``); a recipe selects one with ``answer_format: {name: ...}``
-        (default ``vrt``). Built-ins: ``vrt`` (PaDT) and ``text_box`` (Qwen2.5-VL-style text boxes).
+        Classes subclass :class:`padt_core.answer_format.AnswerFormat` (``name``, ``Config``, and the
+        methods the core calls: ``check_recipe``, ``build_projection``, ``encode_answer``,
+        ``read_completions``); a recipe selects one with ``answer_format: {name: ...}`` (default
+        ``vrt``). Built-ins: ``vrt`` (PaDT) and ``text_box`` (Qwen2.5-VL-style text boxes).
 
         For third-party packages: register the module under the ``padt`` entry-point group; a format
-        with ``uses_vrt = False`` needs only ``render`` and ``parse`` (``docs/answer-formats.md``).
+        that writes objects as text needs only ``render`` and ``parse`` (``docs/answer-formats.md``).
         """
 
 

@@ -244,15 +244,9 @@ class Recipe(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _decoder_fits_answer_format(self) -> Recipe:
-        # A format without VRTs has nothing for decoder heads to read: a decoder would train on nothing.
-        uses_vrt = getattr(get_plugin("answer_formats", self.answer_format.name), "uses_vrt", True)
-        if not uses_vrt and self.decoder is not None:
-            heads = ", ".join(h.name for h in self.decoder.heads)
-            raise ValueError(
-                f"answer_format {self.answer_format.name!r} writes objects as text and decodes no VRTs, but "
-                f"decoder is set (trunk {self.decoder.trunk.name!r}, heads {heads}); set `decoder: null`"
-            )
+    def _fits_answer_format(self) -> Recipe:
+        # The format knows what it needs of the other sections (e.g. a text format: no decoder).
+        get_plugin("answer_formats", self.answer_format.name).check_recipe(self)
         return self
 
     def to_yaml(self) -> str:

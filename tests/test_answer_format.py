@@ -198,6 +198,31 @@ def test_text_box_with_a_decoder_is_a_recipe_error():
         load_recipe("tiny_qwen_shapes", ["answer_format.name=text_box"])
 
 
+def test_the_format_decides_what_the_core_does():
+    """The core asks the format (no flag): a text format gets the text defaults, ``vrt`` the VRT path."""
+    from padt_core.answer_format import AnswerFormat
+    from padt_core.embedding import PrototypeProjection
+
+    class Plain(AnswerFormat):  # a third-party text format: render and parse only
+        name = "plain"
+
+    vrt = get_plugin("answer_formats", "vrt")
+    assert vrt.read_completions is not AnswerFormat.read_completions
+    assert vrt.encode_answer is not AnswerFormat.encode_answer
+    with_decoder = load_recipe("tiny_qwen_shapes")
+    vrt.check_recipe(with_decoder)  # any decoder fits the VRT path
+    with pytest.raises(ValueError, match=r"answer_format 'plain' writes objects as text .* set `decoder: null`"):
+        Plain.check_recipe(with_decoder)
+    Plain.check_recipe(load_recipe(RECIPE))
+
+    class _Backbone:
+        hidden_size = 32
+
+    projection = vrt().build_projection(with_decoder, _Backbone())
+    assert isinstance(projection, PrototypeProjection) and projection.down.out_features == with_decoder.vrt.rank
+    assert Plain.__new__(Plain).build_projection(with_decoder, _Backbone()) is None  # no Config needed
+
+
 def test_answer_format_options_are_validated():
     with pytest.raises(RecipeError, match=r"answer_format: invalid options for answer_formats 'text_box': ovd_answ"):
         load_recipe(RECIPE, ["answer_format.ovd_answer=[{items}]"])

@@ -5,9 +5,11 @@ For every object the collator draws its VRT targets on the *actual* processor gr
 into the answer in place of ``<|Obj_k|>``, and records which other cells of the same object must not
 compete with each target (the robust per-token CE).
 
-An answer format that writes objects as text (``uses_vrt = False``, e.g. ``text_box``) renders the
-whole answer itself (:meth:`~padt_core.answer_format.AnswerFormat.render`) and the batch carries no
-VRT targets, ignore masks or objects: plain next-token CE on that text.
+The answer format chooses how a sample becomes its completion
+(:meth:`~padt_core.answer_format.AnswerFormat.encode_answer`): the ``vrt`` format asks for the VRT
+completion above (:meth:`PaDTCollator.encode_vrt_answer`); a format that writes objects as text
+(e.g. ``text_box``) renders the whole answer itself (:meth:`PaDTCollator.encode_text_answer`) and the
+batch carries no VRT targets, ignore masks or objects: plain next-token CE on that text.
 """
 
 from __future__ import annotations
@@ -105,11 +107,10 @@ class PaDTCollator:
     def _text_ids(self, text: str) -> list[int]:
         return self.backbone.tokenizer.encode(text, add_special_tokens=False) if text else []
 
-    def _encode_answer(
+    def encode_vrt_answer(
         self, sample: Sample, grid: tuple[int, int], size: tuple[int, int], rng: np.random.Generator
     ) -> _Encoded | None:
-        if not self.answer_format.uses_vrt:
-            return self._encode_text_answer(sample, grid, size)
+        """``K`` VRT ids per ``<|Obj_k|>`` drawn from the object's cells, their robust-CE masks and decoder targets."""
         vocab = self.backbone.vocab_rows
         try:
             cells_of = [object_cells(o, grid, size, self.coverage) for o in sample.objects]
@@ -160,7 +161,7 @@ class PaDTCollator:
         enc.completion.append(self.backbone.eos_token_ids[0])
         return enc
 
-    def _encode_text_answer(self, sample: Sample, grid: tuple[int, int], size: tuple[int, int]) -> _Encoded | None:
+    def encode_text_answer(self, sample: Sample, grid: tuple[int, int], size: tuple[int, int]) -> _Encoded | None:
         """The answer as the format writes it (objects as text, in pixels of the resized image) + EOS."""
         cell = self.backbone.cell_size
         geometry = ImageGeometry(original=size, resized=(grid[0] * cell, grid[1] * cell))
@@ -188,7 +189,7 @@ class PaDTCollator:
         prompt = self.prepare([im for _, im in kept], [s.prompt for s, _ in kept])
         encoded, rows = [], []
         for b, ((sample, image), grid) in enumerate(zip(kept, prompt["image_grids"])):
-            enc = self._encode_answer(sample, tuple(grid), (image.height, image.width), rngs[b])
+            enc = self.answer_format.encode_answer(self, sample, tuple(grid), (image.height, image.width), rngs[b])
             if enc is not None:
                 # How many of each object's VRTs the decoder sees when trained on cell subsets
                 # (train.decoder_cell_subsets): drawn per sample too, from its own stream, so data-parallel
@@ -231,7 +232,7 @@ class PaDTCollator:
             "prompt": prompt,
             "completion_ids": completion,
             "completion_mask": completion_mask,
-            "vrt_ignore": ignore if self.answer_format.uses_vrt else None,
+            "vrt_ignore": ignore if any(e.ignore for e in encoded) else None,  # None: no VRT target in the batch
             "obj_sample": torch.tensor(obj_sample, dtype=torch.long),
             "obj_counts": torch.tensor(obj_counts, dtype=torch.long),
             "obj_positions": torch.tensor(obj_positions, dtype=torch.long),

@@ -94,7 +94,6 @@ class TextBoxFormat(AnswerFormat):
 
     name: ClassVar[str] = "text_box"
     Config: ClassVar[type[PluginConfig]] = TextBoxFormatConfig
-    uses_vrt: ClassVar[bool] = False
 
     # --- writing --------------------------------------------------------------------------------
     def render(self, sample: Sample, geometry: ImageGeometry) -> str:

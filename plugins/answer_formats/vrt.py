@@ -1,19 +1,32 @@
 """The ``vrt`` answer format (PaDT, the default): every object is a run of Visual Reference Tokens.
 
-Nothing here renders or parses text: a VRT object is token ids drawn on the processor's grid, so the
-core does the work (reference §6.6, §7, §8): the collator writes ``K`` VRT ids per ``<|Obj_k|>``
-(``train/collator.py``) and trains them with the robust VRT CE plus the decoder heads' losses
-(``train/step.py``); ``VRTCodec.parse`` groups generated VRT runs into labelled objects and the
-decoder heads turn them into boxes, scores and masks (``model.py``). This plugin only names that
-path so recipes can select it (``answer_format: {name: vrt}``, the default).
+Nothing here renders or parses text: a VRT object is token ids drawn on the processor's grid. The
+format hands objects to the core's VRT machinery (reference §6.6, §7, §8): it builds the prototype
+projection (so the model has a per-sample bank and the VRT hooks), the collator writes ``K`` VRT ids
+per ``<|Obj_k|>`` with their robust-CE masks (``PaDTCollator.encode_vrt_answer``), and generated
+completions are grouped into labelled VRT runs by ``VRTCodec.parse`` and decoded by the decoder heads
+into boxes, scores, masks (``PaDTModel.decode_objects``).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from padt_core.answer_format import AnswerFormat
+from padt_core.embedding import PrototypeProjection
+from padt_core.model import PredictedObject, Prediction
 from padt_core.plugins import PluginConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from padt_core.backbone import Backbone, BackboneBatch
+    from padt_core.data.sample import Sample
+    from padt_core.model import Encoded, PaDTModel
+    from padt_core.recipe import Recipe
+    from padt_core.train.collator import PaDTCollator
 
 __all__ = ["VRTFormat", "VRTFormatConfig"]
 
@@ -25,8 +38,54 @@ class VRTFormatConfig(PluginConfig):
 
 
 class VRTFormat(AnswerFormat):
-    """Objects as VRT runs; rendering and parsing are the core's VRT path (``render``/``parse`` unused)."""
+    """Objects as VRT runs: prototypes and a bank, VRT targets in training, the decoder at prediction."""
 
     name: ClassVar[str] = "vrt"
     Config: ClassVar[type[PluginConfig]] = VRTFormatConfig
-    uses_vrt: ClassVar[bool] = True
+
+    @classmethod
+    def check_recipe(cls, recipe: Recipe) -> None:
+        """Any decoder fits, and none: without one, predictions carry the VRTs and labels only."""
+
+    def build_projection(self, recipe: Recipe, backbone: Backbone) -> PrototypeProjection:
+        """The prototype projection of the recipe's ``vrt`` section on the backbone's merged tokens."""
+        vrt = recipe.vrt
+        return PrototypeProjection(
+            backbone.hidden_size, vrt.rank, vrt.projection, position=vrt.position, max_grid=vrt.max_grid
+        )
+
+    def encode_answer(
+        self,
+        collator: PaDTCollator,
+        sample: Sample,
+        grid: tuple[int, int],
+        size: tuple[int, int],
+        rng: np.random.Generator,
+    ) -> Any:
+        """``K`` VRT ids per object in place of its placeholder, their robust-CE masks and decoder targets."""
+        return collator.encode_vrt_answer(sample, grid, size, rng)
+
+    def read_completions(
+        self,
+        model: PaDTModel,
+        batch: BackboneBatch,
+        encoded: Encoded,
+        completions: torch.Tensor,
+        images: list[Image.Image | None],
+    ) -> list[Prediction]:
+        """VRT runs of each completion as labelled objects; the decoder heads fill in what they predict."""
+        codec = model.codec
+        parsed = [codec.parse(row, num_cells=encoded.cells(b)) for b, row in enumerate(completions)]
+        predictions = [
+            Prediction(
+                text=codec.decode(row),
+                objects=[PredictedObject(label=o.label, vrt=o.vrt) for o in p.objects],
+                skipped=p.skipped,
+                truncated=p.truncated,
+                ids=[int(i) for i in row if int(i) != model.backbone.pad_token_id],
+            )
+            for row, p in zip(completions, parsed)
+        ]
+        if model.decoder is not None and any(p.objects for p in parsed):
+            model.decode_objects(batch, encoded, completions, parsed, images, predictions)
+        return predictions
