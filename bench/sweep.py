@@ -103,7 +103,7 @@ class ShapesData:
 
     def ensure(self) -> None:
         """Generate the dataset once, before runs start (two workers must not race to write it)."""
-        from padt_core.data.shapes import ShapesParams, ensure_shapes
+        from padt_plugins.datasets.shapes import ShapesParams, ensure_shapes
 
         ensure_shapes(self.root, ShapesParams(self.seed, self.n_train, self.n_val, difficulty=self.difficulty))
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from padt_plugins.datasets.shapes import MANIFEST
 
 import padt_core
 from padt_core.cli import main
-from padt_core.data.shapes import MANIFEST
 from padt_core.data.templates import rec_prompt
 from padt_core.plugins import get_plugin
 

@@ -11,11 +11,7 @@ import numpy as np
 import padt_plugins.datasets
 import pytest
 from padt_plugins.datasets.shapes import ShapesDataset, ShapesDatasetConfig
-from PIL import Image
-
-from padt_core.data.reader import build_dataset
-from padt_core.data.sample import decode_mask, object_cells
-from padt_core.data.shapes import (
+from padt_plugins.datasets.shapes.generate import (
     COLOURS,
     SHAPES,
     ShapesMismatchError,
@@ -25,6 +21,10 @@ from padt_core.data.shapes import (
     resolve_expression,
     write_shapes,
 )
+from PIL import Image
+
+from padt_core.data.reader import build_dataset
+from padt_core.data.sample import decode_mask, object_cells
 from padt_core.plugins import list_plugins, register_plugin, unregister_plugin
 from padt_core.recipe import DataConfig
 

@@ -14,7 +14,7 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
     """Write the synthetic shapes dataset (or reuse an identical one); print a JSON summary."""
     import time
 
-    from ..data.shapes import MANIFEST, ShapesMismatchError, ShapesParams, ensure_shapes
+    from padt_plugins.datasets.shapes import MANIFEST, ShapesMismatchError, ShapesParams, ensure_shapes
 
     params = ShapesParams(
         seed=args.seed,

@@ -1,7 +1,8 @@
-"""Training/evaluation data: the sample model, task templates, reader base class, synthetic shapes.
+"""Training/evaluation data: the sample model, task templates, reader base class.
 
-Dataset *formats* (COCO, RefCOCO, RIC, PaDT json, shapes) are plugins in ``padt_plugins.datasets``;
-this package holds what they share.
+Dataset *formats* (COCO, RefCOCO, RIC, PaDT json, shapes) are plugins in ``padt_plugins.datasets``,
+the synthetic shapes generator among them (``padt_plugins.datasets.shapes``); this package holds
+what they share.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from .sample import (
     object_cells,
     placeholder,
 )
-from .shapes import ShapesMismatchError, ShapesParams, ensure_shapes, write_shapes
 from .templates import (
     TaskTemplates,
     drop_objects,
@@ -35,14 +35,11 @@ __all__ = [
     "MaskSizeError",
     "ObjectAnn",
     "Sample",
-    "ShapesMismatchError",
-    "ShapesParams",
     "TaskTemplates",
     "build_dataset",
     "cell_coverage",
     "decode_mask",
     "drop_objects",
-    "ensure_shapes",
     "fill_placeholders",
     "object_cells",
     "ovd_answer",
@@ -52,5 +49,4 @@ __all__ = [
     "rec_prompt",
     "ric_answer",
     "ric_prompt",
-    "write_shapes",
 ]

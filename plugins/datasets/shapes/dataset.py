@@ -1,6 +1,6 @@
 """``shapes``: synthetic coloured shapes, generated on first use and read back like real data.
 
-The first time a ``shapes`` section is used, :func:`padt_core.data.shapes.ensure_shapes` writes
+The first time a ``shapes`` section is used, :func:`padt_plugins.datasets.shapes.generate.ensure_shapes` writes
 the dataset into ``root`` (COCO instances, RefCOCO-style refs, RIC captions, PNG images; see that
 module). Samples then come from the real readers — ``coco`` for ``ovd``, ``refcoco`` for
 ``rec``/``res``, ``ric`` for ``ric`` — so the synthetic data exercises exactly the code paths of
@@ -25,12 +25,12 @@ from pydantic import Field, model_validator
 
 from padt_core.data.reader import DatasetReader, ImageCheck
 from padt_core.data.sample import Sample, Task
-from padt_core.data.shapes import ShapesParams, ensure_shapes
 from padt_core.plugins import PluginConfig
 
-from .coco import CocoDataset, CocoDatasetConfig
-from .refcoco import RefCocoDataset, RefCocoDatasetConfig
-from .ric import RicDataset, RicDatasetConfig
+from ..coco import CocoDataset, CocoDatasetConfig
+from ..refcoco import RefCocoDataset, RefCocoDatasetConfig
+from ..ric import RicDataset, RicDatasetConfig
+from .generate import ShapesParams, ensure_shapes
 
 __all__ = ["ShapesDataset", "ShapesDatasetConfig"]
 

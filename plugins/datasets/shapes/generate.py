@@ -15,7 +15,7 @@ readers (``coco`` for OVD, ``refcoco`` for REC/RES, ``ric`` for captions)::
       refshapes/refs(unc).p          ... and one ref per object with its referring expressions
 
 Referring expressions (minimal and unambiguous among the objects of the image) and captions are
-written by :mod:`padt_core.data.shapes_text`. ``difficulty="full"`` mixes in same colour + shape
+written by :mod:`padt_plugins.datasets.shapes.text`. ``difficulty="full"`` mixes in same colour + shape
 distractors, so expressions need size and spatial words, and adds the most specific description
 as a second sentence; ``difficulty="easy"`` (the quick demo, see NOTES-tiny-training) never repeats
 a colour + shape pair in an image and always says ``the <colour> <shape>``.
@@ -43,8 +43,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .sample import rle_decode
-from .shapes_text import COLOURS, SHAPES, SIZES, SPATIAL_GAP, caption, refer_expressions, resolve_expression
+from padt_core.data.sample import rle_decode
+
+from .text import COLOURS, SHAPES, SIZES, SPATIAL_GAP, caption, refer_expressions, resolve_expression
 
 __all__ = [
     "COLOURS",

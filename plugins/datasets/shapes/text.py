@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .templates import ric_marker
+from padt_core.data.templates import ric_marker
 
 __all__ = ["COLOURS", "SHAPES", "SIZES", "SPATIAL_GAP", "caption", "refer_expressions", "resolve_expression"]
 
