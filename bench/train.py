@@ -211,8 +211,8 @@ def _bench(model: Any, items: list, steps: int, warmup: int, phase: str, clock: 
         "batch": {
             "samples": bs,
             "tasks": sorted({s.task for s in samples}),
-            "objects": int(batch["obj_counts"].numel()),
-            "vrt_targets": int(batch["obj_counts"].sum()),
+            "objects": batch.objects.num_objects,
+            "vrt_targets": int(batch.objects.counts.sum()),
             "prompt_tokens": int(batch["prompt"]["input_ids"].shape[1]),
             "completion_tokens": int(length),
             "image_cells": [int(h * w) for h, w in batch["prompt"]["image_grids"]][:1],
@@ -294,16 +294,8 @@ def _plain_inputs(model: Any, batch: dict[str, Any]) -> tuple[dict[str, Any], to
     return inputs, completion.masked_fill(mask == 0, -100)
 
 
-def _to_device(batch: dict[str, Any], dev: torch.device) -> dict[str, Any]:
-    out = dict(batch)
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            out[key] = value.to(dev)
-    out["prompt"] = type(batch["prompt"])(
-        {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch["prompt"].items()}
-    )
-    out["obj_masks"] = [m if m is None else m.to(dev) for m in batch["obj_masks"]]
-    return out
+def _to_device(batch: Any, dev: torch.device) -> Any:
+    return batch.to(dev)  # a TrainBatch moves itself (objects and targets included)
 
 
 def _timer(device: torch.device, clock: Callable[[], float]) -> Callable[[Callable[[], Any]], tuple[float, Any]]:

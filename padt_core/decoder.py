@@ -23,9 +23,10 @@ A recipe lists the heads it wants; a third-party package can add one (see ``docs
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -38,8 +39,10 @@ from .plugins import PluginConfig, get_plugin
 
 if TYPE_CHECKING:
     from .recipe import DecoderConfig
+    from .viz import DrawContext
 
 __all__ = [
+    "SKIPPED_PREFIX",
     "DecoderContext",
     "DecoderInputs",
     "DecoderOutputs",
@@ -53,6 +56,9 @@ __all__ = [
     "pad_packed",
     "pad_rows",
 ]
+
+#: Prefix of the loss entries that count, per head, the objects left out for lack of its targets.
+SKIPPED_PREFIX = "skipped_"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,25 +163,124 @@ class DecoderInputs:
                 f"(grid {h}x{w} = {h * w} cells)"
             )
 
+    def select(self, objects: Sequence[int]) -> DecoderInputs:
+        """The inputs of ``objects`` only (indices in ascending order); images stay as they are."""
+        objects = list(objects)
+        if any(b <= a for a, b in itertools.pairwise(objects)):
+            raise ValueError(f"DecoderInputs.select needs ascending object indices, got {objects[:10]}")
+        index = torch.tensor(objects, dtype=torch.long, device=self.counts.device)
+        keep = torch.zeros(self.num_objects, dtype=torch.bool, device=self.counts.device)
+        keep[index] = True
+        rows = keep.repeat_interleave(self.counts, output_size=self.vrt_states.shape[0])
+        return replace(
+            self,
+            image_index=self.image_index[index],
+            vrt_states=self.vrt_states[rows],
+            vrt_cells=self.vrt_cells[rows],
+            counts=self.counts[index],
+        )
+
 
 @dataclass
 class ObjectTargets:
-    """Ground truth per object, in object order.
+    """Ground truth per object, in object order, by *target key*.
+
+    ``"box"`` and ``"mask"`` are the annotation's own fields; every other key is an annotation extra
+    (``ObjectAnn.extra``, filled by a dataset reader: ``"keypoints"``, ``"centroid"``, ``"depth"``, ...).
+    A head lists the keys its loss reads in ``Head.target_keys``; ``PaDTDecoder.loss`` hands it only
+    the objects that carry all of them (``select``) and counts the others.
 
     Attributes:
-        boxes: ``[n_obj, 4]`` (x1, y1, x2, y2) normalised to [0, 1] by the image size.
+        boxes: ``[n_obj, 4]`` (x1, y1, x2, y2) normalised to [0, 1] by the image size, or ``None``
+            (no boxes: a head that needs ``"box"`` learns from no object).
         masks: per object a bool/float ``[H, W]`` mask at any resolution (e.g. the original image) or
             ``None`` (no mask: the object is left out of the mask loss). ``None`` = no masks at all.
+        extras: per extra key, one value per object (a tensor, or ``None`` where the object's
+            annotation lacks the key).
+
+    Example:
+        >>> targets = ObjectTargets(extras={"centroid": [torch.tensor([0.5, 0.5]), None]})
+        >>> targets.available("centroid", 2), targets.select([0])["centroid"].shape
+        ([True, False], torch.Size([1, 2]))
     """
 
-    boxes: torch.Tensor
+    boxes: torch.Tensor | None = None
     masks: list[torch.Tensor | None] | None = None
+    extras: dict[str, list[Any]] = field(default_factory=dict)
 
     def mask_list(self, n: int) -> list[torch.Tensor | None]:
         masks = self.masks if self.masks is not None else [None] * n
         if len(masks) != n:
             raise ValueError(f"ObjectTargets has {len(masks)} masks for {n} objects")
         return list(masks)
+
+    def validate(self, n: int) -> None:
+        """Raise ``ValueError`` naming the key when a target does not hold one entry per object."""
+        if self.boxes is not None and tuple(self.boxes.shape) != (n, 4):
+            raise ValueError(f"targets.boxes has shape {tuple(self.boxes.shape)}, expected ({n}, 4)")
+        self.mask_list(n)
+        for key, values in self.extras.items():
+            if len(values) != n:
+                raise ValueError(f"ObjectTargets has {len(values)} {key!r} targets for {n} objects")
+
+    def available(self, key: str, n: int) -> list[bool]:
+        """Per object, whether it carries target ``key`` (host-side: no device sync)."""
+        if key == "box":
+            return [self.boxes is not None] * n
+        if key == "mask":
+            return [m is not None for m in self.mask_list(n)]
+        values = self.extras.get(key)
+        return [False] * n if values is None else [v is not None for v in values]
+
+    def __getitem__(self, key: str) -> Any:
+        """``"box"``: ``boxes``; ``"mask"``: the mask list; an extra: its values stacked ``[n_obj, ...]``.
+
+        Raises ``KeyError`` for a key no object carries and ``ValueError`` when some objects lack it
+        (a head's ``loss`` sees only objects that carry its ``target_keys``).
+        """
+        if key == "box":
+            if self.boxes is None:
+                raise KeyError("these targets hold no boxes")
+            return self.boxes
+        if key == "mask":
+            if self.masks is None:
+                raise KeyError("these targets hold no masks")
+            return self.masks
+        if key not in self.extras:
+            raise KeyError(f"no object carries target {key!r} (extras: {sorted(self.extras)})")
+        values = self.extras[key]
+        missing = [o for o, v in enumerate(values) if v is None]
+        if missing:
+            raise ValueError(f"objects {missing[:10]} have no {key!r} target; list it in the head's target_keys")
+        if not values:
+            return torch.zeros(0)
+        return torch.stack([torch.as_tensor(v) for v in values])
+
+    def select(self, objects: Sequence[int]) -> ObjectTargets:
+        """The targets of ``objects`` (indices, in that order)."""
+        objects = list(objects)
+        boxes = None
+        if self.boxes is not None:
+            boxes = self.boxes[torch.tensor(objects, dtype=torch.long, device=self.boxes.device)]
+        masks = None if self.masks is None else [self.masks[o] for o in objects]
+        extras = {k: [v[o] for o in objects] for k, v in self.extras.items()}
+        return ObjectTargets(boxes=boxes, masks=masks, extras=extras)
+
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ObjectTargets:
+        """A copy with ``fn`` applied to every tensor (a device move, ``pin_memory``, ...)."""
+
+        def apply(v: Any) -> Any:
+            return fn(v) if isinstance(v, torch.Tensor) else v
+
+        return ObjectTargets(
+            boxes=apply(self.boxes),
+            masks=None if self.masks is None else [apply(m) for m in self.masks],
+            extras={k: [apply(v) for v in values] for k, values in self.extras.items()},
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ObjectTargets:
+        """A copy with every tensor on ``device``."""
+        return self.map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -300,6 +405,18 @@ class DecoderContext:
                 f"provides them or remove this head from decoder.heads"
             )
         return self.fine_grids
+
+    def select(self, objects: Sequence[int]) -> DecoderContext:
+        """The context of ``objects`` only (ascending indices): their inputs, grids and every head's predictions."""
+        index = torch.tensor(list(objects), dtype=torch.long, device=self.grids.device)
+        return DecoderContext(
+            inputs=self.inputs.select(objects),
+            layout=self.layout,
+            grids=self.grids[index],
+            fine_grids=None if self.fine_grids is None else self.fine_grids[index],
+            original_sizes=self.original_sizes[index],
+            predictions={k: _take(v, index) for k, v in self.predictions.items()},
+        )
 
 
 class DecoderOutputs(Mapping[str, Any]):
@@ -431,6 +548,12 @@ class Head(nn.Module, ABC):
         needs_fine: whether the head needs fine image features (checked when the decoder is built).
         requires: names of heads whose predictions ``loss`` reads from ``ctx.predictions``.
         loss_keys: names of the terms ``loss`` returns (``box_giou``, ...); unique across heads.
+        target_keys: the ``ObjectTargets`` keys ``loss`` reads (``"box"``, ``"mask"``, or an annotation
+            extra such as ``"centroid"``). ``loss`` sees only the objects that carry all of them; the
+            decoder counts the others (``skipped_<name>`` in its losses).
+        output_keys: the keys ``postprocess`` fills in each predicted object (``PredictedObject.outputs``);
+            unique across heads. Default ``(name,)``: one value per object. With several keys each
+            value is a dict holding exactly those keys.
 
     ``compile_training`` is set by the decoder from ``decoder.compile``: a head may
     then run its training math through ``torch.compile`` (same values; ignoring it is correct too).
@@ -444,6 +567,13 @@ class Head(nn.Module, ABC):
     needs_fine: ClassVar[bool] = False
     requires: ClassVar[tuple[str, ...]] = ()
     loss_keys: ClassVar[tuple[str, ...]] = ()
+    target_keys: ClassVar[tuple[str, ...]] = ()
+    output_keys: ClassVar[tuple[str, ...]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "output_keys" not in cls.__dict__ and "name" in cls.__dict__:
+            cls.output_keys = (cls.name,)
 
     def __init__(self, config: PluginConfig, *, hidden_size: int) -> None:
         super().__init__()
@@ -467,7 +597,16 @@ class Head(nn.Module, ABC):
 
     @abstractmethod
     def postprocess(self, pred: Any, ctx: DecoderContext) -> list[Any]:
-        """One plain Python value per object, in original-image coordinates."""
+        """One plain Python value per object, in original-image coordinates (a ``{key: value}`` dict
+        per object when the head has several ``output_keys``)."""
+
+    def draw(self, key: str, value: Any, ctx: DrawContext) -> bool:
+        """Draw output ``key`` of one object (``value`` as ``postprocess`` made it) onto ``ctx.draw``.
+
+        Return ``False`` to leave it to ``padt_core.viz``'s default (a marker for a point, a text
+        label otherwise). ``box``, ``score`` and ``mask`` are always drawn by ``viz`` itself.
+        """
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -505,9 +644,14 @@ class PaDTDecoder(nn.Module):
             if head.hidden_size != trunk.hidden_size:
                 raise ValueError(f"head {head.name!r} has width {head.hidden_size}, trunk {trunk.hidden_size}")
         keys = [k for h in heads for k in h.loss_keys]
-        clash = sorted({k for k in keys if keys.count(k) > 1 or k == "total"})
+        clash = sorted({k for k in keys if keys.count(k) > 1 or k == "total" or k.startswith(SKIPPED_PREFIX)})
         if clash:
             raise ValueError(f"loss keys {clash} are claimed twice (or are reserved)")
+        outputs = [k for h in heads for k in h.output_keys]
+        clash = sorted({k for k in outputs if outputs.count(k) > 1 or k in ("label", "vrt")})
+        if clash:
+            owners = {k: [h.name for h in heads if k in h.output_keys] for k in clash}
+            raise ValueError(f"output keys claimed twice (or reserved: label, vrt): {owners}")
         self.trunk = trunk
         self.heads = nn.ModuleDict({h.name: h for h in heads})
         self.layout = get_layout(layout)
@@ -571,39 +715,70 @@ class PaDTDecoder(nn.Module):
     def loss(
         self, outputs: DecoderOutputs, targets: ObjectTargets, inputs: DecoderInputs | None = None
     ) -> dict[str, torch.Tensor]:
-        """Weighted float32 loss terms of every head plus ``"total"`` (their sum).
+        """Weighted float32 loss terms of every head, ``"total"`` (their sum) and per head
+        ``"skipped_<name>"``: how many objects lacked one of its ``target_keys`` (left out of its loss).
 
-        With zero objects every term is a zero that still depends on every decoder parameter.
+        Each head's ``loss`` sees only the objects that carry its targets (``targets.select``,
+        ``ctx.select``). A head none of whose objects does, and every head when there are zero
+        objects, gives zeros that still depend on its parameters (DDP waits for every gradient).
         """
         ctx = outputs.context
         n = ctx.num_objects
         if inputs is not None and inputs.num_objects != n:
             raise ValueError(f"outputs hold {n} objects, inputs {inputs.num_objects}")
-        if n == 0:
-            dummy = outputs.dummy_predictions
-            losses = {}
-            for name, head in self.heads.items():
-                zero = sum(t.float().sum() for t in _tensors(dummy[name])) * 0.0
+        targets.validate(n)
+        losses: dict[str, torch.Tensor] = {}
+        skipped: dict[str, int] = {}
+        for name, head in self.heads.items():
+            have = [targets.available(k, n) for k in head.target_keys]
+            objects = [o for o in range(n) if all(col[o] for col in have)]
+            skipped[name] = n - len(objects)
+            if not objects:  # nothing to learn from: keep the head in the graph
+                preds = outputs.dummy_predictions[name] if n == 0 else outputs[name]
+                zero = sum(t.float().sum() for t in _tensors(preds)) * 0.0
                 losses.update({k: zero for k in head.loss_keys})
-        else:
-            if targets.boxes.shape != (n, 4):
-                raise ValueError(f"targets.boxes has shape {tuple(targets.boxes.shape)}, expected ({n}, 4)")
-            losses = {}
-            for name, head in self.heads.items():
+                continue
+            if len(objects) == n:
                 terms = head.loss(outputs[name], targets, ctx)
-                unknown = sorted(set(terms) - set(head.loss_keys))
-                if unknown:
-                    raise ValueError(f"head {name!r} returned loss terms {unknown} not in its loss_keys")
-                losses.update({k: v.float() for k, v in terms.items()})
+            else:
+                index = torch.tensor(objects, dtype=torch.long, device=ctx.grids.device)
+                pred = _take(outputs[name], index)
+                terms = head.loss(pred, targets.select(objects), ctx.select(objects))
+            unknown = sorted(set(terms) - set(head.loss_keys))
+            if unknown:
+                raise ValueError(f"head {name!r} returned loss terms {unknown} not in its loss_keys")
+            losses.update({k: v.float() for k, v in terms.items()})
         losses["total"] = sum(losses.values(), torch.zeros((), device=ctx.grids.device))
+        # Host numbers (no device sync); every head always reports, so all ranks log the same keys.
+        losses.update({f"{SKIPPED_PREFIX}{name}": torch.tensor(float(k)) for name, k in skipped.items()})
         return losses
 
     # --- post-processing -------------------------------------------------------------------------------
     def postprocess(self, outputs: DecoderOutputs, inputs: DecoderInputs | None = None) -> list[dict[str, Any]]:
-        """Per object ``{head name: value}`` in original-image coordinates (only the heads present)."""
+        """Per object ``{output key: value}`` in original-image coordinates (the heads' ``output_keys``)."""
         ctx = outputs.context
-        per_head = {name: head.postprocess(outputs[name], ctx) for name, head in self.heads.items()}
-        return [{name: values[o] for name, values in per_head.items()} for o in range(ctx.num_objects)]
+        results: list[dict[str, Any]] = [{} for _ in range(ctx.num_objects)]
+        for name, head in self.heads.items():
+            values = head.postprocess(outputs[name], ctx)
+            if len(values) != ctx.num_objects:
+                raise ValueError(f"head {name!r} postprocessed {len(values)} values for {ctx.num_objects} objects")
+            if len(head.output_keys) == 1:
+                for res, value in zip(results, values):
+                    res[head.output_keys[0]] = value
+                continue
+            for o, (res, value) in enumerate(zip(results, values)):
+                if not isinstance(value, Mapping) or set(value) != set(head.output_keys):
+                    got = sorted(value) if isinstance(value, Mapping) else type(value).__name__
+                    raise ValueError(
+                        f"head {name!r} declares output_keys {list(head.output_keys)} but postprocessed "
+                        f"{got} for object {o}"
+                    )
+                res.update(value)
+        return results
+
+    def drawers(self) -> dict[str, Head]:
+        """The head that produced each output key (``padt_core.viz`` asks it to draw the key)."""
+        return {k: head for head in self.heads.values() for k in head.output_keys}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -664,6 +839,11 @@ def _map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], obj: Any) -> Any:
     if isinstance(obj, (tuple, list)):
         return type(obj)(_map_tensors(fn, v) for v in obj)
     return obj
+
+
+def _take(obj: Any, index: torch.Tensor) -> Any:
+    """Rows ``index`` (objects) of every tensor of a prediction."""
+    return _map_tensors(lambda t: t[index.to(t.device)], obj)
 
 
 def _shapes(obj: Any) -> Any:

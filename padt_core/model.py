@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_model, save_model
@@ -35,6 +34,7 @@ from .backbone import Backbone, BackboneBatch
 from .embedding import PrototypeBank, embed_with_bank
 from .features import VisualFeatures
 from .head import extend_logits
+from .objects import ObjectBatch, PredictedObject, pack_objects
 from .plugins import get_plugin
 from .recipe import Recipe, load_recipe
 from .vrt import ParsedCompletion, VRTCodec
@@ -70,15 +70,6 @@ class PaDTOutput:
     logits: torch.Tensor  # [B, T, V + P]: text logits ++ VRT logits of the sample's own cells
     hidden_states: torch.Tensor | None  # [B, T, D] last LLM layer (after its final norm); None without VRTs
     encoded: Encoded
-
-
-@dataclass
-class PredictedObject:
-    label: str
-    vrt: list[int]
-    box: list[float] | None = None  # xyxy pixels of the original image
-    score: float | None = None  # in [0, 1]
-    mask: np.ndarray | None = None  # bool [H, W] at the original image size
 
 
 @dataclass
@@ -395,39 +386,18 @@ class PaDTModel(nn.Module):
 
     def decode_objects(self, batch, encoded, completions, parsed: list[ParsedCompletion], pil, predictions):
         """Run the decoder heads on the VRT runs ``parsed`` from ``completions``; fill ``predictions``' objects."""
-        from .decoder import DecoderInputs
-
         # The state that emitted VRT t is the last-layer state one position before it: recompute it
         # with one teacher-forced pass (vision features reused).
         mask = (completions != self.backbone.pad_token_id).long()
         keep = completions.shape[1] + 1
         hidden = self.forward(batch, completions, encoded=encoded, completion_mask=mask, logits_to_keep=keep)
-        hidden = hidden.hidden_states  # index t = the state that emitted completion token t
-        rows, cols, cells, counts, image_index, owners = [], [], [], [], [], []
-        for b, p in enumerate(parsed):
-            for j, obj in enumerate(p.objects):
-                rows += [b] * len(obj.vrt)
-                cols += obj.steps
-                cells += obj.vrt
-                counts.append(len(obj.vrt))
-                image_index.append(encoded.image_index[b])
-                owners.append((b, j))
-        dev = hidden.device
-        inputs = DecoderInputs(
-            features=encoded.features,
-            prototypes=encoded.prototypes,
-            image_index=torch.tensor(image_index, device=dev),
-            vrt_states=hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)],
-            vrt_cells=torch.tensor(cells, device=dev),
-            counts=torch.tensor(counts, device=dev),
-            original_sizes=[(im.height, im.width) for im in pil if im is not None],
-        )
-        results = self.decoder.postprocess(self.decoder(inputs), inputs)
-        for (b, j), res in zip(owners, results):
-            obj = predictions[b].objects[j]
-            obj.box = res.get("box")
-            obj.score = res.get("score")
-            obj.mask = res.get("mask")
+        objects = ObjectBatch.from_parsed(parsed, device=hidden.hidden_states.device)
+        sizes = [(im.height, im.width) for im in pil if im is not None]
+        inputs = pack_objects(objects, encoded, hidden.hidden_states, sizes)
+        results = iter(self.decoder.postprocess(self.decoder(inputs), inputs))
+        for prediction in predictions:  # from_parsed packs the objects in this order
+            for obj in prediction.objects:
+                obj.outputs.update(next(results))
 
     # --- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:

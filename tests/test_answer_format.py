@@ -266,10 +266,10 @@ def test_collator_trains_on_the_rendered_text(trained, shapes):
     samples = list(load_readers(recipe.data.train, recipe.data.templates)[0][0].samples())
     rec = next(s for s in samples if s.task == "rec")
     batch = PaDTCollator(model)([rec])
-    text = model.codec.decode(batch["completion_ids"][0])
+    text = model.codec.decode(batch.completion_ids[0])
     assert text.startswith(f'The "{rec.objects[0].label}" refers to {{"bbox_2d": [')
-    assert batch["vrt_ignore"] is None and batch["obj_counts"].numel() == 0
-    assert int((batch["completion_ids"] >= model.backbone.vocab_rows).sum()) == 0
+    assert batch.vrt_ignore is None and batch.objects.num_objects == 0
+    assert int((batch.completion_ids >= model.backbone.vocab_rows).sum()) == 0
 
 
 class _Force(LogitsProcessor):

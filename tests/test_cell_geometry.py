@@ -7,6 +7,7 @@ from helpers import noise_image
 
 import padt_core
 from padt_core.decoder import DecoderInputs
+from padt_core.objects import ObjectBatch
 from padt_core.train.step import _random_prefix
 
 GEOMETRY = {
@@ -52,27 +53,29 @@ def test_hull_prior_starts_at_the_cells_hull_and_positions_change_queries():
     assert not torch.allclose(out_a[0], out_b[0])  # same states, other cells: the queries know where
 
 
+def _objects(counts: torch.Tensor, keep: torch.Tensor | None = None) -> ObjectBatch:
+    cells = torch.arange(int(counts.sum()))
+    return ObjectBatch(sample=torch.zeros_like(counts), counts=counts, positions=cells + 100, cells=cells, keep=keep)
+
+
 def test_random_prefix_keeps_one_to_k_per_object():
     torch.manual_seed(0)
     counts = torch.tensor([5, 1, 3] * 50)
-    cells = torch.arange(int(counts.sum()))
-    states = cells.float().unsqueeze(-1)
-    kept_states, kept_cells, kept_counts = _random_prefix(states, cells, counts, None)
+    kept = _random_prefix(_objects(counts))
+    kept_cells, kept_counts = kept.cells, kept.counts
     assert ((kept_counts >= 1) & (kept_counts <= counts)).all()
     assert kept_cells.numel() == int(kept_counts.sum())
     assert set(kept_counts[::3].tolist()) == {1, 2, 3, 4, 5}
     starts = torch.cumsum(counts, 0) - counts
     first = torch.cumsum(kept_counts, 0) - kept_counts
     assert torch.equal(kept_cells[first], starts)  # each object keeps a prefix of its own cells
-    torch.testing.assert_close(kept_states.squeeze(-1), kept_cells.float())
+    assert torch.equal(kept.positions, kept_cells + 100)  # positions (hence states) follow their cells
 
 
 def test_random_prefix_takes_the_collators_counts():
-    counts = torch.tensor([5, 1, 3])
-    cells = torch.arange(9)
-    _, kept_cells, kept_counts = _random_prefix(cells.float()[:, None], cells, counts, torch.tensor([2, 1, 3]))
-    assert kept_counts.tolist() == [2, 1, 3]
-    assert kept_cells.tolist() == [0, 1, 5, 6, 7, 8]
+    kept = _random_prefix(_objects(torch.tensor([5, 1, 3]), keep=torch.tensor([2, 1, 3])))
+    assert kept.counts.tolist() == [2, 1, 3]
+    assert kept.cells.tolist() == [0, 1, 5, 6, 7, 8]
 
 
 def test_collator_draws_cell_subsets_per_sample(tiny_model, tmp_path):
@@ -90,5 +93,5 @@ def test_collator_draws_cell_subsets_per_sample(tiny_model, tmp_path):
     collate = PaDTCollator(tiny_model)
     alone = collate([{"sample": sample, "seed": [0, 0, 7]}])
     mixed = collate([{"sample": other, "seed": [0, 0, 3]}, {"sample": sample, "seed": [0, 0, 7]}])
-    assert alone["obj_keep"].tolist() == mixed["obj_keep"][1:].tolist()
-    assert ((alone["obj_keep"] >= 1) & (alone["obj_keep"] <= alone["obj_counts"])).all()
+    assert alone.objects.keep.tolist() == mixed.objects.keep[1:].tolist()
+    assert ((alone.objects.keep >= 1) & (alone.objects.keep <= alone.objects.counts)).all()

@@ -225,9 +225,13 @@ def test_loss_terms_are_float32_and_weighted():
     out = decoder(inputs)
     targets = make_targets(inputs.num_objects)
     losses = decoder.loss(out, targets, inputs)
-    assert set(losses) == {"box_giou", "box_l1", "score", "mask_dice", "mask_focal", "total"}
+    skipped = {"skipped_box", "skipped_score", "skipped_mask"}
+    assert set(losses) == {"box_giou", "box_l1", "score", "mask_dice", "mask_focal", "total"} | skipped
     assert all(v.dtype == torch.float32 and v.dim() == 0 for v in losses.values())
-    torch.testing.assert_close(losses["total"], sum(v for k, v in losses.items() if k != "total"))
+    terms = [v for k, v in losses.items() if k != "total" and k not in skipped]
+    torch.testing.assert_close(losses["total"], sum(terms))
+    # make_targets gives objects 1 and 4 no mask: left out of the mask loss, and counted
+    assert [losses[k].item() for k in ("skipped_box", "skipped_score", "skipped_mask")] == [0, 0, 2]
     decoder.heads["box"].config.giou_weight = 3.0
     decoder.heads["mask"].config.focal_weight = 0.0
     again = decoder.loss(out, targets)
@@ -264,7 +268,7 @@ def test_box_only_decoder_trains_and_predicts():
     history = []
     for _ in range(6):
         losses = decoder.loss(decoder(inputs), targets)
-        assert set(losses) == {"box_giou", "box_l1", "total"}
+        assert set(losses) == {"box_giou", "box_l1", "total", "skipped_box"}
         optimizer.zero_grad()
         losses["total"].backward()
         assert all(p.grad is not None for p in decoder.parameters())
@@ -291,7 +295,7 @@ def test_empty_batch_forward_and_zero_loss_touching_every_parameter():
     assert tuple(out["box"].shape) == (0, 4) and tuple(out["score"].shape) == (0,) and out["mask"].shape[0] == 0
     assert decoder.postprocess(out, inputs) == []
     losses = decoder.loss(out, ObjectTargets(boxes=torch.zeros(0, 4)), inputs)
-    assert set(losses) == {"box_giou", "box_l1", "score", "mask_dice", "mask_focal", "total"}
+    assert set(losses) == {"box_giou", "box_l1", "score", "mask_dice", "mask_focal", "total"} | {"skipped_box", "skipped_score", "skipped_mask"}
     assert all(float(v.detach()) == 0.0 for v in losses.values())
     losses["total"].backward()
     assert [n for n, p in decoder.named_parameters() if p.grad is None] == []

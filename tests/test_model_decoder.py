@@ -53,7 +53,7 @@ def test_box_only_recipe_trains_a_step_and_predicts(tmp_path):
     batch = PaDTCollator(model, vrt_per_object=3)([sample, sample])
     model.train()
     losses = compute_losses(model, batch, step=10**6)
-    assert set(losses) == {"token", "box_giou", "box_l1", "loss"}
+    assert set(losses) == {"token", "box_giou", "box_l1", "skipped_box", "loss"}
     before = model.decoder.state_dict()["heads.box.mlp.0.weight"].clone()
     optim = torch.optim.SGD(model.parameters(), lr=0.1)
     losses["loss"].backward()

@@ -184,7 +184,7 @@ def test_batch_without_objects_touches_every_decoder_parameter(step_setup, step)
     prompt = "Please find these objects in the image: red circle, blue star."
     empty = Sample(id="none/0", image=image, task="ovd", prompt=prompt, answer=templates.ovd_none, objects=[])
     batch = collator([empty, empty])
-    assert batch["obj_counts"].numel() == 0
+    assert batch.objects.num_objects == 0
     losses = compute_losses(model, batch, step=step)
     assert torch.isfinite(losses["loss"])
     for term in LOSS_TERMS[1:]:

@@ -36,21 +36,21 @@ def rec_sample(image: str, box=(0.0, 0.0, 0.5, 0.5), sid="s0") -> Sample:
 def test_targets_and_robust_mask_on_hand_made_example(tiny_model, image_path):
     collator = PaDTCollator(tiny_model, vrt_per_object=3, seed=0)
     batch = collator([rec_sample(image_path)])
-    assert batch["prompt"]["image_grids"] == [(4, 4)]
-    completion = batch["completion_ids"][0]
-    positions = batch["obj_positions"].tolist()
-    cells = batch["obj_cells"].tolist()
+    assert batch.prompt["image_grids"] == [(4, 4)]
+    completion = batch.completion_ids[0]
+    positions = batch.objects.positions.tolist()
+    cells = batch.objects.cells.tolist()
     assert (completion[positions] - V).tolist() == cells
     assert len(set(cells)) == 3 and set(cells) <= {0, 1, 4, 5}  # the box covers the top-left 2 x 2 cells
-    ignore = batch["vrt_ignore"][0]
+    ignore = batch.vrt_ignore[0]
     for t, cell in zip(positions, cells):
         assert set(ignore[t].nonzero().flatten().tolist()) == {0, 1, 4, 5} - {cell}
     others = [t for t in range(completion.shape[0]) if t not in positions]
     assert not ignore[others].any()  # text positions are untouched
-    assert completion[batch["completion_mask"][0].bool()][-1] == tiny_model.backbone.eos_token_ids[0]
+    assert completion[batch.completion_mask[0].bool()][-1] == tiny_model.backbone.eos_token_ids[0]
     text = tiny_model.codec.decode(completion)
     assert text.startswith('The "the red circle" refers to <|VRT_') and text.endswith(" in this image.")
-    torch.testing.assert_close(batch["obj_boxes"], torch.tensor([[0.0, 0.0, 0.5, 0.5]]))
+    torch.testing.assert_close(batch.objects.targets.boxes, torch.tensor([[0.0, 0.0, 0.5, 0.5]]))
 
 
 def test_robust_ce_ignores_sibling_cells():
@@ -86,6 +86,6 @@ def test_bad_samples_are_skipped_and_counted(tiny_model, image_path, tmp_path):
     tiny = rec_sample(image_path, box=(0.0, 0.0, 0.001, 0.001), sid="tiny")  # covers no cell
     good = rec_sample(image_path, sid="good")
     batch = collator([missing, tiny, good])
-    assert batch["completion_ids"].shape[0] == 1
+    assert batch.completion_ids.shape[0] == 1
     assert collator.skipped["unreadable image"] == 1
     assert collator.skipped["object covers no cell"] >= 1

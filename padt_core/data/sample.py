@@ -72,6 +72,11 @@ class ObjectAnn:
         area: annotation area in original pixels, as given by the source.
         category_id: source category id, when there is one.
         ann_id: source annotation id, when there is one (used in error messages).
+        extra: further targets by key, filled by the reader (``{"keypoints": [[x, y, v], ...]}``,
+            ``{"centroid": [x, y]}``, ``{"depth": 3.2}``): numbers, lists or arrays, in whatever
+            convention the head that reads the key documents (positions normalised like ``box`` by
+            default). The collator hands them to the decoder as ``ObjectTargets.extras[key]``; a
+            head lists the keys it needs in ``target_keys``. ``box`` and ``mask`` are not extras.
     """
 
     label: str
@@ -81,6 +86,7 @@ class ObjectAnn:
     area: float | None = None
     category_id: int | None = None
     ann_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.box) != 4:
@@ -95,6 +101,11 @@ class ObjectAnn:
             counts = self.mask["counts"]
             if isinstance(counts, bytes):  # pycocotools returns bytes; keep json-friendly str
                 self.mask = {"size": [int(s) for s in self.mask["size"]], "counts": counts.decode("ascii")}
+        if not isinstance(self.extra, dict) or not all(isinstance(k, str) for k in self.extra):
+            raise ValueError(f"{self.describe()}: extra must be a dict with string keys, got {self.extra!r}")
+        reserved = sorted(set(self.extra) & {"box", "mask"})
+        if reserved:
+            raise ValueError(f"{self.describe()}: extra key(s) {reserved} are annotation fields; set them directly")
 
     def describe(self) -> str:
         """Short description for error messages: ``object 'red star' (ann 12)``."""

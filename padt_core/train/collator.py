@@ -28,6 +28,9 @@ from PIL import Image
 from ..answer_format import ImageGeometry
 from ..data.sample import Sample, decode_mask, object_cells
 from ..data.templates import DEFAULT_TEMPLATES, TaskTemplates, drop_objects
+from ..decoder import ObjectTargets
+from ..objects import ObjectBatch
+from .batch import TrainBatch
 
 __all__ = ["PaDTCollator", "five_point_cells", "pick_vrt_targets"]
 
@@ -155,6 +158,7 @@ class PaDTCollator:
                     "cells": targets,
                     "box": obj.box,
                     "mask": None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)),
+                    "extra": {key: _extra_tensor(value) for key, value in obj.extra.items()},
                 }
             )
         enc.completion += self._text_ids(sample.answer[pos:])
@@ -172,7 +176,7 @@ class PaDTCollator:
             return None
         return _Encoded(completion=[*self._text_ids(text), self.backbone.eos_token_ids[0]], ignore=[])
 
-    def __call__(self, items: Sequence[Sample | dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, items: Sequence[Sample | dict[str, Any]]) -> TrainBatch:
         kept: list[tuple[Sample, Image.Image]] = []
         seeds = []
         for item in items:
@@ -206,7 +210,7 @@ class PaDTCollator:
             prompt = self.prepare([im for _, im in kept], [s.prompt for s, _ in kept])
         return self._assemble(prompt, encoded, [(im.height, im.width) for _, im in kept])
 
-    def _assemble(self, prompt, encoded: list[_Encoded], sizes: list[tuple[int, int]]) -> dict[str, Any]:
+    def _assemble(self, prompt, encoded: list[_Encoded], sizes: list[tuple[int, int]]) -> TrainBatch:
         pad = self.backbone.pad_token_id
         length = max(len(e.completion) for e in encoded)
         width = max(h * w for h, w in prompt["image_grids"])
@@ -214,31 +218,57 @@ class PaDTCollator:
         completion = torch.full((batch, length), pad, dtype=torch.long)
         completion_mask = torch.zeros(batch, length, dtype=torch.long)
         ignore = torch.zeros(batch, length, width, dtype=torch.bool)
-        obj_sample, obj_counts, obj_positions, obj_cells, obj_keep, boxes, masks = [], [], [], [], [], [], []
+        sample, counts, positions, cells, keep = [], [], [], [], []
+        objects: list[dict[str, Any]] = []
         for b, enc in enumerate(encoded):
             completion[b, : len(enc.completion)] = torch.tensor(enc.completion)
             completion_mask[b, : len(enc.completion)] = 1
-            for t, cells in enc.ignore:
-                ignore[b, t, cells] = True
+            for t, ignored in enc.ignore:
+                ignore[b, t, ignored] = True
             for obj in enc.objects:
-                obj_sample.append(b)
-                obj_counts.append(len(obj["cells"]))
-                obj_positions += obj["positions"]
-                obj_cells += obj["cells"]
-                obj_keep.append(obj.get("keep", len(obj["cells"])))
-                boxes.append(obj["box"])
-                masks.append(obj["mask"])
-        return {
-            "prompt": prompt,
-            "completion_ids": completion,
-            "completion_mask": completion_mask,
-            "vrt_ignore": ignore if any(e.ignore for e in encoded) else None,  # None: no VRT target in the batch
-            "obj_sample": torch.tensor(obj_sample, dtype=torch.long),
-            "obj_counts": torch.tensor(obj_counts, dtype=torch.long),
-            "obj_positions": torch.tensor(obj_positions, dtype=torch.long),
-            "obj_cells": torch.tensor(obj_cells, dtype=torch.long),
-            "obj_keep": torch.tensor(obj_keep, dtype=torch.long),  # VRTs the decoder sees with cell subsets
-            "obj_boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "obj_masks": masks,
-            "original_sizes": sizes,
-        }
+                sample.append(b)
+                counts.append(len(obj["cells"]))
+                positions += obj["positions"]
+                cells += obj["cells"]
+                keep.append(obj.get("keep", len(obj["cells"])))
+                objects.append(obj)
+        # Every extra key any object of the batch carries; objects without it hold None (a head that
+        # needs the key leaves them out of its loss and counts them).
+        keys = list(dict.fromkeys(k for obj in objects for k in obj["extra"]))
+        targets = ObjectTargets(
+            boxes=torch.tensor([obj["box"] for obj in objects], dtype=torch.float32).reshape(-1, 4),
+            masks=[obj["mask"] for obj in objects],
+            extras={k: [obj["extra"].get(k) for obj in objects] for k in keys},
+        )
+
+        def long(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long)
+
+        return TrainBatch(
+            prompt=prompt,
+            completion_ids=completion,
+            completion_mask=completion_mask,
+            vrt_ignore=ignore if any(e.ignore for e in encoded) else None,  # None: no VRT target in the batch
+            objects=ObjectBatch(
+                sample=long(sample),
+                counts=long(counts),
+                positions=long(positions),
+                cells=long(cells),
+                keep=long(keep),  # VRTs the decoder sees with cell subsets
+                targets=targets,
+            ),
+            original_sizes=sizes,
+        )
+
+
+def _extra_tensor(value: Any) -> Any:
+    """An annotation extra as a tensor (floats as float32, integers and flags as they are), or the
+    value itself when it is not numeric (a head that reads such a key takes it as it is)."""
+    if isinstance(value, torch.Tensor):
+        tensor = value
+    else:
+        try:
+            tensor = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, RuntimeError):
+            return value
+    return tensor.float() if tensor.is_floating_point() else tensor

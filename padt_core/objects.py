@@ -1,0 +1,261 @@
+"""The object record: one object from its annotation to its prediction, whatever its heads learn.
+
+Every stage carries the same open set of keys, so a head with a new kind of target (keypoints, a
+centre, a depth) needs no edit here or anywhere else in the core::
+
+    ObjectAnn            box, mask, extra = {"centroid": [x, y], ...}     (a dataset reader fills extra)
+      │ PaDTCollator
+    ObjectBatch          the batch's objects packed back to back: sample, counts, positions, cells,
+      │                  targets = ObjectTargets(boxes, masks, extras by key)
+      │ pack_objects     (the one packer, for training and for inference)
+    DecoderInputs ─> heads: loss reads the head's ``target_keys``, postprocess fills its ``output_keys``
+      │
+    PredictedObject      label, vrt, outputs = {"box": ..., "score": ..., "mask": ..., "centroid": ...}
+      │ object_json
+    JSON                 label, vrt, box, score, mask, then every other output key
+
+Inference builds its ``ObjectBatch`` from the parsed completions (:meth:`ObjectBatch.from_parsed`);
+training gets it from the collator, with targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .decoder import DecoderInputs, ObjectTargets
+
+if TYPE_CHECKING:
+    from .vrt import ParsedCompletion
+
+__all__ = ["FAMILIAR_KEYS", "ObjectBatch", "PredictedObject", "json_value", "object_json", "pack_objects"]
+
+#: Output keys every ``PredictedObject`` has as attributes (``None`` when no head produced them) and
+#: every prediction JSON object has, in this order, after ``label`` and ``vrt``.
+FAMILIAR_KEYS = ("box", "score", "mask")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The objects of a batch
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectBatch:
+    """The objects of a batch, back to back in object order (samples in batch order), and their targets.
+
+    Attributes:
+        sample: ``[n_obj]`` long, the batch row of each object.
+        counts: ``[n_obj]`` long, ``K_o`` VRTs per object.
+        positions: ``[sum_K]`` long, completion index of each VRT: the LLM state that emitted it is
+            ``hidden_states[sample, position]`` of a forward with ``logits_to_keep = L + 1``.
+        cells: ``[sum_K]`` long, cell index of each VRT in its image (raster order).
+        keep: ``[n_obj]`` long, how many of each object's VRTs the decoder sees when trained on cell
+            subsets (``train.decoder_cell_subsets``), drawn by the collator; ``None`` at inference.
+        targets: the ground truth (training), ``None`` at inference.
+    """
+
+    sample: torch.Tensor
+    counts: torch.Tensor
+    positions: torch.Tensor
+    cells: torch.Tensor
+    keep: torch.Tensor | None = None
+    targets: ObjectTargets | None = None
+
+    @property
+    def num_objects(self) -> int:
+        return int(self.counts.numel())
+
+    @classmethod
+    def from_parsed(cls, parsed: Sequence[ParsedCompletion], device: torch.device | str = "cpu") -> ObjectBatch:
+        """The objects of parsed completions (row ``b`` of the generated ids = ``parsed[b]``)."""
+        sample, counts, positions, cells = [], [], [], []
+        for b, completion in enumerate(parsed):
+            for obj in completion.objects:
+                sample.append(b)
+                counts.append(len(obj.vrt))
+                positions += obj.steps
+                cells += obj.vrt
+
+        def long(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        return cls(sample=long(sample), counts=long(counts), positions=long(positions), cells=long(cells))
+
+    def prefix(self, keep: torch.Tensor) -> ObjectBatch:
+        """Only the first ``keep[o]`` (1..K_o) VRTs of each object (targets are drawn in random order,
+        so a prefix is a random subset)."""
+        keep = keep.to(self.counts.device)
+        starts = torch.cumsum(self.counts, 0) - self.counts
+        rank = torch.arange(self.cells.numel(), device=self.counts.device) - torch.repeat_interleave(
+            starts, self.counts
+        )
+        rows = rank < torch.repeat_interleave(keep, self.counts)
+        return replace(self, counts=keep, positions=self.positions[rows], cells=self.cells[rows], keep=None)
+
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ObjectBatch:
+        """A copy with ``fn`` applied to every tensor, targets included (a device move, ``pin_memory``)."""
+        return ObjectBatch(
+            sample=fn(self.sample),
+            counts=fn(self.counts),
+            positions=fn(self.positions),
+            cells=fn(self.cells),
+            keep=None if self.keep is None else fn(self.keep),
+            targets=None if self.targets is None else self.targets.map_tensors(fn),
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ObjectBatch:
+        """A copy with every tensor on ``device``."""
+        return self.map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
+
+
+def pack_objects(
+    objects: ObjectBatch,
+    encoded: Any,
+    hidden_states: torch.Tensor | None,
+    original_sizes: Sequence[tuple[int, int]],
+    *,
+    from_prototypes: bool = False,
+) -> DecoderInputs:
+    """The decoder's inputs for ``objects``: the one packing used by training and by ``predict``.
+
+    Args:
+        objects: the batch's objects.
+        encoded: the batch's ``padt_core.model.Encoded`` (features, prototypes, image of each sample).
+        hidden_states: ``[B, T, D]`` last-layer LLM states, index ``t`` = the state that emitted
+            completion token ``t``; unused with ``from_prototypes``.
+        original_sizes: per image ``(height, width)`` of the original image.
+        from_prototypes: read each VRT's own prototype instead of the LLM state that emitted it (the
+            prototype warm-up: early in training the LLM's states are noise).
+
+    Example:
+        >>> inputs = pack_objects(ObjectBatch.from_parsed(parsed), encoded, out.hidden_states, sizes)
+        >>> results = decoder.postprocess(decoder(inputs), inputs)
+    """
+    counts, cells = objects.counts, objects.cells
+    device = counts.device
+    image_of_sample = torch.tensor(encoded.image_index, dtype=torch.long, device=device)
+    image_index = image_of_sample[objects.sample] if counts.numel() else counts
+    if from_prototypes:
+        width = encoded.prototypes[0].shape[-1] if encoded.prototypes else hidden_states.shape[-1]
+        if cells.numel():
+            flat = torch.cat(encoded.prototypes)
+            offsets = torch.tensor([0] + [p.shape[0] for p in encoded.prototypes], device=device).cumsum(0)
+            states = flat[offsets[image_index.repeat_interleave(counts)] + cells]
+        else:
+            states = encoded.prototypes[0].new_zeros(0, width) if encoded.prototypes else hidden_states[0, :0]
+    else:
+        rows = objects.sample.repeat_interleave(counts)
+        states = hidden_states[rows, objects.positions]
+    return DecoderInputs(
+        features=encoded.features,
+        prototypes=encoded.prototypes,
+        image_index=image_index,
+        vrt_states=states,
+        vrt_cells=cells,
+        counts=counts,
+        original_sizes=list(original_sizes),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Predictions
+# ---------------------------------------------------------------------------------------------------
+
+
+class PredictedObject:
+    """One predicted object: its label, its VRT cells and every head's post-processed output by key.
+
+    ``outputs`` holds what the decoder heads produced (their ``output_keys``), in original-image
+    coordinates: ``obj.outputs["centroid"]``. The familiar ones are attributes too (``None`` when
+    no head produced them): ``box`` (xyxy pixels), ``score`` (in [0, 1]), ``mask`` (bool ``[H, W]``
+    at the original image size).
+
+    Example:
+        >>> obj = PredictedObject("red square", [3, 4], box=[10.0, 8.0, 40.0, 30.0], outputs={"centroid": [25.0, 19.0]})
+        >>> obj.box, obj.score, sorted(obj.outputs)
+        ([10.0, 8.0, 40.0, 30.0], None, ['box', 'centroid'])
+    """
+
+    __slots__ = ("label", "outputs", "vrt")
+
+    def __init__(
+        self,
+        label: str,
+        vrt: list[int],
+        box: list[float] | None = None,
+        score: float | None = None,
+        mask: np.ndarray | None = None,
+        *,
+        outputs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.label = label
+        self.vrt = vrt
+        self.outputs: dict[str, Any] = dict(outputs or {})
+        for key, value in zip(FAMILIAR_KEYS, (box, score, mask)):
+            if value is not None:
+                self.outputs[key] = value
+
+    box = property(lambda self: self.outputs.get("box"), doc="``[x1, y1, x2, y2]`` in original-image pixels")
+    score = property(lambda self: self.outputs.get("score"), doc="confidence in [0, 1]")
+    mask = property(lambda self: self.outputs.get("mask"), doc="bool ``[H, W]`` at the original image size")
+
+    def __repr__(self) -> str:
+        shown = {k: (f"array{tuple(v.shape)}" if isinstance(v, np.ndarray) else v) for k, v in self.outputs.items()}
+        return f"PredictedObject(label={self.label!r}, vrt={self.vrt!r}, outputs={shown})"
+
+
+def json_value(value: Any, rle: bool = False, key: str = "value") -> Any:
+    """A head output as JSON: tensors and arrays as (nested) lists, numpy/torch scalars as numbers.
+
+    A boolean ``[H, W]`` array is a mask: COCO RLE with ``rle``, else its shape and area (the
+    pixels of a full-resolution mask do not belong in a terminal). ``key`` names the output in
+    the error for a value that has no JSON form.
+    """
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return _mask_json(value, rle) if value.dtype == np.bool_ and value.ndim == 2 else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v, rle, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v, rle, key) for v in value]
+    raise TypeError(
+        f"output {key!r} is a {type(value).__name__}, which has no JSON form; a head's postprocess should "
+        "return numbers, lists, dicts, tensors or arrays"
+    )
+
+
+def object_json(obj: PredictedObject, rle: bool = False) -> dict[str, Any]:
+    """One predicted object as JSON: ``label``, ``vrt``, ``box``, ``score``, ``mask`` (always, ``None`` when
+    absent; boxes as floats), then every other output key in the order the heads produced them."""
+    out: dict[str, Any] = {
+        "label": obj.label,
+        "vrt": [int(k) for k in obj.vrt],
+        "box": None if obj.box is None else [float(v) for v in obj.box],
+        "score": None if obj.score is None else float(obj.score),
+        "mask": None,
+    }
+    if obj.mask is not None:
+        mask = np.asarray(obj.mask.detach().cpu() if isinstance(obj.mask, torch.Tensor) else obj.mask)
+        out["mask"] = _mask_json(mask, rle)
+    for key, value in obj.outputs.items():
+        if key not in out:
+            out[key] = json_value(value, rle, key)
+    return out
+
+
+def _mask_json(mask: np.ndarray, rle: bool) -> dict[str, Any]:
+    if rle:
+        from .decoder import mask_rle
+
+        return mask_rle(mask)
+    return {"shape": list(mask.shape), "area": int(mask.sum())}
