@@ -323,9 +323,13 @@ def test_padt_json_list_file_and_res_task(tmp_path):
     images.mkdir()
     write_image(images / "x.png", 56, 56)
     record = {"id": 7, "image": "x.png", "task": "refering", "conversations": [{"from": "human", "value": "p"}],
-              "answer_template": "<|Obj_0|>", "objects": [{"bbox": [0, 0, 0.5, 0.5], "label": "l"}]}  # fmt: skip
-    path = dump(tmp_path / "data.json", [record])
+              "answer_template": "<|Obj_0|>", "objects": [{"bbox": [0, 0, 0.5, 0.5], "label": "l",
+                                                           "extra": {"centroid": [0.2, 0.3]}}]}  # fmt: skip
+    bad = {**record, "id": 8, "objects": [{"bbox": [0, 0, 0.5, 0.5], "extra": {"box": [0, 0, 1, 1]}}]}
+    path = dump(tmp_path / "data.json", [record, bad])
     ds = PaDTJsonDataset(PaDTJsonDatasetConfig(path=str(path), image_dir=str(images), refering_task="res"))
-    (sample,) = ds.samples()
+    (sample,), messages = read(ds)
     assert sample.task == "res" and sample.objects[0].mask is None and sample.image_size == (56, 56)
+    assert sample.objects[0].extra == {"centroid": [0.2, 0.3]}  # further targets by key, as the file gives them
+    assert ds.skipped == {"bad_record": 1} and any("extra key(s) ['box']" in m for m in messages)
     assert object_cells(sample.objects[0], (2, 2), sample.image_size) == [0]

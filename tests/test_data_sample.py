@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -219,13 +221,19 @@ def test_sample_render_and_dict_round_trip():
         task="ovd",
         prompt="p",
         answer=ovd_answer([("cat", 2)]),
-        objects=[mask_object(mask, "cat"), ObjectAnn(label="cat", box=(0, 0, 0.5, 0.5), iscrowd=True)],
+        objects=[
+            mask_object(mask, "cat"),
+            ObjectAnn(label="cat", box=(0, 0, 0.5, 0.5), iscrowd=True, extra={"keypoints": [[0.1, 0.2, 2]]}),
+        ],
         image_size=(8, 8),
     )
     assert sample.render(["<|VRT_1|><|VRT_2|>", "<|VRT_9|>"]) == (
         'There are 2 "cat" (<|VRT_1|><|VRT_2|>, <|VRT_9|>) in this image.'
     )
     assert Sample.from_dict(sample.to_dict()) == sample
+    assert Sample.from_dict(json.loads(json.dumps(sample.to_dict()))).objects[1].extra == {"keypoints": [[0.1, 0.2, 2]]}
+    with pytest.raises(ValueError, match="extra must be a dict with string keys"):
+        ObjectAnn(label="x", box=(0, 0, 1, 1), extra=[1, 2])
 
 
 def test_box_from_xywh_normalises_and_clips():

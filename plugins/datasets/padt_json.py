@@ -6,7 +6,8 @@ One record per sample (a json list, or one json object per line)::
      "conversations": [{"from": "human", "value": "<image>Please carefully check ..."}],
      "answer_template": "There is 1 \\"person\\" (<|Obj_0|>) in this image.",
      "objects": [{"bbox": [x1, y1, x2, y2] (normalised), "patches": [...], "rle": {...},
-                  "label": "person", "iscrowd": 0, "area": 123.4}]}
+                  "label": "person", "iscrowd": 0, "area": 123.4,
+                  "extra": {"keypoints": [...]}}]}     (optional: further targets by key, ObjectAnn.extra)
 
 ``<image>`` strings are removed from the prompt, as the reference's ``sft_train.py`` does. The
 ``patches`` stored in the file were computed on a ``round(h/28) × round(w/28)`` grid of the original
@@ -119,6 +120,7 @@ class PaDTJsonDataset(DatasetReader):
                     mask=mask,
                     iscrowd=bool(o.get("iscrowd", 0)),
                     area=None if o.get("area") is None else float(o["area"]),
+                    extra=dict(o.get("extra") or {}),
                 )
             )
         return Sample(
