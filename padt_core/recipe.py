@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .data.tasks import check_tasks
 from .data.templates import TaskTemplates
 from .plugins import PluginConfig, UnknownPluginError, get_plugin
 
@@ -205,15 +206,17 @@ class DataConfig(_Section):
     val: list[DatasetSection] = Field(default_factory=list)
     coverage: float = Field(1 / 28, gt=0, le=1, description="a cell is foreground if the object covers this fraction")
     templates: TaskTemplates = Field(default_factory=TaskTemplates, description="prompt/answer wording per task")
-    task_weights: dict[Literal["rec", "res", "ovd", "ric"], float] = Field(
+    task_weights: dict[str, float] = Field(
         default_factory=dict,
         description="per-epoch draws of each task's training samples relative to once (e.g. {ovd: 3}); 0 drops a "
-        "task, fractions draw a seeded share per epoch; unlisted tasks 1",
+        "task, fractions draw a seeded share per epoch; unlisted tasks 1. Keys: tasks the registered dataset "
+        "plugins declare",
     )
 
     @field_validator("task_weights")
     @classmethod
     def _check_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        check_tasks(value, "task names")  # the field's location prefixes the message
         bad = {t: w for t, w in value.items() if not (w >= 0 and math.isfinite(w))}
         if bad:
             raise ValueError(f"task weights must be finite numbers >= 0, got {bad}")

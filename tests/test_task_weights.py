@@ -2,6 +2,7 @@
 
 from collections import Counter
 from types import SimpleNamespace
+from typing import Literal
 
 import pytest
 
@@ -56,7 +57,53 @@ def test_zero_drops_a_task_and_errors_name_the_problem():
 
 def test_recipe_validates_task_weights():
     assert load_recipe("tiny_qwen_shapes", ["data.task_weights.ovd=3"]).data.task_weights == {"ovd": 3.0}
-    with pytest.raises(RecipeError, match="task_weights"):
+    with pytest.raises(
+        RecipeError,
+        match=r"data.task_weights: task names: unknown task 'detect'; the registered "
+        r"dataset plugins declare: ovd, rec, res, ric",
+    ):
         load_recipe("tiny_qwen_shapes", ["data.task_weights.detect=3"])
     with pytest.raises(RecipeError, match="finite numbers >= 0"):
         load_recipe("tiny_qwen_shapes", ["data.task_weights.ovd=-2"])
+
+
+def test_a_dataset_plugin_declares_a_new_task():
+    """Tasks come from the dataset plugins: registering one that declares ``count`` makes it valid."""
+    from padt_core.data.reader import DatasetReader
+    from padt_core.data.sample import Sample
+    from padt_core.data.tasks import UnknownTaskError, registered_tasks
+    from padt_core.plugins import PluginConfig, hookimpl, register_plugin, unregister_plugin
+
+    def sample() -> Sample:
+        return Sample(id="c/0", image="x.png", task="count", prompt="How many?", answer="3", objects=[])
+
+    with pytest.raises(UnknownTaskError, match=r"sample c/0: unknown task 'count'; .* declare: ovd, rec, res, ric"):
+        sample()
+
+    class CountingConfig(PluginConfig):
+        name: Literal["counting"] = "counting"
+
+    class Counting(DatasetReader):
+        name = "counting"
+        Config = CountingConfig
+        tasks = ("count",)
+
+        def _read(self):
+            return []
+
+    class Plugin:
+        @hookimpl
+        def padt_datasets(self):
+            return [Counting]
+
+    plugin = Plugin()
+    register_plugin(plugin, name="counting-plugin")
+    try:
+        assert registered_tasks()["count"] == ["counting"]
+        assert registered_tasks()["rec"] == ["padt_json", "refcoco", "shapes"]
+        assert sample().task == "count"
+        recipe = load_recipe("tiny_qwen_shapes", ["data.task_weights.count=2"])
+        assert recipe.data.task_weights == {"count": 2.0}
+    finally:
+        unregister_plugin(plugin)
+    assert "count" not in registered_tasks()

@@ -54,6 +54,9 @@ class DatasetReader(ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[PluginConfig]]
+    #: The tasks this plugin's samples carry: what samples and ``data.task_weights`` may name
+    #: (``padt_core/data/tasks.py``); a new task is declared here, by the reader that makes it.
+    tasks: ClassVar[tuple[str, ...]] = ()
     #: Warnings shown per skip reason before the rest are only counted (a summary line follows).
     warn_limit: ClassVar[int] = 20
 

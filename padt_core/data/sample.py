@@ -15,14 +15,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .tasks import check_tasks
+
 __all__ = [
     "OBJ_PLACEHOLDER",
-    "TASKS",
     "MaskSizeError",
     "ObjectAnn",
     "Sample",
@@ -39,8 +40,7 @@ __all__ = [
     "segmentation_to_rle",
 ]
 
-Task = Literal["rec", "res", "ovd", "ric"]
-TASKS: tuple[str, ...] = get_args(Task)
+Task = str  # a task some registered dataset plugin declares (``data/tasks.py``), e.g. ``rec``
 
 OBJ_PLACEHOLDER = "<|Obj_{}|>"
 _PLACEHOLDER_RE = re.compile(r"<\|Obj_(\d+)\|>")
@@ -120,7 +120,7 @@ class Sample:
     Attributes:
         id: unique id within its dataset (``"<dataset>/<record>"``).
         image: path of the image file.
-        task: ``rec``, ``res``, ``ovd`` or ``ric``.
+        task: a task a registered dataset plugin declares (PaDT's: ``rec``, ``res``, ``ovd``, ``ric``).
         prompt: user text (the image is added by the chat template).
         answer: target text with ``<|Obj_k|>`` placeholders; every object is referenced, and no
             placeholder points past ``objects``.
@@ -139,8 +139,7 @@ class Sample:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"sample {self.id}: task {self.task!r} is not one of {', '.join(TASKS)}")
+        check_tasks([self.task], f"sample {self.id}")
         used = set(placeholder_indices(self.answer))
         n = len(self.objects)
         missing = sorted(set(range(n)) - used)

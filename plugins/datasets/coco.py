@@ -58,6 +58,7 @@ class CocoDataset(DatasetReader):
     """OVD samples from a COCO instances file; see the module docstring for the prompt rules."""
 
     name: ClassVar[str] = "coco"
+    tasks: ClassVar[tuple[str, ...]] = ("ovd",)
     Config: ClassVar[type[PluginConfig]] = CocoDatasetConfig
     config: CocoDatasetConfig
 

@@ -63,6 +63,7 @@ class PaDTJsonDataset(DatasetReader):
     """Samples from PaDT's processed COCO / RefCOCO / RIC files."""
 
     name: ClassVar[str] = "padt_json"
+    tasks: ClassVar[tuple[str, ...]] = ("rec", "res", "ovd", "ric")
     Config: ClassVar[type[PluginConfig]] = PaDTJsonDatasetConfig
     config: PaDTJsonDatasetConfig
 

@@ -75,6 +75,7 @@ class RefCocoDataset(DatasetReader):
     """One REC/RES sample per referring sentence of the chosen split."""
 
     name: ClassVar[str] = "refcoco"
+    tasks: ClassVar[tuple[str, ...]] = ("rec", "res")
     Config: ClassVar[type[PluginConfig]] = RefCocoDatasetConfig
     config: RefCocoDatasetConfig
 

@@ -81,6 +81,7 @@ class RicDataset(DatasetReader):
     """One RIC sample per caption with ``<|Obj_k|>`` placeholders in place of box markers."""
 
     name: ClassVar[str] = "ric"
+    tasks: ClassVar[tuple[str, ...]] = ("ric",)
     Config: ClassVar[type[PluginConfig]] = RicDatasetConfig
     config: RicDatasetConfig
 

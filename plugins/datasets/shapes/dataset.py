@@ -19,12 +19,12 @@ Example recipe section (the quick demo)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from padt_core.data.reader import DatasetReader, ImageCheck
-from padt_core.data.sample import Sample, Task
+from padt_core.data.sample import Sample
 from padt_core.plugins import PluginConfig
 
 from ..coco import CocoDataset, CocoDatasetConfig
@@ -35,13 +35,16 @@ from .generate import ShapesParams, ensure_shapes
 __all__ = ["ShapesDataset", "ShapesDatasetConfig"]
 
 
+ShapesTask = Literal["rec", "res", "ovd", "ric"]  # the tasks the generator writes
+
+
 class ShapesDatasetConfig(PluginConfig):
     """Recipe section ``{name: shapes, ...}``. All generation parameters are recorded in the manifest."""
 
     name: Literal["shapes"] = "shapes"
     root: str = Field(description="dataset folder; generated there on first use")
     split: Literal["train", "val"] = "train"
-    tasks: list[Task] = Field(default_factory=lambda: ["rec"], min_length=1, description="rec, res, ovd, ric")
+    tasks: list[ShapesTask] = Field(default_factory=lambda: ["rec"], min_length=1, description="rec, res, ovd, ric")
     n_train: int = Field(2000, ge=0, description="images of the train split")
     n_val: int = Field(200, ge=0, description="images of the val split")
     seed: int = Field(0, description="generation seed (also seeds the OVD category shuffling)")
@@ -79,6 +82,7 @@ class ShapesDataset(DatasetReader):
     """The samples of the configured tasks for one split, in the order of ``tasks``."""
 
     name: ClassVar[str] = "shapes"
+    tasks: ClassVar[tuple[str, ...]] = get_args(ShapesTask)
     Config: ClassVar[type[PluginConfig]] = ShapesDatasetConfig
     config: ShapesDatasetConfig
 

@@ -1,0 +1,52 @@
+"""Task names come from the dataset plugins: each declares the tasks its samples carry (``tasks``).
+
+The core knows no task by name. A sample's ``task`` and a recipe's ``data.task_weights`` keys must
+be a task some registered dataset plugin declares (the built-in readers declare PaDT's ``rec``,
+``res``, ``ovd`` and ``ric``); a miss is an error listing the known tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..plugins import get_registry
+
+__all__ = ["UnknownTaskError", "check_tasks", "registered_tasks"]
+
+
+class UnknownTaskError(ValueError):
+    """A sample or recipe named a task that no registered dataset plugin declares."""
+
+
+def registered_tasks() -> dict[str, list[str]]:
+    """``{task: [dataset plugins declaring it]}`` over the registered dataset plugins, tasks sorted.
+
+    Example:
+        >>> sorted(registered_tasks())[:2]
+        ['ovd', 'rec']
+    """
+    out: dict[str, list[str]] = {}
+    for name, cls in sorted(get_registry("datasets").entries.items()):
+        for task in getattr(cls, "tasks", ()):
+            out.setdefault(task, []).append(name)
+    return dict(sorted(out.items()))
+
+
+def check_tasks(tasks: Iterable[str], where: str) -> None:
+    """Raise :class:`UnknownTaskError` naming ``where`` if any of ``tasks`` is not a registered task.
+
+    Args:
+        tasks: task names to check.
+        where: what named them, for the message (``"data.task_weights"``, ``"sample coco/12"``).
+
+    Example:
+        >>> check_tasks(["rec", "ovd"], "data.task_weights")
+    """
+    known = registered_tasks()
+    unknown = sorted({t for t in tasks if t not in known})
+    if unknown:
+        listed = ", ".join(known) or "(none)"
+        raise UnknownTaskError(
+            f"{where}: unknown task{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"the registered dataset plugins declare: {listed} (a dataset plugin declares its tasks in `tasks`)"
+        )
