@@ -1,8 +1,15 @@
-"""``padt demo``: generate shapes, train the tiny Qwen2.5-VL PaDT model, evaluate it, draw a gallery."""
+"""``padt demo``: generate shapes, train a tiny PaDT model, evaluate it, draw a gallery.
+
+The default recipe, ``tiny_shapes_pretrained``, puts an ImageNet-pretrained EfficientNet-Lite0 (frozen,
+weights from a pip package) under a tiny from-scratch LLM; ``recipe_name="tiny_qwen_shapes"`` trains the
+tiny Qwen2.5-VL from scratch instead. ``long`` trains on the ``full`` split (same colour + shape
+distractors, so expressions need size and position words).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,8 +18,19 @@ from PIL import Image
 
 __all__ = ["DEMO_RECIPE", "format_table", "run_demo"]
 
-DEMO_RECIPE = "tiny_qwen_shapes"
-METRIC_KEYS = ("rec_acc50", "res_ciou", "res_giou", "ovd_map", "ovd_map_segm", "ric_cider", "ric_gp", "ric_gr")
+DEMO_RECIPE = "tiny_shapes_pretrained"
+METRIC_KEYS = (
+    "rec_acc50",
+    "rec_label_acc",
+    "res_ciou",
+    "res_giou",
+    "ovd_map",
+    "ovd_map_segm",
+    "ric_cider",
+    "ric_gp",
+    "ric_gr",
+)
+TASKS = ("rec", "res", "ovd", "ric")
 
 # Budgets: (train images, val images, optimiser steps). The default trains ~10 minutes on 2 CPU cores.
 BUDGETS = {"quick": (200, 24, 40), "default": (2000, 100, 900), "long": (4000, 200, 2700)}
@@ -33,10 +51,25 @@ def run_demo(
     seed: int = 0,
     overrides: list[str] | None = None,
     gallery_size: int = 8,
-    difficulty: str = "easy",
+    difficulty: str | None = None,
     recipe_name: str = DEMO_RECIPE,
 ) -> dict[str, Any]:
-    """Data → train → eval → ``report.json`` + ``gallery.png`` in ``out_dir``; returns the report."""
+    """Data → train → eval → ``report.json`` + ``gallery.png`` in ``out_dir``; returns the report.
+
+    Args:
+        out_dir: run folder (data, model, report, gallery).
+        budget: ``quick``, ``default`` or ``long`` (images and steps: ``BUDGETS``).
+        overwrite: replace a run already in ``out_dir``.
+        seed: data and training seed.
+        overrides: dotted recipe overrides applied last.
+        gallery_size: tiles in the gallery.
+        difficulty: shapes split; default ``full`` for ``long``, else ``easy``.
+        recipe_name: bundled recipe name or path.
+
+    Example:
+        >>> report = run_demo("runs/demo", budget="quick")  # doctest: +SKIP
+        >>> report["rec_acc50"], report["rec_label_acc"]  # doctest: +SKIP
+    """
     from . import load
     from .data.reader import build_dataset
     from .eval.evaluate import evaluate
@@ -50,6 +83,7 @@ def run_demo(
     if (report_file.exists() or (out / "model").exists()) and not overwrite:
         raise FileExistsError(f"{out} already holds a demo run; pass --overwrite to replace it or --out another dir")
     n_train, n_val, steps = BUDGETS[budget]
+    difficulty = difficulty or ("full" if budget == "long" else "easy")
     data_root = out / "data" / f"shapes-{difficulty}-{n_train}-{n_val}-{seed}"
     data = (
         f"{{name: shapes, root: {data_root}, tasks: [rec, res, ovd, ric], "
@@ -73,9 +107,16 @@ def run_demo(
     model = load(out / "model").eval()
     samples = list(build_dataset(recipe.data.val[0], templates=recipe.data.templates).samples())
     predictions = predict_samples(model, samples, batch_size=recipe.eval.batch_size)
-    report = evaluate(predictions, samples, ["rec", "res", "ovd", "ric"])
+    metrics, configs = list(TASKS), {}
+    vocabulary = _categories(samples)
+    if vocabulary:  # does the REC answer name the referred kind (the OVD categories: the eight shapes)?
+        metrics.append("rec_label")
+        configs["rec_label"] = {"vocabulary": vocabulary}
+    report = evaluate(predictions, samples, metrics, configs)
+    report["recipe"] = recipe.name
     report["budget"] = {
         "name": budget,
+        "difficulty": difficulty,
         "train_images": n_train,
         "val_images": n_val,
         "steps": steps,
@@ -83,7 +124,10 @@ def run_demo(
         "total_seconds": round(time.time() - started, 1),
     }
     report["train"] = {"final_loss": summary["train_loss"], "skipped": summary["skipped"]}
-    report_file.write_text(json.dumps(_finite(report), indent=2, default=_jsonable, allow_nan=False))
+    _write_atomic(
+        report_file,
+        lambda tmp: tmp.write_text(json.dumps(_finite(report), indent=2, default=_jsonable, allow_nan=False)),
+    )
 
     tiles, captions, seen = [], [], set()
     for sample, prediction in zip(samples, predictions):
@@ -95,8 +139,25 @@ def run_demo(
         grid = _grid(model, image)
         tiles.append(draw_prediction(image, prediction, grid))
         captions.append(f"{sample.task}: {sample.objects[0].label if sample.task == 'rec' else 'detect all'}")
-    gallery(tiles, columns=4, captions=captions).save(gallery_file)
+    picture = gallery(tiles, columns=4, captions=captions)
+    _write_atomic(gallery_file, lambda tmp: picture.save(tmp, format="PNG"))
     return report
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(temporary path)`` then rename: a crash never leaves a half-written report or gallery."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _categories(samples: list) -> list[str]:
+    """Category names of the COCO file the OVD samples are scored against (empty without OVD samples)."""
+    for sample in samples:
+        path = (sample.meta or {}).get("coco_annotation_file") if sample.task == "ovd" else None
+        if path:
+            return [c["name"] for c in json.loads(Path(path).read_text())["categories"]]
+    return []
 
 
 def _grid(model, image: Image.Image) -> tuple[int, int]:

@@ -333,21 +333,24 @@ def test_demo_calls_run_demo_and_prints_table_and_paths(capsys, monkeypatch, tmp
 
     calls: list[tuple] = []
 
-    def fake_run_demo(out_dir, budget="default", overwrite=False, seed=0, overrides=None):
-        calls.append((Path(out_dir), budget, overwrite, seed, overrides))
+    def fake_run_demo(out_dir, budget="default", overwrite=False, seed=0, overrides=None, recipe_name=None):
+        calls.append((Path(out_dir), budget, overwrite, seed, overrides, recipe_name))
         return {"rec_acc50": 0.5, "ovd_map": 0.25, "budget": {"name": budget, "steps": 3}, "counts": {}}
 
     monkeypatch.setattr(padt_core.demo, "run_demo", fake_run_demo)
     argv = ["demo", "--out", str(tmp_path), "--quick", "--seed", "3", "--overwrite", "train.lr=0.1"]
     code, out, err = run(capsys, *argv)
     assert code == 0, err
-    assert calls == [(tmp_path, "quick", True, 3, ["train.lr=0.1"])]
+    assert calls == [(tmp_path, "quick", True, 3, ["train.lr=0.1"], "tiny_shapes_pretrained")]
     assert "rec_acc50" in out and "0.5000" in out
     assert str(tmp_path / "report.json") in out
     assert str(tmp_path / "gallery.png") in out
     code, _, _ = run(capsys, "demo", "--long")
     assert code == 0
-    assert calls[-1] == (Path("runs/demo"), "long", False, 0, None)
+    assert calls[-1] == (Path("runs/demo"), "long", False, 0, None, "tiny_shapes_pretrained")
+    code, _, _ = run(capsys, "demo", "--recipe", "tiny_qwen_shapes")  # the from-scratch demo
+    assert code == 0
+    assert calls[-1] == (Path("runs/demo"), "default", False, 0, None, "tiny_qwen_shapes")
 
 
 @pytest.mark.parametrize(

@@ -194,7 +194,8 @@ def _run(tmp_path: Path, *overrides: str, callbacks=None) -> Path:
 
 def test_build_train_predict_save_load_round_trip(tmp_path):
     groups = _Groups()
-    out = _run(tmp_path, "backbone.vision.lr_scale=0.1", callbacks=[groups])
+    tuned = ["backbone.vision.freeze=false", "backbone.vision.cache_images=0", "backbone.vision.lr_scale=0.1"]
+    out = _run(tmp_path, *tuned, callbacks=[groups])
     assert [lr for is_tower, lr in groups.lrs if is_tower] == pytest.approx([2e-4, 2e-4])  # decay, no decay
     assert [lr for is_tower, lr in groups.lrs if not is_tower] == pytest.approx([2e-3, 2e-3])
     assert not groups.lrs[0][0]  # the Trainer logs group 0's rate: train.lr
@@ -229,7 +230,26 @@ def test_frozen_tower_keeps_weights_and_batchnorm_statistics(tmp_path):
     assert not torch.equal(before["projector.linear_1.weight"], after["projector.linear_1.weight"])
 
 
+def test_frozen_tower_cache_gives_the_tower_maps(model):
+    hf = model.backbone.hf_model
+    assert hf.vision_frozen and hf.tower_cache is not None  # the recipe freezes and caches
+    pixels = torch.randn(3, 3, 64, 96)
+    pixels[2] = pixels[0]
+    hf.tower_cache.entries.clear()
+    hf.tower_cache.hits = hf.tower_cache.misses = 0
+    first = hf.tower_maps(pixels)
+    again = hf.tower_maps(pixels[[1, 0]])
+    assert (hf.tower_cache.misses, hf.tower_cache.hits) == (2, 3)  # image 2 = image 0
+    with torch.no_grad():
+        tokens, fine = hf._run_tower(pixels)
+    for j, (t, f) in enumerate(first):
+        assert torch.allclose(t, tokens[j], atol=1e-5) and torch.allclose(f, fine[j], atol=1e-5)
+    assert torch.equal(again[0][0], first[1][0]) and torch.equal(again[1][1], first[0][1])
+
+
 def test_recipe_errors_name_the_field():
+    with pytest.raises(Exception, match="cache_images needs `freeze: true`"):
+        padt_core.build(RECIPE, overrides=["backbone.vision.freeze=false"])
     with pytest.raises(Exception, match="fine_stages needs `stage`"):
         padt_core.build(RECIPE, overrides=["backbone.vision.stage=null"])
     with pytest.raises(Exception, match=r"stage 9 is outside the model's 5 stages \(0: stride 2"):

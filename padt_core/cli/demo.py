@@ -10,7 +10,7 @@ from ._common import _add_overrides, _print_json
 from .predict import _prediction_json
 
 _DEMO_OUT = "runs/demo"
-_SMOKE_ONLY = ("recipe", "prompt", "max_new_tokens")
+_SMOKE_ONLY = ("prompt", "max_new_tokens")
 _FULL_ONLY = ("out", "seed", "quick", "long", "overwrite")
 
 
@@ -25,12 +25,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     if args.smoke:
         return _demo_smoke(args)
-    from ..demo import format_table, run_demo
+    from ..demo import DEMO_RECIPE, format_table, run_demo
 
     out = Path(args.out or _DEMO_OUT)
     budget = "quick" if args.quick else "long" if args.long else "default"
     report = run_demo(
-        out, budget=budget, overwrite=args.overwrite, seed=args.seed or 0, overrides=args.overrides or None
+        out,
+        budget=budget,
+        overwrite=args.overwrite,
+        seed=args.seed or 0,
+        overrides=args.overrides or None,
+        recipe_name=args.recipe or DEMO_RECIPE,
     )
     print(format_table(report))
     info = report.get("budget", {})
@@ -83,12 +88,19 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default: {_DEMO_OUT})")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--quick", action="store_true", help="a small budget: fewer images and steps")
-    budget.add_argument("--long", action="store_true", help="a larger budget: more data and steps, better numbers")
+    budget.add_argument(
+        "--long", action="store_true", help="the 'full' shapes split (distractors: size/position words), more steps"
+    )
     parser.add_argument("--seed", type=int, default=None, help="data and training seed (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a demo run already in --out")
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="recipe path or bundled name (default: tiny_shapes_pretrained; with --smoke: tiny_qwen); "
+        "tiny_qwen_shapes trains the tiny Qwen2.5-VL from scratch",
+    )
     smoke = parser.add_argument_group("smoke run (--smoke)")
     smoke.add_argument("--smoke", action="store_true", help="only build a recipe and predict on a drawn image")
-    smoke.add_argument("--recipe", default=None, help="recipe path or bundled name (default: tiny_qwen)")
     smoke.add_argument("--prompt", default=None, help='default: "Please find the red square."')
     smoke.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="default: 24")
     _add_overrides(parser)

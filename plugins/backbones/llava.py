@@ -87,6 +87,9 @@ class LlavaVisionConfig(_Strict):
         None, min_length=1, description="ConvNet towers: stages of the decoder's fine features (default: [stage])"
     )
     freeze: bool = Field(False, description="no training of the tower (BatchNorm statistics kept); projector trains")
+    cache_images: int = Field(
+        0, ge=0, description="frozen tower: keep the feature maps of this many images (LRU by pixels); 0 = off"
+    )
     lr_scale: float = Field(1.0, gt=0, description="the tower trains at lr_scale x train.lr")
 
     @model_validator(mode="after")
@@ -95,6 +98,8 @@ class LlavaVisionConfig(_Strict):
             raise ValueError("backbone.vision: give `weights` or `checkpoint`, not both")
         if self.fine_stages is not None and self.stage is None:
             raise ValueError("backbone.vision.fine_stages needs `stage` (ConvNet towers)")
+        if self.cache_images and not self.freeze:
+            raise ValueError("backbone.vision.cache_images needs `freeze: true` (a trained tower's maps change)")
         if self.freeze and self.lr_scale != 1.0:
             raise ValueError("backbone.vision: a frozen tower has no learning rate (`freeze` with `lr_scale`)")
         return self
@@ -303,7 +308,7 @@ class LlavaBackbone(Backbone):
             model = seeded(config.seed, lambda: LlavaStyleForCausalLM(hf_config, vision=vision, language_model=lm))
         model = model.to(dtype)
         if vis_cfg.freeze:
-            model.freeze_vision_tower()
+            model.freeze_vision_tower(cache_images=vis_cfg.cache_images)
         processor = cls._timm_processor(config, tokenizer, image_token, vision, model.cell_size)
         fill_generation_defaults(model, tokenizer)
         return cls(config, model, processor)

@@ -25,7 +25,9 @@ for the prefill only and expands it for beams; the tokens are scattered, in orde
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -214,6 +216,7 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
         )
         self.cnn: CnnStages | None = None
         self.vision_frozen = False
+        self.tower_cache: TowerCache | None = None
         if config.vision_stage is not None:
             # A ConvNet: the "patch" is the token stage's stride; fine features may come from finer stages.
             self.cnn = cnn_stages(self.vision, config.vision_stage, config.vision_fine_stages)
@@ -282,11 +285,17 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
             self.vision.set_grad_checkpointing(False)
 
     # --- vision -----------------------------------------------------------------------------------
-    def freeze_vision_tower(self) -> None:
-        """No gradients into the tower, and its normalisation statistics stay as loaded (eval mode)."""
+    def freeze_vision_tower(self, cache_images: int = 0) -> None:
+        """No gradients into the tower, and its normalisation statistics stay as loaded (eval mode).
+
+        ``cache_images > 0`` keeps the maps of that many images (least recently used dropped), keyed by
+        their pixels: a frozen tower gives an image the same maps every epoch, and on a CPU the tower's
+        forward can cost more than the rest of the step.
+        """
         self.vision.requires_grad_(False)
         self.vision_frozen = True
         self.vision.eval()
+        self.tower_cache = TowerCache(cache_images) if cache_images else None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -316,18 +325,28 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
                 raise ValueError(f"image size {h}x{w} is not a positive multiple of the {self.cell_size}-px VRT cell")
             index = [i for i, s in enumerate(sizes) if s == size]
             pixels = pixel_values[index, :, :h, :w].to(dtype)
-            if self.cnn is not None:
-                tokens, fine = cnn_feature_maps(self.vision, pixels, self.cnn)
-            else:
-                (tokens,) = self.vision.forward_intermediates(
-                    pixels, indices=[self.feature_block], stop_early=True, intermediates_only=True, output_fmt="NCHW"
-                )
-                fine = tokens
-            assert tokens.shape[-2:] == (h // self.patch_size, w // self.patch_size)
-            assert fine.shape[-2:] == (h // self.fine_stride, w // self.fine_stride)
+            if self.tower_cache is not None:
+                for i, maps in zip(index, self.tower_cache.maps(pixels, self._run_tower)):
+                    out[i] = maps
+                continue
+            tokens, fine = self._run_tower(pixels)
             for i, t, f in zip(index, tokens, fine):
                 out[i] = (t, f)
         return out  # type: ignore[return-value]
+
+    def _run_tower(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token and fine maps of a batch of equal-size images (``NCHW``)."""
+        h, w = pixels.shape[-2:]
+        if self.cnn is not None:
+            tokens, fine = cnn_feature_maps(self.vision, pixels, self.cnn)
+        else:
+            (tokens,) = self.vision.forward_intermediates(
+                pixels, indices=[self.feature_block], stop_early=True, intermediates_only=True, output_fmt="NCHW"
+            )
+            fine = tokens
+        assert tokens.shape[-2:] == (h // self.patch_size, w // self.patch_size)
+        assert fine.shape[-2:] == (h // self.fine_stride, w // self.fine_stride)
+        return tokens, fine
 
     def merge_and_project(self, fmap: torch.Tensor) -> torch.Tensor:
         """``[D_vis, H, W]`` patch map → ``[(H/m)·(W/m), D_llm]`` LLM tokens in raster order."""
@@ -402,6 +421,41 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+
+class TowerCache:
+    """The maps of a frozen tower per image, keyed by a digest of the image's pixels (LRU, ``size`` images)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.entries: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(pixels: torch.Tensor) -> tuple:
+        data = pixels.detach().cpu().contiguous().numpy().tobytes()
+        return (tuple(pixels.shape), str(pixels.dtype), hashlib.blake2b(data, digest_size=16).digest())
+
+    def maps(self, pixels: torch.Tensor, run) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(token, fine)`` maps of each image of ``pixels``; the missing ones from one ``run(batch)``."""
+        keys = [self.key(x) for x in pixels]
+        missing = [j for j, k in enumerate(keys) if k not in self.entries]
+        if missing:
+            with torch.no_grad():
+                tokens, fine = run(pixels[missing])
+            same = fine is tokens  # a ViT, or fine features from the token stage: store one tensor
+            for j, t, f in zip(missing, tokens, fine):
+                t = t.clone()  # a view would keep the whole batch's storage alive in the cache
+                self.entries[keys[j]] = (t, t if same else f.clone())
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        out = []
+        for k in keys:
+            self.entries.move_to_end(k)
+            out.append(self.entries[k])
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return out
 
 
 def _patch_size(vision: nn.Module) -> int:

@@ -16,6 +16,7 @@ from padt_core.plugins import hookimpl
 from .base import Metric
 from .ovd import OVDMetric, OVDMetricConfig
 from .rec import RECMetric, RECMetricConfig
+from .rec_label import RECLabelMetric, RECLabelMetricConfig
 from .res import RESMetric, RESMetricConfig
 from .ric import RICMetric, RICMetricConfig
 
@@ -23,6 +24,8 @@ __all__ = [
     "Metric",
     "OVDMetric",
     "OVDMetricConfig",
+    "RECLabelMetric",
+    "RECLabelMetricConfig",
     "RECMetric",
     "RECMetricConfig",
     "RESMetric",
@@ -34,4 +37,4 @@ __all__ = [
 
 @hookimpl
 def padt_metrics() -> list[type]:
-    return [RECMetric, RESMetric, OVDMetric, RICMetric]
+    return [RECMetric, RESMetric, OVDMetric, RICMetric, RECLabelMetric]
