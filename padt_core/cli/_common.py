@@ -24,11 +24,19 @@ class Command:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input": reported in one line, not as a traceback."""
     from ..backbone import HubUnreachableError
-    from ..plugins import UnknownPluginError
+    from ..plugins import PluginHookError, UnknownPluginError
     from ..recipe import RecipeError
 
     # RecipeError is a ValueError; listed for clarity. HubUnreachableError is an OSError.
-    return (RecipeError, UnknownPluginError, HubUnreachableError, FileNotFoundError, FileExistsError, ValueError)
+    return (
+        RecipeError,
+        UnknownPluginError,
+        PluginHookError,
+        HubUnreachableError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+    )
 
 
 def _common_options() -> argparse.ArgumentParser:
