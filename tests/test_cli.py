@@ -241,12 +241,17 @@ def test_predict_task_uses_the_models_templates(capsys, monkeypatch, tmp_path, a
 def _fake_prediction(height: int, width: int):
     """A prediction with one complete object (box, score, mask) — what a trained model returns."""
     import numpy as np
+    import torch
 
     from padt_core.model import PredictedObject, Prediction
 
     mask = np.zeros((height, width), dtype=bool)
     mask[10:30, 20:50] = True
-    obj = PredictedObject(label="red square", vrt=[0, 1], box=[20.0, 10.0, 50.0, 30.0], score=0.75, mask=mask)
+    # Outputs of heads beyond the familiar three travel by key (a point, an array, a 0-d tensor).
+    extra = {"centroid": [35.0, 20.0], "keypoints": np.array([[21.0, 11.0, 2.0]]), "depth": torch.tensor(3.5)}
+    obj = PredictedObject(
+        label="red square", vrt=[0, 1], box=[20.0, 10.0, 50.0, 30.0], score=0.75, mask=mask, outputs=extra
+    )
     return Prediction(text='"red square"<|VRT_0|><|VRT_1|>', objects=[obj]), mask
 
 
@@ -282,6 +287,9 @@ def test_predict_out_writes_json_with_rle_masks_and_a_drawing(capsys, monkeypatc
         [20.0, 10.0, 50.0, 30.0],
         0.75,
     )
+    # the familiar keys first, as before, then every other head output by key
+    assert list(obj) == ["label", "vrt", "box", "score", "mask", "centroid", "keypoints", "depth"]
+    assert (obj["centroid"], obj["keypoints"], obj["depth"]) == ([35.0, 20.0], [[21.0, 11.0, 2.0]], 3.5)
     assert isinstance(obj["mask"]["counts"], str)
     assert obj["mask"]["size"] == [60, 90]
     assert (rle_decode(obj["mask"]) == mask).all()

@@ -199,10 +199,17 @@ def test_eval_reads_a_dataset_yaml_and_defaults_to_the_models_val_data(trained, 
     assert set(report) >= _headline("rec") | _headline("res")
 
     # No --data: the data.val of the recipe saved with the model (rec, res, ovd, ric); --max-samples caps each task.
-    code, _, err = cli("eval", run_dir, "--max-samples", "2", "--max-new-tokens", "4", "--out", tmp_path / "b.json")
+    argv = ["eval", run_dir, "--max-samples", "2", "--max-new-tokens", "4", "--out", tmp_path / "b.json"]
+    code, _, err = cli(*argv, "--predictions", tmp_path / "b.jsonl")
     assert code == 0, err
     samples = json.loads((tmp_path / "b.json").read_text())["eval"]["samples"]
     assert set(samples) == {"rec", "res", "ovd", "ric"} and max(samples.values()) <= 2
+    lines = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert len(lines) == sum(samples.values()) and {r["task"] for r in lines} == set(samples)
+    assert all({"id", "task", "image", "prompt", "text", "objects"} <= set(r) for r in lines)
+    for obj in (o for r in lines for o in r["objects"]):  # every head's output key, masks as RLE
+        assert list(obj)[:5] == ["label", "vrt", "box", "score", "mask"]
+        assert obj["mask"] is None or isinstance(obj["mask"]["counts"], str)
 
 
 # --- padt predict -----------------------------------------------------------------------------------

@@ -18,22 +18,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
+    if args.predictions is not None:
+        _refuse_existing(Path(args.predictions), args.overwrite)
     if args.data is not None and not Path(args.data).is_file():
         raise FileNotFoundError(f"evaluation data not found: {args.data}")
     model = _build_or_load(args.model, ())
     model.to(device=torch.device(args.device)).eval()
-    report = _evaluate(model, args)
+    report, predictions, samples = _evaluate(model, args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_strict_json(report), indent=2) + "\n")
+    if args.predictions is not None:
+        _write_predictions(Path(args.predictions), predictions, samples)
     print(format_table(report))
     for task, counts in report["counts"].items():
         print(f"{task}: {json.dumps(counts, default=str)}")
     print(f"report: {out}")
+    if args.predictions is not None:
+        print(f"predictions: {args.predictions}")
     return 0
 
 
-def _evaluate(model: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """``evaluate_model`` with the command's options; the report gains an ``eval`` entry saying what ran."""
+def _write_predictions(path: Path, predictions: list[Any], samples: list[Any]) -> None:
+    """One JSON line per sample: its id, task, image and prompt, then the prediction with every head's
+    output key (masks as COCO RLE), as ``padt predict --out`` writes it. Written to a temporary file, then renamed."""
+    from .predict import _prediction_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        for sample, prediction in zip(samples, predictions):
+            record = {"id": sample.id, "task": sample.task, "image": str(sample.image), "prompt": sample.prompt}
+            record.update(_prediction_json(prediction, rle=True))
+            f.write(json.dumps(_strict_json(record)) + "\n")
+    tmp.replace(path)
+
+
+def _evaluate(model: Any, args: argparse.Namespace) -> tuple[dict[str, Any], list[Any], list[Any]]:
+    """``evaluate_model`` with the command's options: ``(report, predictions, samples)``; the report gains
+    an ``eval`` entry saying what ran."""
     import time
     from collections import Counter
 
@@ -43,7 +65,7 @@ def _evaluate(model: Any, args: argparse.Namespace) -> dict[str, Any]:
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     batch_size = args.batch_size or model.recipe.eval.batch_size
     start = time.perf_counter()
-    report, _, samples = evaluate_model(model, data, args.task, batch_size, args.max_samples, **generation)
+    report, predictions, samples = evaluate_model(model, data, args.task, batch_size, args.max_samples, **generation)
     report["eval"] = {
         "model": args.model,
         "data": args.data or "the model recipe's data.val",
@@ -53,7 +75,7 @@ def _evaluate(model: Any, args: argparse.Namespace) -> dict[str, Any]:
         "generation": generation,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    return report
+    return report, predictions, samples
 
 
 def _recipe_val(model: Any) -> list[Any]:
@@ -88,6 +110,13 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="default: the recipe's")
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the report JSON")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument(
+        "--predictions",
+        default=None,
+        metavar="FILE",
+        help="also write every prediction as JSON lines (sample id, task, image, prompt, then every head's "
+        "output by key; masks as COCO RLE)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --out / --predictions files")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.set_defaults(handler=cmd_eval)

@@ -12,21 +12,11 @@ from ._common import _add_overrides, _build_or_load, _check_model_source, _print
 
 
 def _prediction_json(prediction: Any, image: str | None = None, rle: bool = False) -> dict[str, Any]:
-    """A prediction as JSON: boxes xyxy in pixels; masks as size + area, or as COCO RLE with ``rle``."""
-    from ..decoder import mask_rle
+    """A prediction as JSON: per object ``label``, ``vrt``, boxes xyxy in pixels, ``score``, masks as size +
+    area (or COCO RLE with ``rle``), then every other head output by its key (``objects.object_json``)."""
+    from ..objects import object_json
 
-    objects = []
-    for obj in prediction.objects:
-        box = None if obj.box is None else [float(v) for v in obj.box]
-        score = None if obj.score is None else float(obj.score)
-        item: dict[str, Any] = {"label": obj.label, "vrt": [int(k) for k in obj.vrt], "box": box, "score": score}
-        if obj.mask is None:
-            item["mask"] = None
-        elif rle:
-            item["mask"] = mask_rle(obj.mask)
-        else:  # full-resolution arrays: report their size here, not every pixel
-            item["mask"] = {"shape": list(obj.mask.shape), "area": int(obj.mask.sum())}
-        objects.append(item)
+    objects = [object_json(obj, rle=rle) for obj in prediction.objects]
     out: dict[str, Any] = {} if image is None else {"image": image}
     out.update(text=prediction.text, objects=objects, skipped=prediction.skipped, truncated=prediction.truncated)
     return out
@@ -118,7 +108,8 @@ def _write_prediction(
     record.update(_prediction_json(prediction, rle=True))
     json_file, png_file = files
     json_file.write_text(json.dumps(_strict_json(record), indent=2) + "\n")
-    draw_prediction(image, prediction, grid).save(png_file)
+    heads = model.decoder.heads.values() if model.decoder is not None else ()
+    draw_prediction(image, prediction, grid, heads=heads).save(png_file)
     return {"image": source, "json": str(json_file), "png": str(png_file), "objects": len(prediction.objects)}
 
 
