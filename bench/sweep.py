@@ -261,7 +261,7 @@ def train_run(
         point: dict[str, Any] = {"step": step}
         point |= {_TASK_KEYS[t]: _finite(report.get(_TASK_KEYS[t])) for t in eval_tasks}
         if "rec" in eval_tasks:
-            cells = vrt_cell_stats(samples, predictions, processor_grid(model), coverage=recipe.data.coverage)
+            cells = vrt_cell_stats(samples, predictions, processor_grid(model), coverage=model.coverage)
             point |= {"distinct_cells": cells["distinct_cells"], "on_target": cells["on_target"]}
         point["eval_seconds"] = round(time.perf_counter() - started, 2)
         curve.append(point)

@@ -97,6 +97,15 @@ class Backbone(nn.Module, ABC):
     def cell_size(self) -> int:
         """Pixels per VRT cell side in the resized image."""
 
+    @property
+    def default_coverage(self) -> float:
+        """Fraction of a cell an object must cover for the cell to count as the object's (``data.coverage`` unset).
+
+        The reference's rule (§6.2) is one pixel row of a cell, ``1 / cell_size``: 1/28 for
+        Qwen2.5-VL's 28-px cells. A backbone whose cells call for another rule overrides this.
+        """
+        return 1.0 / self.cell_size
+
     # --- processing ---------------------------------------------------------------------------
     @abstractmethod
     def format_prompt(self, prompt: str, with_image: bool) -> str:

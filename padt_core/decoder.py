@@ -506,8 +506,12 @@ class Trunk(nn.Module, ABC):
         """
         raise NotImplementedError(f"trunk {cls.name!r} cannot read released PaDT checkpoints")
 
-    def dummy_inputs(self) -> DecoderInputs:
-        """One object on a one-cell blank image: run on empty batches so that every parameter is used."""
+    def dummy_inputs(self, cell_size: int = 1) -> DecoderInputs:
+        """One object on a one-cell blank image: run on empty batches so that every parameter is used.
+
+        ``cell_size``: pixels of that cell (the batch's backbone cell when it has images); the values
+        are never read, only the graph matters.
+        """
         param = next(self.parameters())
         device, dtype = param.device, param.dtype
         fine, fine_grid = None, None
@@ -516,8 +520,8 @@ class Trunk(nn.Module, ABC):
         features = VisualFeatures(
             tokens=torch.zeros(1, self.llm_hidden_size, device=device, dtype=dtype),
             grid=(1, 1),
-            cell_size=28,
-            image_size=(28, 28),
+            cell_size=cell_size,
+            image_size=(cell_size, cell_size),
             fine=fine,
             fine_grid=fine_grid,
         )
@@ -529,7 +533,7 @@ class Trunk(nn.Module, ABC):
             vrt_states=torch.zeros(1, self.llm_hidden_size, device=device, dtype=dtype),
             vrt_cells=one - 1,
             counts=one,
-            original_sizes=[(28, 28)],
+            original_sizes=[(cell_size, cell_size)],
         )
 
 
@@ -702,7 +706,7 @@ class PaDTDecoder(nn.Module):
     def _forward_empty(self, inputs: DecoderInputs) -> DecoderOutputs:
         # Decode one dummy object so every parameter takes part in the graph (DDP and ZeRO-3 wait for
         # all of them), then return predictions with zero objects of the same trailing shapes.
-        dummy = self.trunk.dummy_inputs()
+        dummy = self.trunk.dummy_inputs(inputs.features[0].cell_size if inputs.features else 1)
         dummy_ctx = DecoderContext.from_inputs(dummy, self.layout)
         dummy_preds = self._predict(dummy, dummy_ctx)
         ctx = DecoderContext.from_inputs(inputs, self.layout)

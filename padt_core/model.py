@@ -146,6 +146,12 @@ class PaDTModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.backbone.hf_model.get_input_embeddings().weight.dtype
 
+    @property
+    def coverage(self) -> float:
+        """Fraction of a cell an object must cover for the cell to be its: ``data.coverage``, else the backbone's."""
+        coverage = self.recipe.data.coverage
+        return coverage if coverage is not None else self.backbone.default_coverage
+
     def activation_checkpointing_enable(
         self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
     ) -> None:

@@ -204,7 +204,13 @@ class EvalConfig(_Section):
 class DataConfig(_Section):
     train: list[DatasetSection] = Field(default_factory=list)
     val: list[DatasetSection] = Field(default_factory=list)
-    coverage: float = Field(1 / 28, gt=0, le=1, description="a cell is foreground if the object covers this fraction")
+    coverage: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="a cell is foreground if the object covers this fraction of it; None: the backbone's "
+        "default (one pixel row of its cell, 1/cell_size: 1/28 for Qwen2.5-VL)",
+    )
     templates: TaskTemplates = Field(default_factory=TaskTemplates, description="prompt/answer wording per task")
     task_weights: dict[str, float] = Field(
         default_factory=dict,

@@ -15,6 +15,9 @@ from padt_core.data.sample import ObjectAnn
 from padt_core.eval.vrt_cells import vrt_cell_stats
 from padt_core.model import PredictedObject, Prediction
 
+COVERAGE = 1 / 28  # Qwen2.5-VL's default: one pixel row of a 28-px cell
+
+
 GRID = (8, 8)  # 224 x 224 px in 28-px cells
 
 
@@ -38,7 +41,7 @@ def test_vrt_cell_stats_on_a_hand_made_fixture():
         answer([0, 1, 8, 9, 20]),  # 5 distinct, 4 on target
         answer([63, 63, 63, 5, 5]),  # 2 distinct, 3 on target (repeats count as emitted)
     ]
-    stats = vrt_cell_stats(samples, predictions, lambda s: GRID)
+    stats = vrt_cell_stats(samples, predictions, lambda s: GRID, coverage=COVERAGE)
     assert stats["objects"] == 2 and stats["emitted"] == 10 and stats["on_target_emitted"] == 7
     assert stats["distinct_cells"] == pytest.approx(3.5)
     assert stats["on_target"] == pytest.approx(0.7)
@@ -47,13 +50,15 @@ def test_vrt_cell_stats_on_a_hand_made_fixture():
 def test_vrt_cell_stats_ignores_other_tasks_and_objects_without_vrts():
     samples = [rec_sample("a", (0.0, 0.0, 0.25, 0.25)), rec_sample("o", (0.0, 0.0, 1.0, 1.0), task="ovd")]
     text_only = [Prediction(text="", objects=[PredictedObject(label="x", vrt=[], box=[0, 0, 5, 5])]), answer([0])]
-    stats = vrt_cell_stats(samples, text_only, lambda s: GRID)
+    stats = vrt_cell_stats(samples, text_only, lambda s: GRID, coverage=COVERAGE)
     assert stats["distinct_cells"] is None and stats["on_target"] is None and stats["objects"] == 0
-    with_ovd = vrt_cell_stats(samples, [answer([0, 0]), answer([1, 2, 3])], lambda s: GRID, tasks=("rec", "ovd"))
+    with_ovd = vrt_cell_stats(
+        samples, [answer([0, 0]), answer([1, 2, 3])], lambda s: GRID, tasks=("rec", "ovd"), coverage=COVERAGE
+    )
     assert with_ovd["distinct_cells"] == pytest.approx(2.0)  # (1 + 3) / 2 objects
     assert with_ovd["on_target"] == pytest.approx(1.0)  # on target is REC only
     with pytest.raises(ValueError, match="1 predictions for 2 samples"):
-        vrt_cell_stats(samples, [answer([0])], lambda s: GRID)
+        vrt_cell_stats(samples, [answer([0])], lambda s: GRID, coverage=COVERAGE)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ from pycocotools import mask as mask_utils
 from padt_core.data.reader import DataWarning
 from padt_core.data.sample import decode_mask, object_cells
 
+COVERAGE = 1 / 28  # Qwen2.5-VL's default: one pixel row of a 28-px cell
+
+
 H, W = 60, 80
 PERSON_A = [8, 6, 24, 6, 24, 18, 8, 18]  # bbox [8, 6, 16, 12] → normalised (0.1, 0.1, 0.3, 0.3)
 PERSON_B = [[40, 30, 48, 30, 48, 40, 40, 40], [60, 30, 70, 30, 70, 40, 60, 40]]  # two parts
@@ -312,7 +315,11 @@ def test_padt_json_round_trip_and_patches_on_the_grid(tmp_path):
     assert thing.box == pytest.approx((30 / w, 5 / h, 1.0, 70 / h))
     assert rec.meta["patch_grid"] == (3, 4) and rec.meta["patches"] == [patches]
     # Our cells on the reference's grid are the stored patches.
-    assert object_cells(thing, rec.meta["patch_grid"], rec.image_size) == patches == [1, 2, 3, 5, 6, 9, 10]
+    assert (
+        object_cells(thing, rec.meta["patch_grid"], rec.image_size, coverage=COVERAGE)
+        == patches
+        == [1, 2, 3, 5, 6, 9, 10]
+    )
     assert ds.skipped == {"bad_record": 2, "missing_image": 1, "image_size": 1}
     assert any("line 3" in m and "KeyError" in m for m in messages)
     assert any("line 6" in m for m in messages)
@@ -332,4 +339,4 @@ def test_padt_json_list_file_and_res_task(tmp_path):
     assert sample.task == "res" and sample.objects[0].mask is None and sample.image_size == (56, 56)
     assert sample.objects[0].extra == {"centroid": [0.2, 0.3]}  # further targets by key, as the file gives them
     assert ds.skipped == {"bad_record": 1} and any("extra key(s) ['box']" in m for m in messages)
-    assert object_cells(sample.objects[0], (2, 2), sample.image_size) == [0]
+    assert object_cells(sample.objects[0], (2, 2), sample.image_size, coverage=COVERAGE) == [0]

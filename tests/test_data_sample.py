@@ -31,6 +31,8 @@ from padt_core.data.templates import (
     ric_answer,
 )
 
+COVERAGE = 1 / 28  # Qwen2.5-VL's default: one pixel row of a 28-px cell
+
 
 def rle_of(mask: np.ndarray) -> dict:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -94,7 +96,7 @@ def test_multi_part_polygons_are_ored():
     mask = rle_decode(rle)
     assert mask[0:4, 0:4].all() and mask[12:16, 12:16].all()
     assert mask.sum() == 32
-    cells = object_cells(ObjectAnn(label="two parts", box=(0, 0, 1, 1), mask=rle), (4, 4), (16, 16))
+    cells = object_cells(ObjectAnn(label="two parts", box=(0, 0, 1, 1), mask=rle), (4, 4), (16, 16), coverage=COVERAGE)
     assert cells == [0, 15]  # both squares (opposite corners), nothing between them
 
 
@@ -106,7 +108,7 @@ def test_crowd_uncompressed_rle_and_wrong_size():
     mask = rle_decode(rle)
     assert mask.sum() == 10 and mask[5:15, 0].all()
     obj = ObjectAnn(label="people", box=(0, 0, 0.1, 0.5), mask=rle, iscrowd=True)
-    assert object_cells(obj, (3, 4), (30, 40)) == [0, 4]
+    assert object_cells(obj, (3, 4), (30, 40), coverage=COVERAGE) == [0, 4]
     with pytest.raises(MaskSizeError, match=r"RLE size \[30, 40\] does not match the image size \[40, 30\]"):
         segmentation_to_rle(crowd, 40, 30)
 
@@ -118,10 +120,10 @@ def test_coverage_boundary_is_inclusive_at_one_28th():
     # One 28×28 cell: 28 px is exactly 1/28 of it (kept), 27 px is not (the reference's >= rule).
     exact = np.zeros((56, 84), dtype=bool)
     exact[30, 28:56] = True  # 28 px in cell (1, 1)
-    assert object_cells(mask_object(exact), (2, 3), (56, 84)) == [4]
+    assert object_cells(mask_object(exact), (2, 3), (56, 84), coverage=COVERAGE) == [4]
     short = exact.copy()
     short[30, 28] = False
-    assert object_cells(mask_object(short), (2, 3), (56, 84)) == []
+    assert object_cells(mask_object(short), (2, 3), (56, 84), coverage=COVERAGE) == []
     assert object_cells(mask_object(short), (2, 3), (56, 84), coverage=27 / 784) == [4]
 
 
@@ -129,8 +131,8 @@ def test_non_square_grid_raster_ids():
     # 3 rows × 5 columns; a mask in row 2, column 4 must be id 2*5 + 4 = 14, not 2*3 + 4.
     mask = np.zeros((84, 140), dtype=bool)
     mask[60:80, 115:135] = True
-    assert object_cells(mask_object(mask), (3, 5), (84, 140)) == [14]
-    assert object_cells(mask_object(mask.T), (5, 3), (140, 84)) == [14]
+    assert object_cells(mask_object(mask), (3, 5), (84, 140), coverage=COVERAGE) == [14]
+    assert object_cells(mask_object(mask.T), (5, 3), (140, 84), coverage=COVERAGE) == [14]
 
 
 def test_grid_that_does_not_divide_the_image():
@@ -183,10 +185,13 @@ def test_box_only_object_on_a_processor_grid():
     # 100×150 image, processor grid 4×5 (smart_resize → 112×140): the left half covers columns 0-1
     # fully and half of column 2, on every row.
     obj = ObjectAnn(label="left half", box=(0.0, 0.0, 0.5, 1.0))
-    assert object_cells(obj, (4, 5), (100, 150)) == [r * 5 + c for r in range(4) for c in range(3)]
+    assert object_cells(obj, (4, 5), (100, 150), coverage=COVERAGE) == [r * 5 + c for r in range(4) for c in range(3)]
     thin = ObjectAnn(label="sliver", box=(0.0, 0.0, 0.2 / 28, 1.0))  # 1/28 of column 0's width
-    assert object_cells(thin, (4, 5), (100, 150)) == [0, 5, 10, 15]
-    assert object_cells(ObjectAnn(label="sliver", box=(0.0, 0.0, 0.19 / 28, 1.0)), (4, 5), (100, 150)) == []
+    assert object_cells(thin, (4, 5), (100, 150), coverage=COVERAGE) == [0, 5, 10, 15]
+    assert (
+        object_cells(ObjectAnn(label="sliver", box=(0.0, 0.0, 0.19 / 28, 1.0)), (4, 5), (100, 150), coverage=COVERAGE)
+        == []
+    )
 
 
 def test_object_cells_rejects_bad_arguments():
@@ -194,7 +199,7 @@ def test_object_cells_rejects_bad_arguments():
     with pytest.raises(ValueError, match="coverage"):
         object_cells(obj, (2, 2), (10, 10), coverage=0)
     with pytest.raises(ValueError, match="positive"):
-        object_cells(obj, (0, 2), (10, 10))
+        object_cells(obj, (0, 2), (10, 10), coverage=COVERAGE)
 
 
 # --- Sample ---------------------------------------------------------------------------------------

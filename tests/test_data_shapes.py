@@ -28,6 +28,8 @@ from padt_core.data.sample import decode_mask, object_cells
 from padt_core.plugins import list_plugins, register_plugin, unregister_plugin
 from padt_core.recipe import DataConfig
 
+COVERAGE = 1 / 28  # Qwen2.5-VL's default: one pixel row of a 28-px cell
+
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory) -> Path:
@@ -93,7 +95,7 @@ def test_images_annotations_and_sizes_are_consistent(full):
         np.testing.assert_allclose(pixels[mask].mean(axis=0), COLOURS[ann["colour"]], atol=4)
         extent = max(ann["bbox"][2], ann["bbox"][3])
         assert (26 <= extent <= 48) if ann["size"] == "small" else (56 <= extent <= 92)
-        assert object_cells(obj, (8, 8), (224, 224))  # every object covers some VRT cell
+        assert object_cells(obj, (8, 8), (224, 224), coverage=COVERAGE)  # every object covers some VRT cell
 
 
 def test_every_referring_expression_is_unambiguous(full):
@@ -197,7 +199,7 @@ def test_non_square_images(tmp_path):
     cfg = ShapesDatasetConfig(root=str(tmp_path / "wide"), image_size=(168, 280), n_train=4, n_val=0)
     sample = ShapesDataset(cfg)[0]
     assert sample.image_size == (168, 280)
-    assert object_cells(sample.objects[0], (6, 10), sample.image_size)
+    assert object_cells(sample.objects[0], (6, 10), sample.image_size, coverage=COVERAGE)
 
 
 @pytest.fixture

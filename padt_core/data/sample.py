@@ -373,17 +373,17 @@ def cell_coverage(obj: ObjectAnn, grid: tuple[int, int], image_size: tuple[int, 
     return axis(y1, y2, gh)[:, None] * axis(x1, x2, gw)[None, :]
 
 
-def object_cells(
-    obj: ObjectAnn, grid: tuple[int, int], image_size: tuple[int, int], coverage: float = 1 / 28
-) -> list[int]:
+def object_cells(obj: ObjectAnn, grid: tuple[int, int], image_size: tuple[int, int], coverage: float) -> list[int]:
     """Raster ids of the VRT cells the object covers by at least ``coverage`` of their area.
 
     Args:
         obj: the object (its mask if it has one, else its box).
         grid: ``(gh, gw)``, the VRT grid the processor produces for this image; it covers the whole
-            image after resizing, so the grid need not match ``round(h/28) × round(w/28)``.
+            image after resizing, so the grid need not match ``round(h/cell) × round(w/cell)``.
         image_size: ``(height, width)`` of the original image (the mask's resolution).
-        coverage: minimum covered fraction; the reference's 1/28 (§6.2) by default.
+        coverage: minimum covered fraction, in (0, 1]: the recipe's ``data.coverage``, else the
+            backbone's ``default_coverage`` (the reference's one pixel row of a cell, 1/28 for
+            Qwen2.5-VL's 28-px cells, §6.2).
 
     Returns:
         Sorted cell ids ``row * gw + col``; empty when the object covers no cell enough.

@@ -33,7 +33,7 @@ def vrt_cell_stats(
     predictions: Sequence[Any],
     grid_of: GridOf,
     *,
-    coverage: float = 1 / 28,
+    coverage: float,
     tasks: Sequence[str] = ("rec",),
 ) -> dict[str, float | int | None]:
     """Distinct VRT cells per emitted object and the on-target rate of REC answers.
@@ -43,7 +43,7 @@ def vrt_cell_stats(
         predictions: one prediction per sample, in the same order (objects with a ``vrt`` list).
         grid_of: ``(rows, cols)`` of the VRT grid of a sample's image (see :func:`processor_grid`).
         coverage: a cell is on the object when the object covers this fraction of it (the recipe's
-            ``data.coverage``).
+            ``data.coverage``, else the backbone's ``default_coverage``, as in training).
         tasks: sample tasks whose answers are counted; on-target is computed on the ``rec`` ones only
             (one referred object each).
 

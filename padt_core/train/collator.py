@@ -80,7 +80,7 @@ class PaDTCollator:
         model,
         vrt_per_object: int = 5,
         vrt_sampling: str = "random",
-        coverage: float = 1 / 28,
+        coverage: float | None = None,
         seed: int = 0,
         templates: TaskTemplates = DEFAULT_TEMPLATES,
     ):
@@ -90,7 +90,7 @@ class PaDTCollator:
         self.prepare = model.prepare
         self.k = vrt_per_object
         self.sampling = vrt_sampling
-        self.coverage = coverage
+        self.coverage = coverage if coverage is not None else model.coverage  # None: the model's recipe/backbone
         self.rng = np.random.default_rng(seed)
         self.templates = templates
         self.skipped: Counter[str] = Counter()

@@ -1,0 +1,42 @@
+"""The foreground-cell rule comes from the backbone (one pixel row of its cell); the recipe overrides it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from padt_core.backbone import Backbone
+from padt_core.data.sample import ObjectAnn, object_cells
+from padt_core.model import PaDTModel
+from padt_core.recipe import load_recipe
+from padt_core.train.collator import PaDTCollator
+
+
+def test_qwen_default_is_one_28th_and_the_recipe_overrides_it(tiny_model):
+    assert tiny_model.backbone.cell_size == 28
+    assert tiny_model.backbone.default_coverage == pytest.approx(1 / 28)  # released checkpoints: unchanged
+    assert tiny_model.recipe.data.coverage is None and tiny_model.coverage == pytest.approx(1 / 28)
+    assert PaDTCollator(tiny_model).coverage == pytest.approx(1 / 28)
+    assert PaDTCollator(tiny_model, coverage=0.25).coverage == 0.25
+    overridden = SimpleNamespace(recipe=load_recipe("tiny_qwen", ["data.coverage=0.5"]), backbone=tiny_model.backbone)
+    assert PaDTModel.coverage.fget(overridden) == 0.5
+
+
+def test_the_rule_is_one_pixel_row_of_the_backbones_cell():
+    """A 32-px cell: a full 32-px row of it is foreground, 31 px are not (at 28 px cells 28 px would be)."""
+    coverage = Backbone.default_coverage.fget(SimpleNamespace(cell_size=32))
+    assert coverage == pytest.approx(1 / 32)
+    image = np.zeros((64, 64), dtype=bool)
+    image[40, 32:64] = True  # one row of cell (1, 1) of a 2 x 2 grid
+
+    def cells(mask: np.ndarray) -> list[int]:
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        obj = ObjectAnn(label="line", box=(0.5, 0.6, 1.0, 0.65), mask={"size": [64, 64], "counts": rle["counts"]})
+        return object_cells(obj, (2, 2), (64, 64), coverage)
+
+    assert cells(image) == [3]
+    image[40, 32] = False
+    assert cells(image) == []
