@@ -7,15 +7,17 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from .features import VisualFeatures
-from .model import PaDTModel, PredictedObject, Prediction
-from .plugins import hookimpl, list_plugins, register_plugin
-from .recipe import Recipe, RecipeError, load_recipe, parse_overrides
+if TYPE_CHECKING:
+    from .features import VisualFeatures
+    from .model import PaDTModel, PredictedObject, Prediction
+    from .plugins import hookimpl, list_plugins, register_plugin
+    from .recipe import Recipe, RecipeError, load_recipe
 
 __all__ = [
     "PaDTModel",
@@ -33,6 +35,34 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# The public names load on first use (PEP 562), so that `import padt_core` (and `padt --help`, and a
+# plugin's `from padt_core.plugins import hookimpl`) does not import torch and transformers.
+_LAZY: dict[str, str] = {
+    "VisualFeatures": "features",
+    "PaDTModel": "model",
+    "PredictedObject": "model",
+    "Prediction": "model",
+    "hookimpl": "plugins",
+    "list_plugins": "plugins",
+    "register_plugin": "plugins",
+    "Recipe": "recipe",
+    "RecipeError": "recipe",
+    "load_recipe": "recipe",
+    "parse_overrides": "recipe",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def build(
@@ -53,6 +83,9 @@ def build(
     architecture on the meta device and downloads nothing: for structure and parameter counts
     (``padt_core.sizes.parameter_counts``).
     """
+    from .model import PaDTModel
+    from .recipe import load_recipe, parse_overrides
+
     if weights not in ("pretrained", "meta"):
         raise ValueError(f"weights must be 'pretrained' or 'meta', got {weights!r}")
     merged = parse_overrides(overrides)
@@ -75,7 +108,7 @@ def load(source: str | os.PathLike, map_location: str = "cpu", *, revision: str 
     (``decoder.layout: reference``); ``padt convert`` does it once and keeps the result.
     """
     from .convert import is_released_checkpoint, load_released, looks_like_hub_id
-    from .model import META_NAME
+    from .model import META_NAME, PaDTModel
 
     path = Path(source)
     is_padt_dir = (path / META_NAME).is_file()
