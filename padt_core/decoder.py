@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -52,7 +51,6 @@ __all__ = [
     "PaDTDecoder",
     "Trunk",
     "TrunkOutput",
-    "mask_rle",
     "pad_packed",
     "pad_rows",
 ]
@@ -813,16 +811,6 @@ def pad_rows(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([r.shape[0] for r in rows], device=padded.device)
     valid = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
     return padded, valid
-
-
-def mask_rle(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
-    """COCO RLE (``{"size": [h, w], "counts": str}``) of a boolean ``[h, w]`` mask."""
-    from pycocotools import mask as mask_utils
-
-    if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:

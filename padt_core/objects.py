@@ -255,7 +255,7 @@ def object_json(obj: PredictedObject, rle: bool = False) -> dict[str, Any]:
 
 def _mask_json(mask: np.ndarray, rle: bool) -> dict[str, Any]:
     if rle:
-        from .decoder import mask_rle
+        from .rle import encode
 
-        return mask_rle(mask)
+        return encode(mask)
     return {"shape": list(mask.shape), "area": int(mask.sum())}

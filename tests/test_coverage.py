@@ -6,12 +6,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
 
 from padt_core.backbone import Backbone
 from padt_core.data.sample import ObjectAnn, object_cells
 from padt_core.model import PaDTModel
 from padt_core.recipe import load_recipe
+from padt_core.rle import encode
 from padt_core.train.collator import PaDTCollator
 
 
@@ -33,8 +33,7 @@ def test_the_rule_is_one_pixel_row_of_the_backbones_cell():
     image[40, 32:64] = True  # one row of cell (1, 1) of a 2 x 2 grid
 
     def cells(mask: np.ndarray) -> list[int]:
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        obj = ObjectAnn(label="line", box=(0.5, 0.6, 1.0, 0.65), mask={"size": [64, 64], "counts": rle["counts"]})
+        obj = ObjectAnn(label="line", box=(0.5, 0.6, 1.0, 0.65), mask=encode(mask))
         return object_cells(obj, (2, 2), (64, 64), coverage)
 
     assert cells(image) == [3]

@@ -13,10 +13,10 @@ from padt_plugins.datasets.padt_json import PaDTJsonDataset, PaDTJsonDatasetConf
 from padt_plugins.datasets.refcoco import RefCocoDataset, RefCocoDatasetConfig, load_refs
 from padt_plugins.datasets.ric import RicDataset, RicDatasetConfig
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from padt_core.data.reader import DataWarning
 from padt_core.data.sample import decode_mask, object_cells
+from padt_core.rle import encode
 
 COVERAGE = 1 / 28  # Qwen2.5-VL's default: one pixel row of a 28-px cell
 
@@ -285,8 +285,7 @@ def test_padt_json_round_trip_and_patches_on_the_grid(tmp_path):
     mask = np.zeros((h, w), dtype=np.uint8)
     mask[20:70, 30:60] = 1
     mask[5:8, 90:112] = 1  # a thin second part: 66 px in cell (0, 3) → ≥ 28 px, kept
-    rle = mask_utils.encode(np.asfortranarray(mask))
-    rle = {"size": [h, w], "counts": rle["counts"].decode()}
+    rle = encode(mask)
     patches = reference_patches(mask.astype(bool))
     obj = {"bbox": [30 / w, 5 / h, 1.0, 70 / h], "patches": patches, "rle": rle, "label": "the thing", "iscrowd": 0,
            "area": int(mask.sum())}  # fmt: skip

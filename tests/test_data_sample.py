@@ -30,13 +30,9 @@ from padt_core.data.templates import (
     rec_prompt,
     ric_answer,
 )
+from padt_core.rle import encode as rle_of
 
 COVERAGE = 1 / 28  # Qwen2.5-VL's default: one pixel row of a 28-px cell
-
-
-def rle_of(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def mask_object(mask: np.ndarray, label: str = "x") -> ObjectAnn:

@@ -9,9 +9,8 @@ import numpy as np
 import padt_plugins.decoders as decoders
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 
-from padt_core.decoder import DecoderInputs, ObjectTargets, PaDTDecoder, mask_rle
+from padt_core.decoder import DecoderInputs, ObjectTargets, PaDTDecoder
 from padt_core.features import VisualFeatures
 from padt_core.plugins import list_plugins, register_plugin
 from padt_core.recipe import DecoderConfig, RecipeError, load_recipe
@@ -356,15 +355,6 @@ def test_inconsistent_batches_are_errors():
     with pytest.raises(ValueError, match="2 masks for 5 objects"):
         decoder = make_decoder()
         decoder.loss(decoder(make_inputs(GRIDS, OBJECTS)), ObjectTargets(torch.zeros(5, 4), [None, None]))
-
-
-def test_mask_rle_round_trip():
-    mask = np.zeros((7, 9), dtype=bool)
-    mask[2:5, 3:8] = True
-    rle = mask_rle(mask)
-    assert rle["size"] == [7, 9] and isinstance(rle["counts"], str)
-    decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
-    assert (decoded.astype(bool) == mask).all()
 
 
 def test_decoder_benchmark_json():

@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pytest
 from padt_plugins.metrics import RECMetric, RESMetric, RICMetric
-from padt_plugins.metrics.base import encode_mask, select_object
+from padt_plugins.metrics.base import select_object
 from padt_plugins.metrics.cider import cider_d, tokenize
 from padt_plugins.metrics.ric import greedy_matches
 
 from padt_core.data.sample import ObjectAnn, Sample
 from padt_core.model import PredictedObject, Prediction
+from padt_core.rle import encode as encode_mask
 
 SIZE = (64, 64)  # (h, w); boxes below are multiples of 1/64 so pixel boxes are exact
 

@@ -7,7 +7,8 @@ sample stores masks and boxes, never patch ids: patch ids depend on the backbone
 §2.4, weakness 19), so they are computed late by :func:`object_cells`.
 
 Masks are COCO RLEs at the original image resolution; boxes are ``xyxy`` normalised by the image's
-width and height.
+width and height. The RLE helpers here (``rle_decode``, ``segmentation_to_rle``, ``rle_area``,
+``MaskSizeError``) are :mod:`padt_core.rle`'s, under the names readers have always imported.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from ..rle import MaskSizeError
+from ..rle import area as rle_area
+from ..rle import decode as rle_decode
+from ..rle import from_segmentation as segmentation_to_rle
 from .tasks import check_tasks
 
 __all__ = [
@@ -48,10 +52,6 @@ _PLACEHOLDER_RE = re.compile(r"<\|Obj_(\d+)\|>")
 # Coverage is compared with a relative tolerance so that a cell covered by exactly ``coverage`` of
 # its area (e.g. one 28-px row of a 28×28 cell at 1/28) counts whatever the float rounding.
 _COVERAGE_RTOL = 1e-9
-
-
-class MaskSizeError(ValueError):
-    """An RLE's ``size`` disagrees with the size of the image it annotates."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,87 +211,6 @@ def box_from_xywh(bbox: Sequence[float], width: int, height: int) -> tuple[float
     x1, y1 = min(max(x / width, 0.0), 1.0), min(max(y / height, 0.0), 1.0)
     x2, y2 = min(max((x + w) / width, x1), 1.0), min(max((y + h) / height, y1), 1.0)
     return (x1, y1, x2, y2)
-
-
-def _compress(rle: dict) -> dict:
-    counts = rle["counts"]
-    counts = counts.decode("ascii") if isinstance(counts, bytes) else counts
-    return {"size": [int(s) for s in rle["size"]], "counts": counts}
-
-
-def _counts_from_string(text: str | bytes) -> list[int]:
-    """Run lengths of a compressed COCO RLE string (the inverse of pycocotools' ``rleToString``)."""
-    data = text.encode("ascii") if isinstance(text, str) else text
-    counts: list[int] = []
-    p = 0
-    while p < len(data):
-        x, k, more = 0, 0, True
-        while more:
-            if p >= len(data):
-                raise ValueError("truncated RLE counts string")
-            c = data[p] - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:  # runs after the second are stored as deltas to the run two before
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def rle_decode(rle: dict) -> np.ndarray:
-    """Decode a COCO RLE (compressed ``str``/``bytes`` or uncompressed ``list`` counts) to bool ``[h, w]``.
-
-    Pure numpy (``np.repeat`` of the runs): pycocotools' decoder warns under numpy 2, and this one
-    checks that the runs add up to the mask size instead of reading past them.
-    """
-    h, w = (int(s) for s in rle["size"])
-    counts = rle["counts"]
-    runs = np.asarray(counts if isinstance(counts, list) else _counts_from_string(counts), dtype=np.int64)
-    if (runs < 0).any() or runs.sum() != h * w:
-        raise ValueError(f"corrupt RLE: runs add up to {int(runs.sum())} pixels, size {h}x{w} needs {h * w}")
-    values = np.zeros(len(runs), dtype=bool)
-    values[1::2] = True  # runs alternate background, foreground, starting with background
-    return np.repeat(values, runs).reshape(w, h).T  # COCO RLEs are column-major
-
-
-def _to_cocotools(rle: dict) -> dict:
-    """An RLE pycocotools accepts: compressed counts as bytes; uncompressed (list) counts encoded."""
-    h, w = (int(s) for s in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
-def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
-    """COCO ``segmentation`` (polygons, uncompressed or compressed RLE) → one compressed RLE.
-
-    Multi-part polygons are OR-ed into one mask (reference §6.4). Degenerate polygons (< 3 points)
-    are ignored; if nothing is left the result is an empty mask. Raises :class:`MaskSizeError` when an
-    RLE's ``size`` is not ``[height, width]``.
-    """
-    if isinstance(segmentation, dict):
-        size = [int(s) for s in segmentation.get("size", ())]
-        if size != [height, width]:
-            raise MaskSizeError(f"RLE size {size} does not match the image size [{height}, {width}]")
-        counts = segmentation.get("counts")
-        if isinstance(counts, list) and sum(counts) != height * width:  # pycocotools would not notice
-            raise ValueError(f"corrupt RLE: runs add up to {sum(counts)} pixels, size {height}x{width}")
-        return _compress(_to_cocotools(segmentation))
-    # pycocotools treats a first item of length 4 as a *box*; drop such degenerate polygons first.
-    polygons = [[float(v) for v in poly] for poly in segmentation or [] if len(poly) >= 6 and len(poly) % 2 == 0]
-    if not polygons:
-        return _compress(mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F")))
-    return _compress(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
-
-
-def rle_area(rle: dict) -> int:
-    """Foreground pixel count of an RLE (without decoding it)."""
-    return int(mask_utils.area(_to_cocotools(rle)))
 
 
 def decode_mask(obj: ObjectAnn, image_size: tuple[int, int], record: str | None = None) -> np.ndarray:

@@ -23,16 +23,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from padt_core.data.sample import rle_decode
+from padt_core import rle
 from padt_core.plugins import PluginConfig
 
 __all__ = [
     "Metric",
     "box_iou",
-    "decode_rle",
-    "encode_mask",
     "finite_score",
     "gt_box_pixels",
     "image_size_of",
@@ -225,21 +222,6 @@ def select_object(objects: Sequence[Any]) -> Any | None:
     return objects[0] if objects else None
 
 
-def decode_rle(rle: dict) -> np.ndarray:
-    """A COCO RLE (compressed ``str``/``bytes`` counts, or uncompressed list counts) as bool ``[h, w]``.
-
-    Uses the data layer's decoder: it rejects corrupt runs (``ValueError``) instead of reading past
-    them, and avoids pycocotools' numpy-2 warning.
-    """
-    return rle_decode(rle)
-
-
-def encode_mask(mask: np.ndarray) -> dict:
-    """A bool ``[h, w]`` mask as a JSON-friendly compressed COCO RLE (``counts`` as ``str``)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 def mask_or_none(mask: Any, size: tuple[int, int]) -> np.ndarray | None:
     """A predicted mask as bool ``[h, w]`` at ``size``, or ``None`` when missing or malformed.
 
@@ -250,7 +232,7 @@ def mask_or_none(mask: Any, size: tuple[int, int]) -> np.ndarray | None:
     if mask is None:
         return None
     try:
-        array = decode_rle(mask) if isinstance(mask, dict) else np.asarray(mask)
+        array = rle.decode(mask) if isinstance(mask, dict) else np.asarray(mask)
     except (KeyError, TypeError, ValueError):
         return None
     if array.ndim != 2 or tuple(array.shape) != tuple(size):

@@ -24,9 +24,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from pydantic import Field
 
+from padt_core import rle
 from padt_core.plugins import PluginConfig
 
-from .base import Metric, encode_mask, finite_score, mask_or_none, valid_box
+from .base import Metric, finite_score, mask_or_none, valid_box
 
 __all__ = ["OVDMetric", "OVDMetricConfig", "normalise_label"]
 
@@ -139,7 +140,7 @@ class OVDMetric(Metric):
             else:
                 # No "bbox" in segm results: pycocotools would take the box area as the instance area
                 # and change the small/medium/large split of mask AP (detectron2 drops it likewise).
-                self._results["segm"].append({**base, "segmentation": encode_mask(mask)})
+                self._results["segm"].append({**base, "segmentation": rle.encode(mask)})
 
     # --- results ------------------------------------------------------------------------------
     def results(self, iou_type: IouType = "bbox") -> list[dict]:

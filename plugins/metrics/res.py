@@ -17,9 +17,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from padt_core import rle
 from padt_core.plugins import PluginConfig
 
-from .base import Metric, decode_rle, image_size_of, mask_or_none, ratio, select_object
+from .base import Metric, image_size_of, mask_or_none, ratio, select_object
 from .rec import single_gt_object
 
 __all__ = ["RESMetric", "RESMetricConfig"]
@@ -69,10 +70,10 @@ class RESMetric(Metric):
 
     @staticmethod
     def _gt_mask(sample: Any, obj: Any, size: tuple[int, int]) -> np.ndarray:
-        rle = getattr(obj, "mask", None)
-        if not isinstance(rle, dict):
+        gt_rle = getattr(obj, "mask", None)
+        if not isinstance(gt_rle, dict):
             raise ValueError(f"res metric: sample {sample.id!r} has no ground-truth mask (RLE); RES needs one")
-        gt = decode_rle(rle)
+        gt = rle.decode(gt_rle)
         if gt.shape != tuple(size):
             raise ValueError(
                 f"res metric: sample {sample.id!r}: ground-truth RLE size {gt.shape[0]}x{gt.shape[1]} (h x w) "

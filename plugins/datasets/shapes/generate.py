@@ -41,9 +41,8 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
-from padt_core.data.sample import rle_decode
+from padt_core import rle
 
 from .text import COLOURS, SHAPES, SIZES, SPATIAL_GAP, caption, refer_expressions, resolve_expression
 
@@ -212,8 +211,7 @@ def _rasterize(
 ) -> tuple[np.ndarray, Any]:
     """``(mask, segmentation)``: COCO polygons for most shapes, an RLE for circles and ellipses."""
     if polygon is not None:
-        rle = mask_utils.merge(mask_utils.frPyObjects([polygon], height, width))
-        return rle_decode(rle), [polygon]
+        return rle.decode(rle.from_segmentation([polygon], height, width)), [polygon]
     ys, xs = np.mgrid[0:height, 0:width]
     dx, dy = xs + 0.5 - cx, ys + 0.5 - cy  # pixel centres, as pycocotools rasterizes polygons
     a = extent / 2
@@ -221,8 +219,7 @@ def _rasterize(
     u = dx * math.cos(angle) + dy * math.sin(angle)
     v = -dx * math.sin(angle) + dy * math.cos(angle)
     mask = (u / a) ** 2 + (v / b) ** 2 <= 1.0
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return mask, {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    return mask, rle.encode(mask)
 
 
 def _tight_box(mask: np.ndarray) -> list[int]:
