@@ -22,12 +22,13 @@ path of the hooks, i.e. an upper bound on their cost. ``vrt_mode="init"`` keeps 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +38,7 @@ from PIL import Image
 
 from padt_core.runtime import allocator_settings
 
-__all__ = ["bench_generate", "machine_info"]
+__all__ = ["bench_generate", "check_run_options", "machine_info", "model_summary", "torch_threads"]
 
 PROMPT = "Please locate every object in this image and answer with their labels and visual reference tokens."
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,6 +61,50 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         "device_name": device_name,
         "dtype": str(dtype).removeprefix("torch."),
         "allocator": allocator_settings() or "default",  # padt commands tune glibc's (padt_core/runtime.py)
+    }
+
+
+def check_run_options(device: str, dtype: str | None, clock: str) -> torch.device:
+    """The device of a timed run, after checking the options every benchmark shares.
+
+    Args:
+        device: torch device string; ``cuda`` must be available.
+        dtype: ``None`` (the recipe's) or a name of :data:`_DTYPES`.
+        clock: ``wall`` or ``cpu`` (host CPU time: only for a CPU device).
+    """
+    if dtype is not None and dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    if clock not in _CLOCKS:
+        raise ValueError(f"clock {clock!r} is not one of {', '.join(_CLOCKS)}")
+    if clock == "cpu" and dev.type != "cpu":
+        raise ValueError(f"clock 'cpu' measures host CPU time; it cannot time device {device!r} (use 'wall')")
+    return dev
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to ``threads`` for the block (``None``: left as is), then restored."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def model_summary(model: Any) -> dict[str, Any]:
+    """Sizes of a benchmarked ``PaDTModel``: the LLM's width and depth, vocabulary rows, parameter counts."""
+    text = model.backbone.hf_model.config.get_text_config()
+    return {
+        "hidden_size": getattr(text, "hidden_size", None),
+        "num_hidden_layers": getattr(text, "num_hidden_layers", None),
+        "vocab_rows": model.backbone.vocab_rows,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "backbone_parameters": sum(p.numel() for p in model.backbone.hf_model.parameters()),
     }
 
 
@@ -123,22 +168,11 @@ def bench_generate(
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch sizes must be positive, got {list(batch_sizes)}")
-    if dtype is not None and dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
     if vrt_mode not in ("random", "init"):
         raise ValueError(f"vrt_mode {vrt_mode!r} is not one of random, init")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
-    if clock not in _CLOCKS:
-        raise ValueError(f"clock {clock!r} is not one of {', '.join(_CLOCKS)}")
-    if clock == "cpu" and dev.type != "cpu":
-        raise ValueError(f"clock 'cpu' measures host CPU time; it cannot time device {device!r} (use 'wall')")
+    dev = check_run_options(device, dtype, clock)
 
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         torch.manual_seed(seed)
         model = padt_core.build(recipe, overrides)
         model.to(device=dev, dtype=_DTYPES[dtype] if dtype else None)
@@ -151,21 +185,13 @@ def bench_generate(
             for bs in batch_sizes
         }
         info = machine_info(dev, model.dtype)
-    finally:
-        torch.set_num_threads(previous_threads)
 
-    text = model.backbone.hf_model.config.get_text_config()
     return {
         "benchmark": "generate",
         "recipe": model.recipe.name,
         "overrides": _jsonable_overrides(overrides),
         "machine": info,
-        "model": {
-            "hidden_size": getattr(text, "hidden_size", None),
-            "num_hidden_layers": getattr(text, "num_hidden_layers", None),
-            "vocab_rows": model.backbone.vocab_rows,
-            "parameters": sum(p.numel() for p in model.parameters()),
-        },
+        "model": model_summary(model),
         "settings": {
             "new_tokens": new_tokens,
             "repeats": repeats,

@@ -41,7 +41,15 @@ import torch.nn.functional as F
 
 from padt_core.runtime import release_free_memory
 
-from .generate import _CLOCKS, _DTYPES, _jsonable_overrides, machine_info
+from .generate import (
+    _CLOCKS,
+    _DTYPES,
+    _jsonable_overrides,
+    check_run_options,
+    machine_info,
+    model_summary,
+    torch_threads,
+)
 
 __all__ = ["bench_train"]
 
@@ -84,46 +92,26 @@ def bench_train(
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     if step not in ("main", "warmup"):
         raise ValueError(f"step {step!r} is not one of main, warmup")
-    if dtype is not None and dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
-    if clock not in _CLOCKS:
-        raise ValueError(f"clock {clock!r} is not one of {', '.join(_CLOCKS)}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
-    if clock == "cpu" and dev.type != "cpu":
-        raise ValueError(f"clock 'cpu' measures host CPU time; it cannot time device {device!r} (use 'wall')")
+    dev = check_run_options(device, dtype, clock)
 
     spec = load_recipe(recipe, overrides)
     if spec.decoder is None:
         raise ValueError(f"recipe {spec.name!r} has no decoder: nothing PaDT-specific to compare")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        with tempfile.TemporaryDirectory(prefix="padt-bench-train-") as tmp:
-            items = _samples(spec, Path(data_root) if data_root else Path(tmp) / "shapes", batch_size, n_images)
-            torch.manual_seed(seed)
-            model = padt_core.build(spec)
-            model.to(device=dev, dtype=_DTYPES[dtype] if dtype else None)
-            model.train()
-            result = _bench(model, items, steps, warmup, step, _CLOCKS[clock], memory)
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="padt-bench-train-") as tmp:
+        items = _samples(spec, Path(data_root) if data_root else Path(tmp) / "shapes", batch_size, n_images)
+        torch.manual_seed(seed)
+        model = padt_core.build(spec)
+        model.to(device=dev, dtype=_DTYPES[dtype] if dtype else None)
+        model.train()
+        result = _bench(model, items, steps, warmup, step, _CLOCKS[clock], memory)
         info = machine_info(dev, model.dtype)
-    finally:
-        torch.set_num_threads(previous_threads)
 
-    text = model.backbone.hf_model.config.get_text_config()
     return {
         "benchmark": "train",
         "recipe": spec.name,
         "overrides": _jsonable_overrides(overrides),
         "machine": info,
-        "model": {
-            "hidden_size": getattr(text, "hidden_size", None),
-            "num_hidden_layers": getattr(text, "num_hidden_layers", None),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "backbone_parameters": sum(p.numel() for p in model.backbone.hf_model.parameters()),
-        },
+        "model": model_summary(model),
         "settings": {
             "batch_size": batch_size,
             "steps": steps,
