@@ -3,8 +3,8 @@
 Subcommands live in :data:`COMMANDS` (``name -> Command``). A ``Command`` adds its arguments to its
 own parser and points the parser at a handler ``fn(args) -> exit code``; a new verb adds one module
 (``padt_core/cli/<verb>.py``, helpers shared between verbs in ``_common.py``) and one entry. ``padt bench``
-wraps the separate ``padt_bench`` package and ``padt data shapes`` the shapes dataset plugin; both import
-them only when run.
+wraps the separate ``padt_bench`` package (whose light ``ablate`` module names the sweep configurations
+when the parser is built) and ``padt data shapes`` the shapes dataset plugin (imported when run).
 Verbs: ``plugins``, ``recipe``, ``data``, ``train``, ``eval``, ``predict``, ``convert``, ``bench``, ``demo``.
 Handlers import the heavy modules (torch, transformers) themselves, so ``padt --help`` stays fast.
 
