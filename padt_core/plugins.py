@@ -18,13 +18,19 @@ import importlib.metadata
 import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
 
 from . import hookspec as hookspec_module
 from .hookspec import PROJECT_NAME, hookimpl, hookspec
+
+if TYPE_CHECKING:  # the base classes import torch; the registry resolves them only when it is built (_BASES)
+    from .answer_format import AnswerFormat
+    from .backbone import Backbone
+    from .data.reader import DatasetReader
+    from .decoder import Head, Trunk
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -280,8 +286,29 @@ def get_registry(kind: Kind | str) -> Registry:
     return _State.registries[kind]
 
 
+@overload
+def get_plugin(kind: Literal["backbones"], name: str) -> type[Backbone]: ...
+@overload
+def get_plugin(kind: Literal["trunks"], name: str) -> type[Trunk]: ...
+@overload
+def get_plugin(kind: Literal["heads"], name: str) -> type[Head]: ...
+@overload
+def get_plugin(kind: Literal["datasets"], name: str) -> type[DatasetReader]: ...
+@overload
+def get_plugin(kind: Literal["answer_formats"], name: str) -> type[AnswerFormat]: ...
+@overload
+def get_plugin(kind: Kind | str, name: str) -> type: ...
 def get_plugin(kind: Kind | str, name: str) -> type:
-    """Look up a plugin class; a miss lists what is registered."""
+    """Look up a plugin class; a miss names the closest match and lists what is registered.
+
+    Typed by kind where the core defines the base class (``get_plugin("heads", "box")`` is a
+    ``type[Head]``); metrics and logits processors are plain classes.
+
+    Example::
+
+        >>> get_plugin("heads", "box").name
+        'box'
+    """
     return get_registry(kind).get(name)
 
 
