@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from padt_core import dtypes
 from padt_core.decoder import DecoderInputs, PaDTDecoder
 from padt_core.features import VisualFeatures
 from padt_core.recipe import DecoderConfig
@@ -37,8 +38,6 @@ from padt_core.runtime import release_free_memory, tune_cpu_allocator
 from .generate import machine_info
 
 __all__ = ["bench_decoder"]
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def bench_decoder(
@@ -72,7 +71,7 @@ def bench_decoder(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        dev, torch_dtype = torch.device(device), _DTYPES[dtype]
+        dev, torch_dtype = torch.device(device), dtypes.torch_dtype(dtype)
         torch.manual_seed(seed)
         config = DecoderConfig(
             trunk={
@@ -271,7 +270,7 @@ def _rss() -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
+    parser.add_argument("--dtype", default="float32", choices=sorted(dtypes.DTYPES))
     parser.add_argument("--memory", default="factored", choices=["factored", "dense"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 10, 100])

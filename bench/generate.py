@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from padt_core.dtypes import torch_dtype
 from padt_core.runtime import allocator_settings
 
 __all__ = ["bench_generate", "check_run_options", "machine_info", "model_summary", "torch_threads"]
 
 PROMPT = "Please locate every object in this image and answer with their labels and visual reference tokens."
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -69,11 +69,11 @@ def check_run_options(device: str, dtype: str | None, clock: str) -> torch.devic
 
     Args:
         device: torch device string; ``cuda`` must be available.
-        dtype: ``None`` (the recipe's) or a name of :data:`_DTYPES`.
+        dtype: ``None`` (the recipe's) or a name of :data:`padt_core.dtypes.DTYPES`.
         clock: ``wall`` or ``cpu`` (host CPU time: only for a CPU device).
     """
-    if dtype is not None and dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    if dtype is not None:
+        torch_dtype(dtype)  # a miss names the choices
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
@@ -175,7 +175,7 @@ def bench_generate(
     with torch_threads(threads):
         torch.manual_seed(seed)
         model = padt_core.build(recipe, overrides)
-        model.to(device=dev, dtype=_DTYPES[dtype] if dtype else None)
+        model.to(device=dev, dtype=torch_dtype(dtype) if dtype else None)
         model.eval()
         if vrt_mode == "random" and getattr(model.projection, "enabled", False):
             with torch.no_grad():

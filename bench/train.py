@@ -39,11 +39,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from padt_core.dtypes import torch_dtype
 from padt_core.runtime import release_free_memory
 
 from .generate import (
     _CLOCKS,
-    _DTYPES,
     _jsonable_overrides,
     check_run_options,
     machine_info,
@@ -101,7 +101,7 @@ def bench_train(
         items = _samples(spec, Path(data_root) if data_root else Path(tmp) / "shapes", batch_size, n_images)
         torch.manual_seed(seed)
         model = padt_core.build(spec)
-        model.to(device=dev, dtype=_DTYPES[dtype] if dtype else None)
+        model.to(device=dev, dtype=torch_dtype(dtype) if dtype else None)
         model.train()
         result = _bench(model, items, steps, warmup, step, _CLOCKS[clock], memory)
         info = machine_info(dev, model.dtype)

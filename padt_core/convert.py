@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .backbone import HubUnreachableError
+from .dtypes import DTYPES
 from .recipe import Recipe, load_recipe, parse_overrides
 
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ def _settings_from_config(directory: Path, config: Mapping[str, Any]) -> dict[st
     if projection and "vis_proj.0.weight" in checkpoint:
         out["vrt.rank"] = checkpoint.shape("vis_proj.0.weight")[0]
     dtype = config.get("torch_dtype", config.get("dtype"))
-    if dtype in {"float32", "bfloat16", "float16"}:
+    if dtype in DTYPES:  # a torch_dtype padt can load in
         out["backbone.dtype"] = dtype
     return out
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..dtypes import DTYPES
+
 EXIT_USAGE = 2  # argparse's own status for bad usage; bad input files/values are usage errors too
 Handler = Callable[[argparse.Namespace], int]  # what `parser.set_defaults(handler=...)` stores
 
@@ -69,9 +71,7 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 … (default: cpu)")
-    parser.add_argument(
-        "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="cast the model (default: recipe's)"
-    )
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="cast the model (default: recipe's)")
 
 
 def _check_model_source(source: str, overrides: Sequence[str]) -> None:

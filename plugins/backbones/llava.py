@@ -32,6 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTo
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from padt_core.backbone import Backbone, BackboneBatch
+from padt_core.dtypes import DTypeName, torch_dtype
 from padt_core.features import VisualFeatures
 from padt_core.plugins import PluginConfig, hookimpl
 
@@ -53,7 +54,6 @@ from .llava_processor import LlavaStyleProcessor
 
 __all__ = ["LlavaBackbone", "LlavaBackboneConfig"]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -152,7 +152,7 @@ class LlavaBackboneConfig(PluginConfig):
     )
     image_mean: list[float] | None = Field(None, min_length=3, max_length=3)
     image_std: list[float] | None = Field(None, min_length=3, max_length=3)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: DTypeName = "float32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     seed: int = Field(0, description="seed of the random initialisation (inline configs, the projector)")
 
@@ -240,7 +240,7 @@ class LlavaBackbone(Backbone):
         )
         image_token = config.image_token or "<|image_pad|>"
         _ensure_token(tokenizer, image_token)
-        dtype = _DTYPES[config.dtype]
+        dtype = torch_dtype(config.dtype)
 
         # The language model.
         if lm_cfg.pretrained is not None and not meta:
@@ -342,7 +342,7 @@ class LlavaBackbone(Backbone):
         tokenizer = getattr(hf_processor, "tokenizer", hf_processor)
         image_token = config.image_token or getattr(hf_processor, "image_token", None) or "<image>"
         _ensure_token(tokenizer, image_token)
-        dtype = _DTYPES[config.dtype]
+        dtype = torch_dtype(config.dtype)
         if config.pretrained is not None and not meta:
             model = load_from_hub(
                 PadtLlavaForConditionalGeneration.from_pretrained,
@@ -389,7 +389,7 @@ class LlavaBackbone(Backbone):
 
     @classmethod
     def from_saved(cls, config: LlavaBackboneConfig, directory: str) -> LlavaBackbone:
-        dtype = _DTYPES[config.dtype]
+        dtype = torch_dtype(config.dtype)
         if config.source == "timm":
             hf_config = LlavaStyleConfig.from_pretrained(directory)
             hf_config._attn_implementation = config.attn_implementation  # recursive: the LM's too

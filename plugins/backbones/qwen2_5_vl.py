@@ -22,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.vision_utils import get_vision_window_index
 
 from padt_core.backbone import Backbone, BackboneBatch
+from padt_core.dtypes import DTypeName, torch_dtype
 from padt_core.features import VisualFeatures
 from padt_core.plugins import PluginConfig, hookimpl
 
@@ -37,7 +38,6 @@ from ._hf_utils import (
 
 __all__ = ["Qwen2_5_VLBackbone", "Qwen2_5_VLBackboneConfig"]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Architecture configs of the public checkpoints (their hub config.json, transformers-4.50 layout), so a
 # meta-device build knows the 3B/7B structure without a download. Fine-tuned PaDT checkpoints keep
@@ -63,7 +63,7 @@ class Qwen2_5_VLBackboneConfig(PluginConfig):
         None, description="processor hub id/dir; 'builtin:<name>' for one kept in padt; default = pretrained"
     )
     revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: DTypeName = "float32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     min_pixels: int = Field(4 * 28 * 28, ge=28 * 28)
     max_pixels: int = Field(16384 * 28 * 28, ge=28 * 28)
@@ -147,7 +147,7 @@ class Qwen2_5_VLBackbone(Backbone):
         directory); otherwise ``processor`` and ``tokenizer`` are ``None``: it is for structure and sizes.
         """
         processor = cls._meta_processor(config) if meta else cls._processor(config)
-        dtype = _DTYPES[config.dtype]
+        dtype = torch_dtype(config.dtype)
         if config.pretrained is not None and not meta:
             model = load_from_hub(
                 Qwen2_5_VLForConditionalGeneration.from_pretrained,
@@ -202,7 +202,7 @@ class Qwen2_5_VLBackbone(Backbone):
         processor = cls._processor(config, directory=directory)
         hf_config = Qwen2_5_VLConfig.from_pretrained(directory)
         hf_config._attn_implementation = config.attn_implementation
-        model = cls._random_model(hf_config, _DTYPES[config.dtype], config.seed, meta=False)
+        model = cls._random_model(hf_config, torch_dtype(config.dtype), config.seed, meta=False)
         fill_generation_defaults(model, processor.tokenizer)
         restore_generation_config(model, directory)
         return cls(config, model, processor)
