@@ -184,7 +184,7 @@ class ObjectTargets:
     """Ground truth per object, in object order, by *target key*.
 
     ``"box"`` and ``"mask"`` are the annotation's own fields; every other key is an annotation extra
-    (``ObjectAnn.extra``, filled by a dataset reader: ``"keypoints"``, ``"centroid"``, ``"depth"``, ...).
+    (``ObjectAnn.extra``, filled by a dataset reader: ``"keypoints"``, ``"depth"``, ...).
     A head lists the keys its loss reads in ``Head.target_keys``; ``PaDTDecoder.loss`` hands it only
     the objects that carry all of them (``select``) and counts the others.
 
@@ -197,9 +197,9 @@ class ObjectTargets:
             annotation lacks the key).
 
     Example:
-        >>> targets = ObjectTargets(extras={"centroid": [torch.tensor([0.5, 0.5]), None]})
-        >>> targets.available("centroid", 2), targets.select([0])["centroid"].shape
-        ([True, False], torch.Size([1, 2]))
+        >>> targets = ObjectTargets(extras={"depth": [torch.tensor([3.2]), None]})
+        >>> targets.available("depth", 2), targets.select([0])["depth"].shape
+        ([True, False], torch.Size([1, 1]))
     """
 
     boxes: torch.Tensor | None = None
@@ -551,7 +551,7 @@ class Head(nn.Module, ABC):
         requires: names of heads whose predictions ``loss`` reads from ``ctx.predictions``.
         loss_keys: names of the terms ``loss`` returns (``box_giou``, ...); unique across heads.
         target_keys: the ``ObjectTargets`` keys ``loss`` reads (``"box"``, ``"mask"``, or an annotation
-            extra such as ``"centroid"``). ``loss`` sees only the objects that carry all of them; the
+            extra such as ``"keypoints"``). ``loss`` sees only the objects that carry all of them; the
             decoder counts the others (``skipped_<name>`` in its losses).
         output_keys: the keys ``postprocess`` fills in each predicted object (``PredictedObject.outputs``);
             unique across heads. Default ``(name,)``: one value per object. With several keys each

@@ -3,14 +3,14 @@
 Every stage carries the same open set of keys, so a head with a new kind of target (keypoints, a
 centre, a depth) needs no edit here or anywhere else in the core::
 
-    ObjectAnn            box, mask, extra = {"centroid": [x, y], ...}     (a dataset reader fills extra)
+    ObjectAnn            box, mask, extra = {"keypoints": [[x, y, v]], ...}   (a dataset reader fills extra)
       │ PaDTCollator
     ObjectBatch          the batch's objects packed back to back: sample, counts, positions, cells,
       │                  targets = ObjectTargets(boxes, masks, extras by key)
       │ pack_objects     (the one packer, for training and for inference)
     DecoderInputs ─> heads: loss reads the head's ``target_keys``, postprocess fills its ``output_keys``
       │
-    PredictedObject      label, vrt, outputs = {"box": ..., "score": ..., "mask": ..., "centroid": ...}
+    PredictedObject      label, vrt, outputs = {"box": ..., "score": ..., "mask": ..., "keypoints": ...}
       │ object_json
     JSON                 label, vrt, box, score, mask, then every other output key
 
@@ -171,14 +171,14 @@ class PredictedObject:
     """One predicted object: its label, its VRT cells and every head's post-processed output by key.
 
     ``outputs`` holds what the decoder heads produced (their ``output_keys``), in original-image
-    coordinates: ``obj.outputs["centroid"]``. The familiar ones are attributes too (``None`` when
+    coordinates: ``obj.outputs["keypoints"]``. The familiar ones are attributes too (``None`` when
     no head produced them): ``box`` (xyxy pixels), ``score`` (in [0, 1]), ``mask`` (bool ``[H, W]``
     at the original image size).
 
     Example:
-        >>> obj = PredictedObject("red square", [3, 4], box=[10.0, 8.0, 40.0, 30.0], outputs={"centroid": [25.0, 19.0]})
+        >>> obj = PredictedObject("red square", [3, 4], box=[10.0, 8.0, 40.0, 30.0], outputs={"depth": 3.2})
         >>> obj.box, obj.score, sorted(obj.outputs)
-        ([10.0, 8.0, 40.0, 30.0], None, ['box', 'centroid'])
+        ([10.0, 8.0, 40.0, 30.0], None, ['box', 'depth'])
     """
 
     __slots__ = ("label", "outputs", "vrt")

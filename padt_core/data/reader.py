@@ -11,8 +11,8 @@ Plugins are map-style datasets (``len``, ``[i]``) and may depend on the epoch (`
 Hugging Face ``Trainer``/accelerate call on a dataset that has it).
 
 Targets beyond a box and a mask go into each object's ``ObjectAnn.extra`` (``{"keypoints": ...}``,
-``{"centroid": [x, y]}``): a reader of a format that has them fills them in ``_read``/``_make``, or a
-plugin wraps another reader and adds them (``examples/padt-centroid-head``); the decoder heads that
+``{"depth": 3.2}``): a reader of a format that has them fills them in ``_read``/``_make``, or a
+plugin wraps another reader and adds them (as the example head package under ``examples/`` does); the heads that
 list the key in ``target_keys`` learn from them, and nothing in between needs to know the key.
 """
 

@@ -73,7 +73,7 @@ class ObjectAnn:
         category_id: source category id, when there is one.
         ann_id: source annotation id, when there is one (used in error messages).
         extra: further targets by key, filled by the reader (``{"keypoints": [[x, y, v], ...]}``,
-            ``{"centroid": [x, y]}``, ``{"depth": 3.2}``): numbers, lists or arrays, in whatever
+            ``{"depth": 3.2}``): numbers, lists or arrays, in whatever
             convention the head that reads the key documents (positions normalised like ``box`` by
             default). The collator hands them to the decoder as ``ObjectTargets.extras[key]``; a
             head lists the keys it needs in ``target_keys``. ``box`` and ``mask`` are not extras.
