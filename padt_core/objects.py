@@ -167,6 +167,7 @@ def pack_objects(
 # ---------------------------------------------------------------------------------------------------
 
 
+@dataclass(init=False, repr=False, eq=False)
 class PredictedObject:
     """One predicted object: its label, its VRT cells and every head's post-processed output by key.
 
@@ -181,7 +182,9 @@ class PredictedObject:
         ([10.0, 8.0, 40.0, 30.0], None, ['box', 'depth'])
     """
 
-    __slots__ = ("label", "outputs", "vrt")
+    label: str
+    vrt: list[int]
+    outputs: dict[str, Any]
 
     def __init__(
         self,
@@ -195,10 +198,10 @@ class PredictedObject:
     ) -> None:
         self.label = label
         self.vrt = vrt
-        self.outputs: dict[str, Any] = dict(outputs or {})
-        for key, value in zip(FAMILIAR_KEYS, (box, score, mask)):
-            if value is not None:
-                self.outputs[key] = value
+        merged = dict(outputs or {})
+        merged.update({k: v for k, v in zip(FAMILIAR_KEYS, (box, score, mask)) if v is not None})
+        # the familiar keys first, then the others in the order the heads produced them
+        self.outputs: dict[str, Any] = {**{k: merged[k] for k in FAMILIAR_KEYS if k in merged}, **merged}
 
     box = property(lambda self: self.outputs.get("box"), doc="``[x1, y1, x2, y2]`` in original-image pixels")
     score = property(lambda self: self.outputs.get("score"), doc="confidence in [0, 1]")
