@@ -778,10 +778,6 @@ class PaDTDecoder(nn.Module):
                 res.update(value)
         return results
 
-    def drawers(self) -> dict[str, Head]:
-        """The head that produced each output key (``padt_core.viz`` asks it to draw the key)."""
-        return {k: head for head in self.heads.values() for k in head.output_keys}
-
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers shared by trunks and heads
