@@ -100,7 +100,7 @@ def test_a_dataset_plugin_declares_a_new_task():
     register_plugin(plugin, name="counting-plugin")
     try:
         assert registered_tasks()["count"] == ["counting"]
-        assert registered_tasks()["rec"] == ["padt_json", "refcoco", "shapes"]
+        assert {"padt_json", "refcoco", "shapes"} <= set(registered_tasks()["rec"])  # (+ installed examples')
         assert sample().task == "count"
         recipe = load_recipe("tiny_qwen_shapes", ["data.task_weights.count=2"])
         assert recipe.data.task_weights == {"count": 2.0}

@@ -14,6 +14,9 @@ from ..plugins import get_registry
 __all__ = ["UnknownTaskError", "check_tasks", "registered_tasks"]
 
 
+_cache: tuple[object, dict[str, list[str]]] | None = None  # (the registry it was read from, its tasks)
+
+
 class UnknownTaskError(ValueError):
     """A sample or recipe named a task that no registered dataset plugin declares."""
 
@@ -25,11 +28,20 @@ def registered_tasks() -> dict[str, list[str]]:
         >>> sorted(registered_tasks())[:2]
         ['ovd', 'rec']
     """
-    out: dict[str, list[str]] = {}
-    for name, cls in sorted(get_registry("datasets").entries.items()):
-        for task in getattr(cls, "tasks", ()):
-            out.setdefault(task, []).append(name)
-    return dict(sorted(out.items()))
+    return {task: list(names) for task, names in _declared().items()}
+
+
+def _declared() -> dict[str, list[str]]:
+    """:func:`registered_tasks` read once per registry (every sample checks its task: no copy, no rescan)."""
+    global _cache
+    registry = get_registry("datasets")
+    if _cache is None or _cache[0] is not registry:  # registering a plugin builds a new registry
+        out: dict[str, list[str]] = {}
+        for name, cls in sorted(registry.entries.items()):
+            for task in getattr(cls, "tasks", ()):
+                out.setdefault(task, []).append(name)
+        _cache = (registry, dict(sorted(out.items())))
+    return _cache[1]
 
 
 def check_tasks(tasks: Iterable[str], where: str) -> None:
@@ -42,7 +54,7 @@ def check_tasks(tasks: Iterable[str], where: str) -> None:
     Example:
         >>> check_tasks(["rec", "ovd"], "data.task_weights")
     """
-    known = registered_tasks()
+    known = _declared()
     unknown = sorted({t for t in tasks if t not in known})
     if unknown:
         listed = ", ".join(known) or "(none)"
