@@ -107,9 +107,14 @@ def _write_prediction(
     record = {"image": source, "width": image.width, "height": image.height, "vrt_grid": list(grid), "prompt": prompt}
     record.update(_prediction_json(prediction, rle=True))
     json_file, png_file = files
-    json_file.write_text(json.dumps(_strict_json(record), indent=2) + "\n")
     heads = model.decoder.heads.values() if model.decoder is not None else ()
-    draw_prediction(image, prediction, grid, heads=heads).save(png_file)
+    drawing = draw_prediction(image, prediction, grid, heads=heads)
+    # temporary files, then renames: an interrupted run leaves no half-written JSON or PNG
+    json_tmp, png_tmp = json_file.with_name(f".{json_file.name}.tmp"), png_file.with_name(f".{png_file.name}.tmp")
+    json_tmp.write_text(json.dumps(_strict_json(record), indent=2) + "\n")
+    drawing.save(png_tmp, format="PNG")
+    json_tmp.replace(json_file)
+    png_tmp.replace(png_file)
     return {"image": source, "json": str(json_file), "png": str(png_file), "objects": len(prediction.objects)}
 
 
