@@ -77,6 +77,8 @@ def test_resume_matches_uninterrupted_run(tmp_path, data_dir, tasks, n_train):
         assert got[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
     logged = next(h for h in full["log_history"] if "loss" in h)
     assert {f"loss_{t}" for t in LOSS_TERMS} <= set(logged)
+    # objects per step each head had no targets for: counts, logged without the loss_ prefix
+    assert {"skipped_box", "skipped_score", "skipped_mask"} <= set(logged) and logged["skipped_box"] == 0
 
     # Every parameter (backbone, projection, decoder) of the resumed run equals the uninterrupted run's;
     # on one thread and the same kernels they are in fact bit-identical.
