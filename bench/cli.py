@@ -1,4 +1,4 @@
-"""``padt bench generate | decoder | train | ablate | repro``: thin wrappers over the benchmark package."""
+"""``padt bench generate | decoder | train | ablate | repro``: the command line of the benchmark package."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._common import _add_device, _add_overrides, _print_json, _write_result, add_subcommand
+from padt_core.cli import Command, add_device, add_overrides, add_subcommand, print_json, write_result
 
 
 def cmd_bench_generate(args: argparse.Namespace) -> int:
     """Per-token decode time of PaDT generation vs the plain backbone."""
-    from padt_bench.generate import bench_generate
+    from .generate import bench_generate
 
     result = bench_generate(
         args.recipe,
@@ -28,14 +28,14 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
         threads=args.threads,
         clock=args.clock,
     )
-    _write_result(result, args.output)
+    write_result(result, args.output)
     return 0
 
 
 def cmd_bench_decoder(args: argparse.Namespace) -> int:
     """Decoder benchmark (``padt_bench.decoder``); options other than device/dtype use its defaults."""
     try:
-        from padt_bench.decoder import bench_decoder
+        from .decoder import bench_decoder
     except ModuleNotFoundError as err:
         if err.name not in {"padt_bench.decoder", "padt_bench"}:
             raise  # a dependency of the module is missing: that is a real error, keep its trace
@@ -53,13 +53,13 @@ def cmd_bench_decoder(args: argparse.Namespace) -> int:
     if args.dtype is not None:
         kwargs["dtype"] = args.dtype
     result = bench_decoder(**kwargs)
-    _write_result(result, args.output)
+    write_result(result, args.output)
     return 0
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
     """PaDT training step vs a plain next-token SFT step of the same backbone (``padt_bench.train``)."""
-    from padt_bench.train import bench_train
+    from .train import bench_train
 
     result = bench_train(
         args.recipe,
@@ -72,7 +72,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         clock=args.clock,
     )
-    _write_result(result, args.output)
+    write_result(result, args.output)
     return 0
 
 
@@ -99,8 +99,8 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
         help="wall time (default) or this process's CPU time (CPU only; steadier on a shared machine)",
     )
     gen.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
-    _add_device(gen)
-    _add_overrides(gen)
+    add_device(gen)
+    add_overrides(gen)
     gen.set_defaults(handler=cmd_bench_generate)
     dec = add_subcommand(sub, "decoder", "decoder trunk + heads speed")
     dec.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -109,7 +109,7 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     dec.add_argument("--objects", type=int, nargs="+", default=[1, 10, 100], help="object counts on one image")
     dec.add_argument("--no-one-by-one", action="store_true", help="skip the one-object-at-a-time baseline")
     dec.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
-    _add_device(dec)
+    add_device(dec)
     dec.set_defaults(handler=cmd_bench_decoder)
     tr = add_subcommand(sub, "train", "PaDT training step vs plain SFT step (samples/s, peak memory, ratio)")
     tr.add_argument("--recipe", default="recipes/tiny_qwen_shapes.yaml", help="recipe path or bundled name")
@@ -119,8 +119,8 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     tr.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall or this process's CPU time")
     tr.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
-    _add_device(tr)
-    _add_overrides(tr)
+    add_device(tr)
+    add_overrides(tr)
     tr.set_defaults(handler=cmd_bench_train)
     _configure_bench_sweeps(sub)
 
@@ -138,8 +138,8 @@ def _sweep_json(results: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
 
 def cmd_bench_ablate(args: argparse.Namespace) -> int:
     """Issue 8's ablation of the switches beyond the reference (``padt_bench.ablate``)."""
-    from padt_bench.ablate import bench_ablate
-    from padt_bench.sweep import SweepError
+    from .ablate import bench_ablate
+    from .sweep import SweepError
 
     try:
         results = bench_ablate(
@@ -152,7 +152,7 @@ def cmd_bench_ablate(args: argparse.Namespace) -> int:
         # Finished runs are saved; the message says how to retry the failed ones (no traceback needed).
         print(f"padt: error: {err}", file=sys.stderr)
         return 1
-    _print_json(_sweep_json(results, ["settings", "summary", "wall_seconds"]))
+    print_json(_sweep_json(results, ["settings", "summary", "wall_seconds"]))
     return 0
 
 
@@ -167,8 +167,8 @@ def _sweep_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_bench_repro(args: argparse.Namespace) -> int:
     """Issue 9's PaDT vs text-coordinate comparison (``padt_bench.repro``)."""
-    from padt_bench.repro import bench_repro
-    from padt_bench.sweep import SweepError
+    from .repro import bench_repro
+    from .sweep import SweepError
 
     try:
         results = bench_repro(
@@ -184,7 +184,7 @@ def cmd_bench_repro(args: argparse.Namespace) -> int:
         print(f"padt: error: {err}", file=sys.stderr)
         return 1
     summary = {m: {k: v for k, v in results[m].items() if k != "per_seed"} for m in results["settings"]["methods"]}
-    _print_json(_sweep_json(results, ["settings", "plan", "comparison", "wall_seconds"]) | summary)
+    print_json(_sweep_json(results, ["settings", "plan", "comparison", "wall_seconds"]) | summary)
     return 0
 
 
@@ -203,7 +203,7 @@ def _add_sweep_options(parser: argparse.ArgumentParser, jobs: int, work_dir: str
 
 
 def _configure_bench_sweeps(sub: Any) -> None:
-    from padt_bench.ablate import CONFIGS, DEFAULT_CONFIGS
+    from .ablate import CONFIGS, DEFAULT_CONFIGS
 
     ab = add_subcommand(sub, "ablate", "issue 8 ablation: no-repeat / positional / cell-geometry switches, seeds")
     ab.add_argument(
@@ -228,3 +228,7 @@ def _configure_bench_sweeps(sub: Any) -> None:
     rp.add_argument("--text-recipe", default="tiny_qwen_shapes_textbox", help="recipe of the text-coordinate arm")
     _add_sweep_options(rp, jobs=2, work_dir="runs/repro")
     rp.set_defaults(handler=cmd_bench_repro)
+
+
+#: ``padt bench``, registered under the ``padt.commands`` entry-point group.
+COMMAND = Command("benchmarks (JSON on stdout)", _configure_bench)

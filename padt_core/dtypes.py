@@ -7,14 +7,29 @@ and names the choices on a miss.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["DTYPES", "DTypeName", "torch_dtype"]
+__all__ = ["DTYPES", "DTYPE_NAMES", "DTypeName", "torch_dtype"]
 
 DTypeName = Literal["float32", "bfloat16", "float16"]  # for pydantic fields and argparse choices
-DTYPES: dict[str, torch.dtype] = dict(zip(get_args(DTypeName), (torch.float32, torch.bfloat16, torch.float16)))
+DTYPE_NAMES: tuple[str, ...] = get_args(DTypeName)  # the names alone: `padt --help` must not import torch
+DTYPES: dict[str, torch.dtype]  # name -> torch.dtype; declared here, built on first use by __getattr__
+
+
+def _table() -> dict[str, torch.dtype]:
+    import torch
+
+    return dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DTYPES":  # name -> torch.dtype, built on first use (PEP 562)
+        globals()["DTYPES"] = table = _table()
+        return table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -25,6 +40,6 @@ def torch_dtype(name: str) -> torch.dtype:
         torch.bfloat16
     """
     try:
-        return DTYPES[name]
+        return _table()[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}") from None
+        raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPE_NAMES)}") from None

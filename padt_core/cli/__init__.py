@@ -23,10 +23,20 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ._common import EXIT_USAGE, Command, Handler, _common_options, _user_errors, add_subcommand
-from .bench import _configure_bench
+from ._common import (
+    EXIT_USAGE,
+    Command,
+    Handler,
+    _common_options,
+    _user_errors,
+    add_device,
+    add_overrides,
+    add_subcommand,
+    print_json,
+    write_result,
+)
+from ._extensions import GROUPS, load_commands
 from .convert import _configure_convert, cmd_convert
-from .data import _configure_data, cmd_data_shapes
 from .demo import _configure_demo, cmd_demo
 from .eval import _configure_eval, cmd_eval
 from .plugins import _configure_plugins
@@ -38,28 +48,29 @@ __all__ = [
     "COMMANDS",
     "Command",
     "Handler",
+    "add_device",
+    "add_overrides",
     "add_subcommand",
     "build_parser",
     "cmd_convert",
-    "cmd_data_shapes",
     "cmd_demo",
     "cmd_eval",
     "cmd_predict",
     "cmd_train",
     "main",
+    "print_json",
+    "write_result",
 ]
 
 COMMANDS: dict[str, Command] = {
     "plugins": Command("list registered plugins", _configure_plugins),
     "recipe": Command("validate recipes, print the recipe schema", _configure_recipe),
-    "data": Command("write datasets (synthetic shapes)", _configure_data),
     "train": Command(
         "train a recipe (Hugging Face Trainer; torchrun / accelerate for several processes)", _configure_train
     ),
     "eval": Command("evaluate a model on a recipe's or a dataset's samples; write a report JSON", _configure_eval),
     "predict": Command("predict objects in images with a saved model or a recipe", _configure_predict),
     "convert": Command("convert a released PaDT checkpoint into a padt model directory", _configure_convert),
-    "bench": Command("benchmarks (JSON on stdout)", _configure_bench),
     "demo": Command(
         "end-to-end demo: shapes -> train -> eval -> report + gallery (--smoke: instant check)", _configure_demo
     ),
@@ -67,7 +78,7 @@ COMMANDS: dict[str, Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``padt`` parser with every subcommand in :data:`COMMANDS`."""
+    """The ``padt`` parser: the verbs of :data:`COMMANDS`, then those of installed packages (``padt.commands``)."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(
@@ -79,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         command.configure(add_subcommand(sub, name, command.help))
+    extensions = load_commands(COMMANDS)
+    for group, help in GROUPS.items():
+        names = [path[1] for path in extensions if len(path) == 2 and path[0] == group]
+        if names:
+            parser_of_group = add_subcommand(sub, group, help.format(names=", ".join(names)))
+            verbs = parser_of_group.add_subparsers(
+                dest=f"{group}_command", metavar="{" + ",".join(names) + "}", required=True
+            )
+            for name in names:
+                command = extensions[(group, name)]
+                command.configure(add_subcommand(verbs, name, command.help))
+    for path, command in extensions.items():
+        if len(path) == 1:
+            command.configure(add_subcommand(sub, path[0], command.help))
     return parser
 
 

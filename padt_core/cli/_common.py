@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..dtypes import DTYPES
+from ..dtypes import DTYPE_NAMES
 
 EXIT_USAGE = 2  # argparse's own status for bad usage; bad input files/values are usage errors too
 Handler = Callable[[argparse.Namespace], int]  # what `parser.set_defaults(handler=...)` stores
@@ -56,11 +56,11 @@ def add_subcommand(subparsers: Any, name: str, help: str) -> argparse.ArgumentPa
     return subparsers.add_parser(name, help=help, description=help, parents=[_common_options()])
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
+def add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -69,9 +69,9 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_device(parser: argparse.ArgumentParser) -> None:
+def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 … (default: cpu)")
-    parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="cast the model (default: recipe's)")
+    parser.add_argument("--dtype", default=None, choices=list(DTYPE_NAMES), help="cast the model (default: recipe's)")
 
 
 def _check_model_source(source: str, overrides: Sequence[str]) -> None:
@@ -128,7 +128,7 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
-def _write_result(result: dict[str, Any], output: str | None) -> None:
+def write_result(result: dict[str, Any], output: str | None) -> None:
     text = json.dumps(result, indent=2)
     if output:
         Path(output).write_text(text + "\n")

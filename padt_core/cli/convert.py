@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import _add_overrides
+from ._common import add_overrides
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -26,7 +26,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def _configure_convert(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="hub id (PaDT-MLLM/PaDT_Pro_3B) or directory, published layout")
     parser.add_argument("destination", metavar="DST", help="padt model directory to write (padt_core.load reads it)")
-    _add_overrides(parser)
+    add_overrides(parser)
     parser.add_argument(
         "--recipe", default=None, help="recipe to use as is (default: padt_pro_3b_released filled from config.json)"
     )

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import _add_overrides, _print_json
+from ._common import add_overrides, print_json
 from .predict import _prediction_json
 
 _DEMO_OUT = "runs/demo"
@@ -78,7 +78,7 @@ def _demo_smoke(args: argparse.Namespace) -> int:
     prediction = model.predict(_demo_image(), prompt, max_new_tokens=max_new_tokens)[0]
     print(f"prompt: {prompt}")
     print(f"completion ({len(prediction.ids)} tokens, {time.perf_counter() - built:.1f}s): {prediction.text!r}")
-    _print_json(_prediction_json(prediction)["objects"])
+    print_json(_prediction_json(prediction)["objects"])
     if model.recipe.name == "tiny_qwen":
         print("(tiny_qwen is randomly initialised: the text is noise; this checks that every stage runs)")
     return 0
@@ -103,5 +103,5 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
     smoke.add_argument("--smoke", action="store_true", help="only build a recipe and predict on a drawn image")
     smoke.add_argument("--prompt", default=None, help='default: "Please find the red square."')
     smoke.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="default: 24")
-    _add_overrides(parser)
+    add_overrides(parser)
     parser.set_defaults(handler=cmd_demo)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import _print_json
+from ._common import print_json
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -13,7 +13,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     plugins = list_plugins(args.kind)
     if args.json:
-        _print_json(plugins)
+        print_json(plugins)
         return 0
     rows = [("KIND", "NAME", "PROVIDED BY")]
     for kind, names in plugins.items():

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._common import _add_overrides, _build_or_load, _check_model_source, _print_json, _refuse_existing, _strict_json
+from ._common import _build_or_load, _check_model_source, _refuse_existing, _strict_json, add_overrides, print_json
 
 
 def _prediction_json(prediction: Any, image: str | None = None, rle: bool = False) -> dict[str, Any]:
@@ -43,14 +43,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     kwargs = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     predictions = model.predict(images, prompt, batch_size=args.batch_size, **kwargs)
     if outputs is None:
-        _print_json([_prediction_json(p, image) for p, image in zip(predictions, args.image)])
+        print_json([_prediction_json(p, image) for p, image in zip(predictions, args.image)])
         return 0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     written = [
         _write_prediction(model, path, image, prediction, prompt, files)
         for path, image, prediction, files in zip(args.image, images, predictions, outputs)
     ]
-    _print_json(written)
+    print_json(written)
     return 0
 
 
@@ -146,5 +146,5 @@ def _configure_predict(parser: argparse.ArgumentParser) -> None:
         "--out", default=None, metavar="DIR", help="write <stem>.json (masks as COCO RLE) and <stem>.png per image"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
-    _add_overrides(parser)
+    add_overrides(parser)
     parser.set_defaults(handler=cmd_predict)

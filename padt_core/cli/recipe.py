@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import _add_overrides, _print_json, add_subcommand
+from ._common import add_overrides, add_subcommand, print_json
 
 
 def cmd_recipe_validate(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def cmd_recipe_schema(args: argparse.Namespace) -> int:
     """Print the recipe's JSON schema (plugin sections list the registered plugins' schemas)."""
     from ..recipe import recipe_schema
 
-    _print_json(recipe_schema())
+    print_json(recipe_schema())
     return 0
 
 
@@ -34,7 +34,7 @@ def cmd_recipe_params(args: argparse.Namespace) -> int:
 
     weights = "meta" if args.meta else "pretrained"
     model = padt_core.build(recipe=args.file, overrides=args.overrides or None, weights=weights)
-    _print_json(parameter_counts(model))
+    print_json(parameter_counts(model))
     return 0
 
 
@@ -42,13 +42,13 @@ def _configure_recipe(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="recipe_command", metavar="{validate,schema,params}", required=True)
     validate = add_subcommand(sub, "validate", "validate a recipe file or bundled recipe name")
     validate.add_argument("file", help="recipe YAML path or bundled recipe name (e.g. tiny_qwen)")
-    _add_overrides(validate)
+    add_overrides(validate)
     validate.add_argument("--print", action="store_true", help="print the resolved recipe as YAML")
     validate.set_defaults(handler=cmd_recipe_validate)
     schema = add_subcommand(sub, "schema", "print the recipe JSON schema")
     schema.set_defaults(handler=cmd_recipe_schema)
     params = add_subcommand(sub, "params", "parameter counts by component (JSON)")
     params.add_argument("file", help="recipe YAML path or bundled recipe name (e.g. qwen_padt_pro)")
-    _add_overrides(params)
+    add_overrides(params)
     params.add_argument("--meta", action="store_true", help="build on the meta device: no weights, no download")
     params.set_defaults(handler=cmd_recipe_params)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import _add_overrides, _print_json
+from ._common import add_overrides, print_json
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -30,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.summary:
             Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
             Path(args.summary).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        _print_json(_train_summary(summary))
+        print_json(_train_summary(summary))
     _leave_process_group()
     return 0
 
@@ -70,7 +70,7 @@ def _train_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", metavar="RECIPE", help="recipe path or bundled name (e.g. tiny_qwen_shapes)")
-    _add_overrides(parser)
+    add_overrides(parser)
     parser.add_argument(
         "--output-dir", default=None, metavar="DIR", help="default: the recipe's train.output_dir, else runs/NAME"
     )

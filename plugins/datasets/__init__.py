@@ -7,13 +7,17 @@ three real readers). Registered through the ``padt`` entry-point group like any 
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from padt_core.plugins import hookimpl
 
-from .coco import CocoDataset, CocoDatasetConfig
-from .padt_json import PaDTJsonDataset, PaDTJsonDatasetConfig
-from .refcoco import RefCocoDataset, RefCocoDatasetConfig
-from .ric import RicDataset, RicDatasetConfig
-from .shapes import ShapesDataset, ShapesDatasetConfig
+if TYPE_CHECKING:
+    from .coco import CocoDataset, CocoDatasetConfig
+    from .padt_json import PaDTJsonDataset, PaDTJsonDatasetConfig
+    from .refcoco import RefCocoDataset, RefCocoDatasetConfig
+    from .ric import RicDataset, RicDatasetConfig
+    from .shapes import ShapesDataset, ShapesDatasetConfig
 
 __all__ = [
     "CocoDataset",
@@ -29,6 +33,36 @@ __all__ = [
 ]
 
 
+# The readers load on first use (PEP 562): `padt data shapes` imports padt_plugins.datasets.shapes.cli
+# whenever the command line starts, which must not pull in torch through every reader.
+_LAZY: dict[str, str] = {
+    "CocoDataset": "coco",
+    "CocoDatasetConfig": "coco",
+    "PaDTJsonDataset": "padt_json",
+    "PaDTJsonDatasetConfig": "padt_json",
+    "RefCocoDataset": "refcoco",
+    "RefCocoDatasetConfig": "refcoco",
+    "RicDataset": "ric",
+    "RicDatasetConfig": "ric",
+    "ShapesDataset": "shapes",
+    "ShapesDatasetConfig": "shapes",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @hookimpl
 def padt_datasets() -> list[type]:
+    from .coco import CocoDataset
+    from .padt_json import PaDTJsonDataset
+    from .refcoco import RefCocoDataset
+    from .ric import RicDataset
+    from .shapes import ShapesDataset
+
     return [CocoDataset, RefCocoDataset, RicDataset, PaDTJsonDataset, ShapesDataset]

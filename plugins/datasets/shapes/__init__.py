@@ -11,8 +11,29 @@ None of it is core: ``padt_core`` only knows the generic :class:`~padt_core.data
 
 from __future__ import annotations
 
-from .dataset import ShapesDataset, ShapesDatasetConfig
-from .generate import MANIFEST, ShapesMismatchError, ShapesParams, ensure_shapes, write_shapes
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .dataset import ShapesDataset, ShapesDatasetConfig
+    from .generate import MANIFEST, ShapesMismatchError, ShapesParams, ensure_shapes, write_shapes
+
+# Loaded on first use (PEP 562): the command line imports `.cli` at every start, and the reader and the
+# generator need numpy, pycocotools and (through the real readers) torch.
+_LAZY: dict[str, str] = {
+    "ShapesDataset": "dataset",
+    "ShapesDatasetConfig": "dataset",
+    **dict.fromkeys(("MANIFEST", "ShapesMismatchError", "ShapesParams", "ensure_shapes", "write_shapes"), "generate"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MANIFEST",

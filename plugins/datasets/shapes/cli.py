@@ -1,4 +1,4 @@
-"""``padt data shapes``: write the synthetic shapes dataset."""
+"""``padt data shapes``: write the synthetic shapes dataset from the command line (see :mod:`.generate`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._common import _print_json, add_subcommand
+from padt_core.cli import Command, print_json
 
 
 def cmd_data_shapes(args: argparse.Namespace) -> int:
     """Write the synthetic shapes dataset (or reuse an identical one); print a JSON summary."""
     import time
 
-    from padt_plugins.datasets.shapes import MANIFEST, ShapesMismatchError, ShapesParams, ensure_shapes
+    from .generate import MANIFEST, ShapesMismatchError, ShapesParams, ensure_shapes
 
     params = ShapesParams(
         seed=args.seed,
@@ -42,7 +42,7 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
         "files": manifest["files"],
         "images": str(root / "images"),
     }
-    _print_json(summary)
+    print_json(summary)
     return 0
 
 
@@ -62,9 +62,7 @@ def _shapes_conflict(root: Path, previous: dict[str, Any], asked: dict[str, Any]
     )
 
 
-def _configure_data(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="data_command", metavar="{shapes}", required=True)
-    shapes = add_subcommand(sub, "shapes", "write the synthetic shapes dataset (COCO, RefCOCO and RIC formats)")
+def _configure_shapes(shapes: argparse.ArgumentParser) -> None:
     shapes.add_argument("out_dir", metavar="OUT_DIR", help="dataset root (a recipe's `root:`)")
     shapes.add_argument("--n-train", type=int, required=True, metavar="N", help="images of the train split")
     shapes.add_argument("--n-val", type=int, required=True, metavar="M", help="images of the val split")
@@ -85,3 +83,7 @@ def _configure_data(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="regenerate a dataset made with other parameters in OUT_DIR"
     )
     shapes.set_defaults(handler=cmd_data_shapes)
+
+
+#: ``padt data shapes``, registered under the ``padt.commands`` entry-point group (``data.shapes``).
+COMMAND = Command("write the synthetic shapes dataset (COCO, RefCOCO and RIC formats)", _configure_shapes)
