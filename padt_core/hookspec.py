@@ -35,6 +35,10 @@ without ``padt_``: ``padt_heads`` fills the ``heads`` registry, looked up with
 every ``@hookimpl`` function names a hook defined here (pluggy's ``check_pending``), so a misspelt
 ``padt_head`` fails with an error naming the plugin, its package and the hook meant, instead of
 being ignored. Returning ``None`` is the same as returning ``[]``.
+
+**Not hooks.** Command-line verbs come from the ``padt.commands`` entry-point group instead (read
+without importing the plugins, so that ``padt --help`` stays fast): see
+:mod:`padt_core.cli._extensions`.
 """
 
 from __future__ import annotations
