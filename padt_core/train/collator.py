@@ -69,7 +69,10 @@ class _Encoded:
 
 
 class PaDTCollator:
-    """Turns a list of :class:`Sample` into a training batch for :class:`PaDTModel`.
+    """Turns a list of :class:`Sample` into a :class:`~padt_core.train.batch.TrainBatch` for :class:`PaDTModel`.
+
+    Its ``objects`` hold every object's VRT positions and cells and its targets: boxes, masks and
+    every annotation extra by key (``ObjectAnn.extra``), whatever heads will read them.
 
     Bad samples (missing/corrupt image, objects that cover no cell, broken masks) are skipped with
     one warning line each and counted in ``self.skipped``; a batch is never lost to one bad record.
