@@ -7,9 +7,9 @@ three real readers). Registered through the ``padt`` entry-point group like any 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from padt_core.lazy import lazy_attributes
 from padt_core.plugins import hookimpl
 
 if TYPE_CHECKING:
@@ -48,13 +48,7 @@ _LAZY: dict[str, str] = {
     "ShapesDatasetConfig": "shapes",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 @hookimpl

@@ -11,8 +11,9 @@ None of it is core: ``padt_core`` only knows the generic :class:`~padt_core.data
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from padt_core.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .dataset import ShapesDataset, ShapesDatasetConfig
@@ -26,13 +27,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("MANIFEST", "ShapesMismatchError", "ShapesParams", "ensure_shapes", "write_shapes"), "generate"),
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
