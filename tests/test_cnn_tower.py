@@ -10,6 +10,7 @@ import padt_plugins.backbones.llava as llava_plugin
 import pytest
 import timm
 import torch
+from padt_plugins.backbones.llava_model import _channel_norm
 from padt_plugins.backbones.tower_weights import (
     WeightsMismatchError,
     load_tower_weights,
@@ -133,29 +134,48 @@ def model() -> padt_core.PaDTModel:
 
 @pytest.mark.parametrize("size", [(224, 160), (96, 128)])
 def test_cnn_features_are_in_raster_order(model, size):
-    """Token ``k`` is cell ``(k // w, k % w)``: changing one cell's pixels changes that token most."""
-    backbone = model.backbone
+    """Token ``k`` is cell ``(k // w, k % w)`` and fine row ``r`` is fine patch ``(r // fw, r % fw)``.
+
+    The tower's map is spatial (changing one cell's pixels changes that cell's map block most), and the
+    tokens / fine rows are that map's blocks / positions in raster order.
+    """
+    backbone, hf = model.backbone, model.backbone.hf_model
     assert backbone.cell_size == 32
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
     h, w = size[0] // 32, size[1] // 32
     prompt = backbone.format_prompt("x", True)
+
+    def encode(pixels: np.ndarray):
+        batch = backbone.process([prompt], [Image.fromarray(pixels)])
+        (features,), _ = backbone.encode_images(batch)
+        tokens, fine = hf._run_tower(batch["pixel_values"])
+        return features, tokens[0], fine[0]
+
     with torch.no_grad():
-        (ref,), _ = backbone.encode_images(backbone.process([prompt], [Image.fromarray(base)]))
+        ref, raw, raw_fine = encode(base)
         assert ref.grid == (h, w) and ref.image_size == size and ref.fine_grid == (2 * h, 2 * w)
         assert ref.fine.shape[1] == backbone.vision_hidden_size == 112
+        normed = _channel_norm(hf.token_norm, raw[None])[0]
+        for k in range(h * w):
+            r, c = divmod(k, w)
+            block = normed[:, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2]  # concat merge: (a, b, channel) order
+            merged = block.permute(1, 2, 0).reshape(-1)
+            assert torch.allclose(ref.tokens[k], hf.projector(merged), atol=1e-5)
+        fine = _channel_norm(hf.fine_norm, raw_fine[None])[0]
+        for row in (0, 2 * w - 1, 2 * w + 1, 4 * h * w - 1):
+            assert torch.allclose(ref.fine[row], fine[:, row // (2 * w), row % (2 * w)], atol=1e-5)
+        # normalised per position: image tokens on the scale of the text embeddings, not 20-40 x larger
+        text = hf.get_input_embeddings().weight.norm(dim=1).median()
+        assert ref.tokens.norm(dim=1).median() < 4 * text
         for r, c in [(0, w - 1), (h - 1, 0), (h // 2, w // 2)]:
             changed = base.copy()
-            changed[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32] = (
-                255 - changed[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32]
-            )
-            (new,), _ = backbone.encode_images(backbone.process([prompt], [Image.fromarray(changed)]))
-            assert int((new.tokens - ref.tokens).norm(dim=1).argmax()) == r * w + c
-            fine_change = (new.fine - ref.fine).norm(dim=1).view(2 * h, 2 * w)
-            block = fine_change[2 * r : 2 * r + 2, 2 * c : 2 * c + 2].sum()
-            assert block == max(
-                fine_change[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].sum() for i in range(h) for j in range(w)
-            )
+            cell = (slice(r * 32, (r + 1) * 32), slice(c * 32, (c + 1) * 32))
+            changed[cell] = 255 - changed[cell]
+            _, new, _ = encode(changed)
+            change = (new - raw).norm(dim=0)  # [2h, 2w] at stride 16
+            blocks = change.view(h, 2, w, 2).sum(dim=(1, 3))
+            assert int(blocks.flatten().argmax()) == r * w + c
 
 
 def test_cnn_tower_is_pruned_after_its_stage(model):
@@ -242,6 +262,7 @@ def test_frozen_tower_cache_gives_the_tower_maps(model):
     assert (hf.tower_cache.misses, hf.tower_cache.hits) == (2, 3)  # image 2 = image 0
     with torch.no_grad():
         tokens, fine = hf._run_tower(pixels)
+        tokens, fine = _channel_norm(hf.token_norm, tokens), _channel_norm(hf.fine_norm, fine)
     for j, (t, f) in enumerate(first):
         assert torch.allclose(t, tokens[j], atol=1e-5) and torch.allclose(f, fine[j], atol=1e-5)
     assert torch.equal(again[0][0], first[1][0]) and torch.equal(again[1][1], first[0][1])

@@ -226,6 +226,11 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
                 raise ValueError(
                     f"fine stride {self.fine_stride} does not divide the {self.patch_size * config.merge}-px VRT cell"
                 )
+            # A ConvNet's stage maps are not normalised (EfficientNet-Lite0 stage 3: per-position norms 35-95,
+            # text embeddings ~1.7): unnormalised, the image tokens -- and the VRT prototypes made from them --
+            # are ranked by their norm, whatever the query. A LayerNorm per position, as a ViT's blocks have.
+            self.token_norm = nn.LayerNorm(token_width)
+            self.fine_norm = nn.LayerNorm(self.vision_hidden_size)
         else:
             self.patch_size = _patch_size(self.vision)
             self.vision_hidden_size = token_width = int(self.vision.embed_dim)
@@ -250,6 +255,8 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
         self.projector.reset_parameters(getattr(self.config.text_config, "initializer_range", 0.02))
 
     def _init_weights(self, module: nn.Module) -> None:
+        if module is getattr(self, "token_norm", None) or module is getattr(self, "fine_norm", None):
+            module.reset_parameters()
         if isinstance(module, LlavaStyleProjector):
             module.reset_parameters(getattr(self.config.text_config, "initializer_range", 0.02))
 
@@ -326,10 +333,12 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
             index = [i for i, s in enumerate(sizes) if s == size]
             pixels = pixel_values[index, :, :h, :w].to(dtype)
             if self.tower_cache is not None:
-                for i, maps in zip(index, self.tower_cache.maps(pixels, self._run_tower)):
-                    out[i] = maps
-                continue
-            tokens, fine = self._run_tower(pixels)
+                maps = self.tower_cache.maps(pixels, self._run_tower)
+                tokens, fine = torch.stack([t for t, _ in maps]), torch.stack([f for _, f in maps])
+            else:
+                tokens, fine = self._run_tower(pixels)
+            if self.cnn is not None:
+                tokens, fine = _channel_norm(self.token_norm, tokens), _channel_norm(self.fine_norm, fine)
             for i, t, f in zip(index, tokens, fine):
                 out[i] = (t, f)
         return out  # type: ignore[return-value]
@@ -423,6 +432,11 @@ class LlavaStyleForCausalLM(_CopyOnExpand, PreTrainedModel, GenerationMixin):
         )
 
 
+def _channel_norm(norm: nn.LayerNorm, maps: torch.Tensor) -> torch.Tensor:
+    """``norm`` over the channels of ``NCHW`` maps (each position separately)."""
+    return norm(maps.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 class TowerCache:
     """The maps of a frozen tower per image, keyed by a digest of the image's pixels (LRU, ``size`` images)."""
 
@@ -439,7 +453,8 @@ class TowerCache:
     def maps(self, pixels: torch.Tensor, run) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(token, fine)`` maps of each image of ``pixels``; the missing ones from one ``run(batch)``."""
         keys = [self.key(x) for x in pixels]
-        missing = [j for j, k in enumerate(keys) if k not in self.entries]
+        first = {k: j for j, k in reversed(list(enumerate(keys)))}  # a repeated image runs once
+        missing = [j for k, j in first.items() if k not in self.entries]
         if missing:
             with torch.no_grad():
                 tokens, fine = run(pixels[missing])
