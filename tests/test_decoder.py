@@ -294,7 +294,8 @@ def test_empty_batch_forward_and_zero_loss_touching_every_parameter():
     assert tuple(out["box"].shape) == (0, 4) and tuple(out["score"].shape) == (0,) and out["mask"].shape[0] == 0
     assert decoder.postprocess(out, inputs) == []
     losses = decoder.loss(out, ObjectTargets(boxes=torch.zeros(0, 4)), inputs)
-    assert set(losses) == {"box_giou", "box_l1", "score", "mask_dice", "mask_focal", "total"} | {"skipped_box", "skipped_score", "skipped_mask"}
+    terms = {"box_giou", "box_l1", "score", "mask_dice", "mask_focal", "total"}
+    assert set(losses) == terms | {"skipped_box", "skipped_score", "skipped_mask"}
     assert all(float(v.detach()) == 0.0 for v in losses.values())
     losses["total"].backward()
     assert [n for n, p in decoder.named_parameters() if p.grad is None] == []
