@@ -21,22 +21,136 @@ training gets it from the collator, with targets.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .decoder import DecoderInputs, ObjectTargets
-
 if TYPE_CHECKING:
+    from .decoder import DecoderInputs
     from .vrt import ParsedCompletion
 
-__all__ = ["FAMILIAR_KEYS", "ObjectBatch", "PredictedObject", "json_value", "object_json", "pack_objects"]
+__all__ = [
+    "FAMILIAR_KEYS",
+    "ObjectBatch",
+    "ObjectTargets",
+    "PredictedObject",
+    "json_value",
+    "object_json",
+    "pack_objects",
+]
 
 #: Output keys every ``PredictedObject`` has as attributes (``None`` when no head produced them) and
 #: every prediction JSON object has, in this order, after ``label`` and ``vrt``.
 FAMILIAR_KEYS = ("box", "score", "mask")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Targets by key
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectTargets:
+    """Ground truth per object, in object order, by *target key*.
+
+    ``"box"`` and ``"mask"`` are the annotation's own fields; every other key is an annotation extra
+    (``ObjectAnn.extra``, filled by a dataset reader: ``"keypoints"``, ``"depth"``, ...).
+    A head lists the keys its loss reads in ``Head.target_keys``; ``PaDTDecoder.loss`` hands it only
+    the objects that carry all of them (``select``) and counts the others.
+
+    Attributes:
+        boxes: ``[n_obj, 4]`` (x1, y1, x2, y2) normalised to [0, 1] by the image size, or ``None``
+            (no boxes: a head that needs ``"box"`` learns from no object).
+        masks: per object a bool/float ``[H, W]`` mask at any resolution (e.g. the original image) or
+            ``None`` (no mask: the object is left out of the mask loss). ``None`` = no masks at all.
+        extras: per extra key, one value per object (a tensor, or ``None`` where the object's
+            annotation lacks the key).
+
+    Example:
+        >>> targets = ObjectTargets(extras={"depth": [torch.tensor([3.2]), None]})
+        >>> targets.available("depth", 2), targets.select([0])["depth"].shape
+        ([True, False], torch.Size([1, 1]))
+    """
+
+    boxes: torch.Tensor | None = None
+    masks: list[torch.Tensor | None] | None = None
+    extras: dict[str, list[Any]] = field(default_factory=dict)
+
+    def mask_list(self, n: int) -> list[torch.Tensor | None]:
+        masks = self.masks if self.masks is not None else [None] * n
+        if len(masks) != n:
+            raise ValueError(f"ObjectTargets has {len(masks)} masks for {n} objects")
+        return list(masks)
+
+    def validate(self, n: int) -> None:
+        """Raise ``ValueError`` naming the key when a target does not hold one entry per object."""
+        if self.boxes is not None and tuple(self.boxes.shape) != (n, 4):
+            raise ValueError(f"targets.boxes has shape {tuple(self.boxes.shape)}, expected ({n}, 4)")
+        self.mask_list(n)
+        for key, values in self.extras.items():
+            if len(values) != n:
+                raise ValueError(f"ObjectTargets has {len(values)} {key!r} targets for {n} objects")
+
+    def available(self, key: str, n: int) -> list[bool]:
+        """Per object, whether it carries target ``key`` (host-side: no device sync)."""
+        if key == "box":
+            return [self.boxes is not None] * n
+        if key == "mask":
+            return [m is not None for m in self.mask_list(n)]
+        values = self.extras.get(key)
+        return [False] * n if values is None else [v is not None for v in values]
+
+    def __getitem__(self, key: str) -> Any:
+        """``"box"``: ``boxes``; ``"mask"``: the mask list; an extra: its values stacked ``[n_obj, ...]``.
+
+        Raises ``KeyError`` for a key no object carries and ``ValueError`` when some objects lack it
+        (a head's ``loss`` sees only objects that carry its ``target_keys``).
+        """
+        if key == "box":
+            if self.boxes is None:
+                raise KeyError("these targets hold no boxes")
+            return self.boxes
+        if key == "mask":
+            if self.masks is None:
+                raise KeyError("these targets hold no masks")
+            return self.masks
+        if key not in self.extras:
+            raise KeyError(f"no object carries target {key!r} (extras: {sorted(self.extras)})")
+        values = self.extras[key]
+        missing = [o for o, v in enumerate(values) if v is None]
+        if missing:
+            raise ValueError(f"objects {missing[:10]} have no {key!r} target; list it in the head's target_keys")
+        if not values:
+            return torch.zeros(0)
+        return torch.stack([torch.as_tensor(v) for v in values])
+
+    def select(self, objects: Sequence[int]) -> ObjectTargets:
+        """The targets of ``objects`` (indices, in that order)."""
+        objects = list(objects)
+        boxes = None
+        if self.boxes is not None:
+            boxes = self.boxes[torch.tensor(objects, dtype=torch.long, device=self.boxes.device)]
+        masks = None if self.masks is None else [self.masks[o] for o in objects]
+        extras = {k: [v[o] for o in objects] for k, v in self.extras.items()}
+        return ObjectTargets(boxes=boxes, masks=masks, extras=extras)
+
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ObjectTargets:
+        """A copy with ``fn`` applied to every tensor (a device move, ``pin_memory``, ...)."""
+
+        def apply(v: Any) -> Any:
+            return fn(v) if isinstance(v, torch.Tensor) else v
+
+        return ObjectTargets(
+            boxes=apply(self.boxes),
+            masks=None if self.masks is None else [apply(m) for m in self.masks],
+            extras={k: [apply(v) for v in values] for k, values in self.extras.items()},
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ObjectTargets:
+        """A copy with every tensor on ``device``."""
+        return self.map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -136,6 +250,8 @@ def pack_objects(
         >>> inputs = pack_objects(ObjectBatch.from_parsed(parsed), encoded, out.hidden_states, sizes)
         >>> results = decoder.postprocess(decoder(inputs), inputs)
     """
+    from .decoder import DecoderInputs  # decoder.py imports this module (ObjectTargets)
+
     counts, cells = objects.counts, objects.cells
     device = counts.device
     image_of_sample = torch.tensor(encoded.image_index, dtype=torch.long, device=device)
