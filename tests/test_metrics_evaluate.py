@@ -107,7 +107,7 @@ def test_pairing_and_task_errors(split):
         evaluate(predictions[:-1], samples, ["rec"])
     with pytest.raises(ValueError, match="duplicate samples \\(task:id\\): rec:rec/0"):
         evaluate(predictions + predictions[:1], [*samples, samples[0]], ["rec"])
-    with pytest.raises(UnknownPluginError, match="Registered metrics: .*ovd, rec, res, ric"):
+    with pytest.raises(UnknownPluginError, match="Registered metrics: .*ovd, rec, rec_label, res, ric"):
         evaluate(predictions, samples, ["caption"])
     with pytest.raises(ValueError, match="no sample to score for task 'ovd'"):
         evaluate(predictions[:3], samples[:3], ["rec", "ovd"])
