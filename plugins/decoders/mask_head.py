@@ -102,13 +102,8 @@ class MaskHead(Head):
 
     # --- loss ----------------------------------------------------------------------------------------------
     def loss(self, pred: torch.Tensor, targets: ObjectTargets, ctx: DecoderContext) -> dict[str, torch.Tensor]:
-        gt, valid, has_mask = self._targets(targets, ctx, pred.shape[-2:])
-        with_mask = sum(m is not None for m in targets.mask_list(ctx.num_objects))  # on the host: no sync
-        if with_mask == 0:  # nothing to learn, but keep the head in the graph
-            zero = pred.float().sum() * 0.0
-            return {"mask_dice": zero, "mask_focal": zero}
-        if with_mask < ctx.num_objects:
-            pred, gt, valid = pred[has_mask], gt[has_mask], valid[has_mask]
+        # PaDTDecoder.loss hands this head only objects that carry a mask (target_keys)
+        gt, valid = self._targets(targets, ctx, pred.shape[-2:])
         terms = compiled(self, "_loss_terms", pred, gt, valid) if self.compile_training else self._loss_terms
         dice, focal = terms(pred, gt, valid)
         return {"mask_dice": dice, "mask_focal": focal}
@@ -124,8 +119,8 @@ class MaskHead(Head):
 
     def _targets(
         self, targets: ObjectTargets, ctx: DecoderContext, canvas: torch.Size
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """GT masks resized to each object's mask grid on the canvas, the valid region, and who has a mask."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GT masks resized to each object's mask grid on the canvas, and the valid region."""
         n = ctx.num_objects
         masks = targets.mask_list(n)
         sizes = (ctx.require_fine("the mask head") * SUBCELLS).tolist()
@@ -148,7 +143,7 @@ class MaskHead(Head):
         ys = torch.arange(canvas[0], device=device)[None, :, None]
         xs = torch.arange(canvas[1], device=device)[None, None, :]
         valid = (ys < hw[:, 0, None, None]) & (xs < hw[:, 1, None, None]) & has_mask[:, None, None]
-        return gt, valid, has_mask
+        return gt, valid
 
     # --- post-processing --------------------------------------------------------------------------------
     def postprocess(self, pred: torch.Tensor, ctx: DecoderContext) -> list[np.ndarray]:
