@@ -31,6 +31,7 @@ from transformers import GenerationConfig
 
 from .answer_format import build_answer_format
 from .backbone import Backbone, BackboneBatch
+from .data.image import ImageLike, describe_image, load_image
 from .embedding import PrototypeBank, embed_with_bank
 from .features import VisualFeatures
 from .head import extend_logits
@@ -39,15 +40,13 @@ from .plugins import get_plugin
 from .recipe import Recipe, load_recipe
 from .vrt import ParsedCompletion, VRTCodec
 
-__all__ = ["FORMAT_VERSION", "Encoded", "PaDTModel", "PaDTOutput", "PredictedObject", "Prediction"]
+__all__ = ["FORMAT_VERSION", "Encoded", "PaDTModel", "PaDTOutput", "PredictedObject", "Prediction", "load_image"]
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 RECIPE_NAME = "recipe.yaml"
 META_NAME = "padt.json"
 BACKBONE_DIR = "backbone"
-
-ImageLike = Image.Image | str | os.PathLike | None
 
 
 @dataclass
@@ -79,20 +78,6 @@ class Prediction:
     skipped: list[str] = field(default_factory=list)
     truncated: bool = False
     ids: list[int] = field(default_factory=list)
-
-
-def load_image(image: ImageLike) -> Image.Image | None:
-    """A PIL image from a path or image; clear errors for missing/unreadable files."""
-    if image is None or isinstance(image, Image.Image):
-        return image
-    path = Path(image)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
 
 
 class PaDTModel(nn.Module):
@@ -183,9 +168,25 @@ class PaDTModel(nn.Module):
         pil = [load_image(im) for im in images]
         texts = [self.backbone.format_prompt(p, im is not None) for p, im in zip(prompts, pil)]
         self.codec.register_prompt_vrts(texts)
-        batch = self.backbone.process(texts, pil)
+        try:
+            batch = self.backbone.process(texts, pil)
+        except ValueError as err:
+            raise self._name_rejected_image(err, images, texts, pil) from None
         batch["input_ids"] = self.codec.to_model_ids(batch["input_ids"])
         return batch
+
+    def _name_rejected_image(
+        self, err: ValueError, images: Sequence[ImageLike], texts: Sequence[str], pil: Sequence[Any]
+    ) -> ValueError:
+        """The processor's error with the image it rejected named (e.g. Qwen2.5-VL's aspect-ratio limit):
+        each sample is processed alone to find it. Only runs on the error path."""
+        for source, text, image in zip(images, texts, pil):
+            try:
+                self.backbone.process([text], [image])
+            except ValueError as one:
+                size = f", {image.width}x{image.height} (w x h)" if image is not None else ""
+                return type(one)(f"image {describe_image(source)}{size}: {one}")
+        return err
 
     def encode(self, batch: BackboneBatch) -> Encoded:
         """Run the vision tower once and build the per-sample prototype bank."""
@@ -365,10 +366,13 @@ class PaDTModel(nn.Module):
         """Answer ``prompts`` about ``images``; parse objects and decode their boxes/scores/masks.
 
         A single prompt is used for every image. ``progress`` shows a bar (default: more than one batch).
+        Images are paths, PIL images (any mode), numpy arrays or torch tensors (``HW``, ``HWC`` uint8,
+        ``CHW`` float in ``[0, 1]``; a 4-d array or tensor is a batch of them), as
+        :func:`padt_core.data.image.load_image` reads them.
         """
-        if isinstance(images, (str, os.PathLike, Image.Image)) or images is None:
-            images = [images]
-        images = list(images)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        images = _image_list(images)
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
@@ -443,6 +447,21 @@ class PaDTModel(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{weights}: missing keys {sorted(missing)}; unexpected keys {sorted(unexpected)}")
         return model
+
+
+def _image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """``predict``'s images as a list: one image (path, PIL image, 2-d/3-d array or tensor) or several."""
+    if images is None or isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    ndim = getattr(images, "ndim", None)
+    if ndim is not None and not isinstance(images, (list, tuple)):
+        if ndim in (2, 3):
+            return [images]
+        if ndim != 4:
+            raise ValueError(
+                f"an image array has 2 or 3 dimensions (a batch of them 4), got shape {tuple(images.shape)}"
+            )
+    return list(images)
 
 
 def _fresh(kwargs: dict[str, Any]) -> dict[str, Any]:

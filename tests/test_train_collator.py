@@ -87,5 +87,5 @@ def test_bad_samples_are_skipped_and_counted(tiny_model, image_path, tmp_path):
     good = rec_sample(image_path, sid="good")
     batch = collator([missing, tiny, good])
     assert batch.completion_ids.shape[0] == 1
-    assert collator.skipped["unreadable image"] == 1
-    assert collator.skipped["object covers no cell"] >= 1
+    # the readers' reason keys (padt_core/data/reader.py), so the training summary counts each once
+    assert collator.skipped == {"missing_image": 1, "object_covers_no_cell": 1, "sample_covers_no_cell": 1}

@@ -25,9 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from PIL import Image, UnidentifiedImageError
-
 from ..plugins import PluginConfig, get_plugin
+from .image import ImageError, check_image
 from .sample import Sample
 from .templates import TaskTemplates
 
@@ -162,18 +161,13 @@ class DatasetReader(ABC):
 
 
 def _probe(path: Path, mode: ImageCheck) -> tuple[tuple[int, int] | None, tuple[str, str] | None]:
-    """``((h, w) or None, (reason, detail) or None)`` for one image file."""
+    """``((h, w) or None, (reason, detail) or None)`` for one image file, checked by the one image loader."""
     if mode == "none":
         return None, None
-    if not path.is_file():
-        return None, ("missing_image", f"image file {path} does not exist")
     try:
-        with Image.open(path) as im:
-            if mode == "decode":
-                im.load()
-            return (im.height, im.width), None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        return None, ("corrupt_image", f"cannot read image {path}: {err}")
+        return check_image(path, decode=mode == "decode"), None
+    except ImageError as err:  # missing, a directory, unreadable, truncated, too large: err.reason says which
+        return None, (err.reason, str(err))
 
 
 def build_dataset(config: PluginConfig, templates: TaskTemplates | None = None) -> DatasetReader:

@@ -3,45 +3,81 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..data.reader import build_dataset
+from ..data.image import ImageError, check_image
+from ..data.reader import DataWarning, build_dataset
 from ..data.templates import TaskTemplates
 from ..plugins import get_plugin
 from ..recipe import RecipeError, load_recipe
 from .evaluate import evaluate
 
-__all__ = ["evaluate_model", "load_eval_samples", "predict_samples"]
+__all__ = ["drop_unreadable_images", "evaluate_model", "load_eval_samples", "predict_samples"]
 
 
 def load_eval_samples(source: str | os.PathLike | Sequence[Any], templates: TaskTemplates | None = None) -> list:
     """Samples from a recipe (its ``data.val``), a YAML dataset section, or a list of validated sections."""
+    return _read_sections(*_eval_sections(source, templates))[0]
+
+
+def _eval_sections(
+    source: str | os.PathLike | Sequence[Any], templates: TaskTemplates | None
+) -> tuple[list, TaskTemplates | None]:
+    """The dataset sections ``source`` names, and the templates to read them with."""
     if not isinstance(source, (str, os.PathLike)):
-        sections = list(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"evaluation data not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if isinstance(raw, dict) and ("backbone" in raw or "extends" in raw or "data" in raw):
-            recipe = load_recipe(path)
-            sections, templates = recipe.data.val, templates or recipe.data.templates
-            if not sections:
-                raise RecipeError(f"{path}: recipe has no data.val datasets to evaluate on")
-        elif isinstance(raw, dict) and "name" in raw:
-            sections = [get_plugin("datasets", raw["name"]).Config.model_validate(raw)]
-        elif isinstance(raw, list):
-            sections = [get_plugin("datasets", s["name"]).Config.model_validate(s) for s in raw]
-        else:
-            raise RecipeError(f"{path}: expected a recipe with data.val, or a dataset section {{name: ..., ...}}")
-    samples = []
+        return list(source), templates
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation data not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if isinstance(raw, dict) and ("backbone" in raw or "extends" in raw or "data" in raw):
+        recipe = load_recipe(path)
+        if not recipe.data.val:
+            raise RecipeError(f"{path}: recipe has no data.val datasets to evaluate on")
+        return list(recipe.data.val), templates or recipe.data.templates
+    if isinstance(raw, dict) and "name" in raw:
+        return [get_plugin("datasets", raw["name"]).Config.model_validate(raw)], templates
+    if isinstance(raw, list):
+        return [get_plugin("datasets", s["name"]).Config.model_validate(s) for s in raw], templates
+    raise RecipeError(f"{path}: expected a recipe with data.val, or a dataset section {{name: ..., ...}}")
+
+
+def _read_sections(sections: Sequence[Any], templates: TaskTemplates | None) -> tuple[list, Counter]:
+    """Every section's samples, and the records its readers skipped, by reason."""
+    samples, skipped = [], Counter()
     for section in sections:
-        samples += list(build_dataset(section, templates=templates).samples())
-    return samples
+        reader = build_dataset(section, templates=templates)
+        samples += list(reader.samples())  # reading fills reader.skipped
+        skipped.update(getattr(reader, "skipped", {}))
+    return samples, skipped
+
+
+def drop_unreadable_images(samples: Sequence[Any], skipped: Counter) -> list:
+    """``samples`` without those whose image the loader refuses (truncated, missing, too large, ...),
+    each counted in ``skipped`` by reason with one ``DataWarning``: one bad file costs its samples, not
+    the evaluation. Every distinct image is decoded once here (readers' default ``check_images: header``
+    reads only headers)."""
+    bad: dict[str, ImageError] = {}
+    for path in dict.fromkeys(str(s.image) for s in samples if s.image is not None):
+        try:
+            check_image(path, decode=True)
+        except ImageError as err:
+            bad[path] = err
+    kept = []
+    for sample in samples:
+        err = bad.get(str(sample.image)) if sample.image is not None else None
+        if err is None:
+            kept.append(sample)
+            continue
+        skipped[err.reason] += 1
+        warnings.warn(f"eval: skipping sample {sample.id}: {err}", DataWarning, stacklevel=2)
+    return kept
 
 
 def predict_samples(model, samples: Sequence[Any], batch_size: int = 16, **generation_kwargs: Any) -> list:
@@ -62,7 +98,7 @@ def evaluate_model(
     **generation_kwargs: Any,
 ) -> tuple[dict[str, Any], list, list]:
     """Predict and score; returns ``(report, predictions, samples)``."""
-    samples = load_eval_samples(data, templates=model.recipe.data.templates)
+    samples, skipped = _read_sections(*_eval_sections(data, model.recipe.data.templates))
     if tasks:
         samples = [s for s in samples if s.task in tasks]
     if max_samples is not None:  # per task, so every requested metric gets samples
@@ -73,8 +109,11 @@ def evaluate_model(
             if seen[s.task] <= max_samples:
                 capped.append(s)
         samples = capped
+    samples = drop_unreadable_images(samples, skipped)
     if not samples:
-        raise ValueError(f"no evaluation samples for tasks {list(tasks or [])} in {data}")
+        raise ValueError(f"no evaluation samples for tasks {list(tasks or [])} in {data} (skipped: {dict(skipped)})")
     tasks = list(tasks) if tasks else sorted({s.task for s in samples})
     predictions = predict_samples(model, samples, batch_size=batch_size, **generation_kwargs)
-    return evaluate(predictions, samples, tasks), predictions, samples
+    report = evaluate(predictions, samples, tasks)
+    report["skipped"] = dict(sorted(skipped.items()))
+    return report, predictions, samples

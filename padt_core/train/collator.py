@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from ..answer_format import ImageGeometry
+from ..data.image import ImageError, load_image
 from ..data.sample import Sample, decode_mask, object_cells
 from ..data.templates import DEFAULT_TEMPLATES, TaskTemplates, drop_objects
 from ..decoder import ObjectTargets
@@ -98,17 +99,26 @@ class PaDTCollator:
         self.templates = templates
         self.skipped: Counter[str] = Counter()
 
-    def _skip(self, sample: Sample, why: str) -> None:
-        self.skipped[why.split(":")[0]] += 1
-        logger.warning("skipping sample %s (%s): %s", sample.id, sample.image, why)
+    def _skip(self, sample: Sample, reason: str, detail: str) -> None:
+        """Count a skipped sample under ``reason`` (the readers' keys: ``missing_image``, ``bad_mask``, ...)."""
+        self.skipped[reason] += 1
+        logger.warning("skipping sample %s (%s): %s", sample.id, sample.image, detail)
 
     def _load(self, sample: Sample) -> Image.Image | None:
         try:
-            with Image.open(sample.image) as im:
-                return im.convert("RGB")
-        except (OSError, ValueError) as err:
-            self._skip(sample, f"unreadable image: {err}")
+            return load_image(sample.image)
+        except ImageError as err:  # missing, a directory, truncated, too large (padt_core/data/image.py)
+            self._skip(sample, err.reason, str(err))
             return None
+
+    def _processable(self, sample: Sample, image: Image.Image) -> bool:
+        """Whether the processor takes this sample alone; a refused one is skipped (``image_rejected``)."""
+        try:
+            self.prepare([image], [sample.prompt])
+        except ValueError as err:
+            self._skip(sample, "image_rejected", f"{image.width}x{image.height} (w x h): {err}")
+            return False
+        return True
 
     def _text_ids(self, text: str) -> list[int]:
         return self.backbone.tokenizer.encode(text, add_special_tokens=False) if text else []
@@ -121,14 +131,14 @@ class PaDTCollator:
         try:
             cells_of = [object_cells(o, grid, size, self.coverage) for o in sample.objects]
         except ValueError as err:
-            self._skip(sample, f"bad mask: {err}")
+            self._skip(sample, "bad_mask", f"bad mask: {err}")
             return None
         if not all(cells_of):
             # As the reference: objects too small for any cell leave the answer; the sample stays.
-            self.skipped["object covers no cell"] += cells_of.count([])
+            self.skipped["object_covers_no_cell"] += cells_of.count([])
             kept = drop_objects(sample, [bool(c) for c in cells_of], self.templates)
             if kept is None:
-                self._skip(sample, "object covers no cell: the referred object is smaller than one cell")
+                self._skip(sample, "sample_covers_no_cell", "the referred object is smaller than one cell")
                 return None
             sample, cells_of = kept, [c for c in cells_of if c]
         enc = _Encoded(completion=[], ignore=[])
@@ -138,13 +148,13 @@ class PaDTCollator:
             pos = m.end()
             index = int(m.group(1))
             if index >= len(sample.objects):
-                self._skip(sample, f"bad template: <|Obj_{index}|> but {len(sample.objects)} objects")
+                self._skip(sample, "bad_template", f"<|Obj_{index}|> but {len(sample.objects)} objects")
                 return None
             obj, cells = sample.objects[index], cells_of[index]
             try:
                 mask = decode_mask(obj, size) if obj.mask is not None else None
             except ValueError as err:
-                self._skip(sample, f"bad mask: {err}")
+                self._skip(sample, "bad_mask", f"bad mask: {err}")
                 return None
             if self.sampling == "five_point" and self.k != -1:
                 targets = five_point_cells(cells, grid[1], rng)
@@ -175,7 +185,7 @@ class PaDTCollator:
         try:
             text = self.answer_format.render(sample, geometry)
         except ValueError as err:
-            self._skip(sample, f"bad template: {err}")
+            self._skip(sample, "bad_template", f"bad template: {err}")
             return None
         return _Encoded(completion=[*self._text_ids(text), self.backbone.eos_token_ids[0]], ignore=[])
 
@@ -193,7 +203,14 @@ class PaDTCollator:
         rngs = [np.random.default_rng(s) if s is not None else self.rng for s in seeds]
         if not kept:
             raise ValueError(f"every sample of the batch was skipped ({dict(self.skipped)})")
-        prompt = self.prepare([im for _, im in kept], [s.prompt for s, _ in kept])
+        try:
+            prompt = self.prepare([im for _, im in kept], [s.prompt for s, _ in kept])
+        except ValueError:  # the processor refused an image (e.g. Qwen2.5-VL's aspect-ratio limit): drop it
+            accepted = [b for b, (sample, image) in enumerate(kept) if self._processable(sample, image)]
+            kept, seeds, rngs = [kept[b] for b in accepted], [seeds[b] for b in accepted], [rngs[b] for b in accepted]
+            if not kept:
+                raise ValueError(f"every sample of the batch was skipped ({dict(self.skipped)})") from None
+            prompt = self.prepare([im for _, im in kept], [s.prompt for s, _ in kept])
         encoded, rows = [], []
         for b, ((sample, image), grid) in enumerate(zip(kept, prompt["image_grids"])):
             enc = self.answer_format.encode_answer(self, sample, tuple(grid), (image.height, image.width), rngs[b])

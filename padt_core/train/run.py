@@ -32,6 +32,7 @@ def load_readers(sections: Sequence[Any], templates: TaskTemplates | None = None
     readers, skipped = [], Counter()
     for spec in sections:
         reader = build_dataset(spec, templates=templates)
+        len(reader)  # readers read (and count their skips) on first use: read now, or `skipped` is empty
         readers.append(reader)
         skipped.update(getattr(reader, "skipped", {}))
     return readers, skipped
