@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny random models (Qwen2.5-VL and LLaVA-style), built once per session."""
+"""Shared fixtures: the tiny random models (Qwen2.5-VL, LLaVA-style, Qwen3-VL, Qwen3.5), built once per session."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from helpers import sharpen
 import padt_core
 
 # Every backbone's tiny recipe: the core checks (tests/test_model.py) run on each of them.
-TINY_RECIPES = ("tiny_qwen", "tiny_llava")
+TINY_RECIPES = ("tiny_qwen", "tiny_llava", "tiny_qwen3_vl", "tiny_qwen3_5")
 
 
 @pytest.fixture(scope="module")
