@@ -317,9 +317,20 @@ def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
     parent = raw.pop("extends", None)
     if parent is not None:
-        base = _read_raw(resolve_recipe_path(parent, relative_to=path.parent), (*chain, path))
+        base = _read_raw(_extends_path(parent, path), (*chain, path))
         raw = _deep_merge(base, raw)
     return raw
+
+
+def _extends_path(parent: Any, path: Path | None) -> Path:
+    """The recipe ``extends: parent`` names (in ``path``, relative to its folder); errors name the file."""
+    where = f"{path}: " if path is not None else ""
+    if not isinstance(parent, (str, Path)):
+        raise RecipeError(f"{where}`extends` must be a recipe path or bundled name, got {parent!r}")
+    try:
+        return resolve_recipe_path(parent, relative_to=path.parent if path is not None else None)
+    except RecipeError as err:
+        raise RecipeError(f"{where}`extends: {parent}`: {err}") from None
 
 
 def _parse_value(text: str) -> Any:
@@ -358,24 +369,39 @@ def apply_overrides(raw: dict, overrides: Mapping[str, Any] | Sequence[str] | No
         node: Any = out
         for i, part in enumerate(parts[:-1]):
             if isinstance(node, list):
-                node = node[_index(part, key)]
+                node = node[_index(node, parts, i, key)]
                 continue
+            _check_section(node, parts, i, key)
             if node.get(part) is None:
                 node[part] = {}
             elif isinstance(node[part], str) and i + 1 < len(parts):
                 node[part] = {"name": node[part]}  # a plugin given by name only
             node = node[part]
         if isinstance(node, list):
-            node[_index(parts[-1], key)] = value
+            node[_index(node, parts, len(parts) - 1, key)] = value
         else:
+            _check_section(node, parts, len(parts) - 1, key)
             node[parts[-1]] = value
     return out
 
 
-def _index(part: str, key: str) -> int:
+def _check_section(node: Any, parts: Sequence[str], i: int, key: str) -> None:
+    """``node`` (what ``parts[:i]`` addresses) must be a section to set ``parts[i]`` in."""
+    if not isinstance(node, dict):
+        where = ".".join(parts[:i])
+        raise RecipeError(f"override {key!r}: {where} is {node!r}, not a section with keys")
+
+
+def _index(node: list, parts: Sequence[str], i: int, key: str) -> int:
+    """``parts[i]`` as an index into the list ``node`` (what ``parts[:i]`` addresses), checked."""
+    where, part = ".".join(parts[:i]), parts[i]
     if not part.lstrip("-").isdigit():
-        raise RecipeError(f"override {key!r}: {part!r} addresses a list and must be an index")
-    return int(part)
+        raise RecipeError(f"override {key!r}: {where} is a list; {part!r} must be an index (0 to {len(node) - 1})")
+    index = int(part)
+    if not -len(node) <= index < len(node):
+        valid = f"indices 0 to {len(node) - 1}" if node else "no index"
+        raise RecipeError(f"override {key!r}: {where} has {len(node)} item(s) ({valid}); add items in the recipe file")
+    return index
 
 
 def load_recipe(
@@ -395,7 +421,7 @@ def load_recipe(
         raw = dict(source)
         parent = raw.pop("extends", None)
         if parent is not None:
-            raw = _deep_merge(_read_raw(resolve_recipe_path(parent)), raw)
+            raw = _deep_merge(_read_raw(_extends_path(parent, None)), raw)
     else:
         path = resolve_recipe_path(source)
         origin = str(path)

@@ -25,11 +25,14 @@ class Command:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input": reported in one line, not as a traceback."""
+    from PIL.Image import DecompressionBombError
+
     from ..backbone import HubUnreachableError
     from ..plugins import PluginHookError, UnknownPluginError
     from ..recipe import RecipeError
 
-    # RecipeError is a ValueError; listed for clarity. HubUnreachableError is an OSError.
+    # RecipeError and the image loader's ImageError are ValueErrors; listed for clarity. HubUnreachableError
+    # is an OSError. Permission and is-a-directory errors name the path the user gave (an --out, a data file).
     return (
         RecipeError,
         UnknownPluginError,
@@ -37,6 +40,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         HubUnreachableError,
         FileNotFoundError,
         FileExistsError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+        DecompressionBombError,
         ValueError,
     )
 
@@ -67,6 +74,41 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
         metavar="key.sub=value",
         help="dotted recipe overrides, values parsed as YAML (e.g. vrt.rank=8 train.lr=1e-5)",
     )
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type of counts such as ``--batch-size``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def check_device(name: str) -> Any:
+    """The ``torch.device`` ``--device`` names, checked before any model loads: an unknown device type,
+    or a GPU this machine does not have, is a ``ValueError`` saying what is available."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: no CUDA GPU is available here (torch sees none); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not (torch.backends.mps.is_available()):
+        raise ValueError(f"--device {name}: Apple MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        available = getattr(torch, device.type, None)
+        if available is None or not getattr(available, "is_available", lambda: False)():
+            raise ValueError(f"--device {name}: no {device.type} device is available here; use --device cpu")
+    return device
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

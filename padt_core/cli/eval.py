@@ -7,15 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._common import _build_or_load, _refuse_existing, _strict_json
+from ._common import _build_or_load, _refuse_existing, _strict_json, check_device, positive_int
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Predict over evaluation samples, score them, write the report JSON and print the metrics."""
-    import torch
 
     from ..demo import format_table
+    from ..plugins import get_plugin
 
+    for task in args.task or ():
+        get_plugin("metrics", task)  # an unknown --task fails now, listing the registered metrics
+    device = check_device(args.device)
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
     if args.predictions is not None:
@@ -23,7 +26,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.data is not None and not Path(args.data).is_file():
         raise FileNotFoundError(f"evaluation data not found: {args.data}")
     model = _build_or_load(args.model, ())
-    model.to(device=torch.device(args.device)).eval()
+    model.to(device=device).eval()
     report, predictions, samples = _evaluate(model, args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_strict_json(report), indent=2) + "\n")
@@ -103,12 +106,12 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
         help="metric to compute (repeat: --task rec --task ovd); default: every task in the data",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=None, metavar="N", help="default: the recipe's eval.batch_size"
+        "--batch-size", type=positive_int, default=None, metavar="N", help="default: the recipe's eval.batch_size"
     )
     parser.add_argument(
-        "--max-samples", type=int, default=None, metavar="N", help="only the first N samples of each task"
+        "--max-samples", type=positive_int, default=None, metavar="N", help="only the first N samples of each task"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="default: the recipe's")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N", help="default: the recipe's")
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the report JSON")
     parser.add_argument(
         "--predictions",

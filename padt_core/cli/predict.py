@@ -8,7 +8,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._common import _build_or_load, _check_model_source, _refuse_existing, _strict_json, add_overrides, print_json
+from ._common import (
+    _build_or_load,
+    _check_model_source,
+    _refuse_existing,
+    _strict_json,
+    add_overrides,
+    check_device,
+    positive_int,
+    print_json,
+)
 
 
 def _prediction_json(prediction: Any, image: str | None = None, rle: bool = False) -> dict[str, Any]:
@@ -24,20 +33,17 @@ def _prediction_json(prediction: Any, image: str | None = None, rle: bool = Fals
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Answer one prompt about each image; print JSON, or write ``<stem>.json`` + ``<stem>.png`` per image."""
-    import torch
 
     from ..data.templates import DEFAULT_TEMPLATES
     from ..model import load_image
 
     _task_prompt(args, DEFAULT_TEMPLATES)  # bad flag combinations fail before the model loads
-    for path in args.image:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
+    device = check_device(args.device)
     _check_model_source(args.model, args.overrides)
-    images = [load_image(path) for path in args.image]
+    images = [load_image(path) for path in args.image]  # one error naming the file (padt_core/data/image.py)
     outputs = _output_paths(args.image, Path(args.out), args.overwrite) if args.out else None
     model = _build_or_load(args.model, args.overrides)
-    model.to(device=torch.device(args.device))
+    model.to(device=device)
     model.eval()
     prompt = _task_prompt(args, model.recipe.data.templates)
     kwargs = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
@@ -139,9 +145,9 @@ def _configure_predict(parser: argparse.ArgumentParser) -> None:
         "ovd (--labels), ric (captioning)",
     )
     parser.add_argument("--labels", default=None, metavar="A,B,C", help="categories to detect, with --task ovd")
-    parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="default: the recipe's")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N", help="default: the recipe's")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per batch (default: 8)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 … (default: cpu)")
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="write <stem>.json (masks as COCO RLE) and <stem>.png per image"
     )
