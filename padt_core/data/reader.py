@@ -18,6 +18,7 @@ list the key in ``target_keys`` learn from them, and nothing in between needs to
 
 from __future__ import annotations
 
+import json
 import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -30,7 +31,7 @@ from .image import ImageError, check_image
 from .sample import Sample
 from .templates import TaskTemplates
 
-__all__ = ["DataWarning", "DatasetReader", "ImageCheck", "build_dataset"]
+__all__ = ["DataWarning", "DatasetReader", "ImageCheck", "build_dataset", "read_json"]
 
 ImageCheck = Literal["none", "header", "decode"]
 
@@ -168,6 +169,31 @@ def _probe(path: Path, mode: ImageCheck) -> tuple[tuple[int, int] | None, tuple[
         return check_image(path, decode=mode == "decode"), None
     except ImageError as err:  # missing, a directory, unreadable, truncated, too large: err.reason says which
         return None, (err.reason, str(err))
+
+
+def read_json(path: str | Path, what: str = "json file") -> Any:
+    """The parsed content of a JSON file; a missing, undecodable or malformed file is one error naming
+    the file and, for bad JSON, the line and column.
+
+    Args:
+        path: the file.
+        what: what the file is, for the messages (``"COCO annotation file"``).
+
+    Example:
+        >>> read_json("annotations/instances_val.json", "COCO annotation file")["images"][0]["file_name"]
+        '000001.png'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{what} {path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {err.start}): is it the right file?") from None
 
 
 def build_dataset(config: PluginConfig, templates: TaskTemplates | None = None) -> DatasetReader:

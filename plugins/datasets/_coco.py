@@ -15,6 +15,7 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
+from padt_core.data.reader import read_json
 from padt_core.data.sample import MaskSizeError, ObjectAnn, box_from_xywh, rle_area, segmentation_to_rle
 
 __all__ = ["BadRecord", "coco_object", "load_coco", "stable_int"]
@@ -30,11 +31,15 @@ class BadRecord(Exception):
 
 def load_coco(path: str | Path) -> COCO:
     """A pycocotools ``COCO`` index of ``path`` (its progress prints are swallowed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file {path} does not exist")
+    what = "COCO annotation file"
+    dataset = read_json(path, what)  # malformed JSON: one error naming the file, line and column
+    if not isinstance(dataset, dict):
+        raise ValueError(f"{what} {path}: expected a JSON object with images/annotations/categories")
+    coco = COCO()
+    coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
+        coco.createIndex()
+    return coco
 
 
 def coco_object(ann: dict[str, Any], height: int, width: int, label: str) -> ObjectAnn:

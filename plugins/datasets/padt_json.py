@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from padt_core.data.reader import DatasetReader, ImageCheck
+from padt_core.data.reader import DatasetReader, ImageCheck, read_json
 from padt_core.data.sample import ObjectAnn, Sample, rle_area
 from padt_core.plugins import PluginConfig
 
@@ -52,7 +52,7 @@ def _iter_records(path: Path) -> Iterator[tuple[str, Any]]:
                     except json.JSONDecodeError as err:
                         yield f"line {line_no}", err
         return
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path, "PaDT json file")
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a json list of records (or use a .jsonl file)")
     for i, record in enumerate(data):

@@ -65,7 +65,12 @@ def load_refs(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"REFER refs file {path} does not exist")
     with path.open("rb") as f:
-        refs = _PlainUnpickler(f, encoding="latin1").load()
+        try:
+            refs = _PlainUnpickler(f, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as err:
+            raise ValueError(
+                f"REFER refs file {path} is not a readable refs pickle: {err or type(err).__name__}"
+            ) from None
     if not isinstance(refs, list):
         raise ValueError(f"{path}: expected a list of refs, got {type(refs).__name__}")
     return refs
