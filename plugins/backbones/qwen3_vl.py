@@ -213,8 +213,8 @@ class Qwen3VLBackbone(Backbone):
     def from_saved(cls, config: Qwen3VLBackboneConfig, directory: str) -> Qwen3VLBackbone:
         from transformers import AutoConfig
 
-        processor = cls._processor(config, directory=directory)
         hf_config = cls._checked(AutoConfig.from_pretrained(directory), f"saved backbone {directory}")
+        processor = cls._processor(config, directory=directory)
         hf_config._attn_implementation = config.attn_implementation
         model = cls._random_model(hf_config, torch_dtype(config.dtype), config.seed, meta=False)
         fill_generation_defaults(model, processor.tokenizer)
