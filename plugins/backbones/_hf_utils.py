@@ -15,6 +15,7 @@ ASSETS = Path(__file__).parent / "assets"
 __all__ = [
     "ASSETS",
     "fill_generation_defaults",
+    "hub_reachable",
     "load_from_hub",
     "resolve_builtin_path",
     "restore_generation_config",
@@ -52,8 +53,41 @@ def resolve_builtin_path(spec: str) -> str:
     return spec
 
 
+HUB_CHECK_TIMEOUT = 5.0  # seconds one HEAD request to the hub may take before we call it unreachable
+_hub_reachable: bool | None = None  # the answer, once per process
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers one quick request (``False`` under ``HF_HUB_OFFLINE``).
+
+    Asked once per process: without it, every ``from_pretrained`` of a model that is not cached retries
+    with back-off for ~30 s before failing (2.5 min for one backbone offline). Any HTTP answer counts
+    as reachable; the request goes through the hub library's own session (its proxies and endpoint).
+    """
+    global _hub_reachable
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if _hub_reachable is None:
+        from huggingface_hub.utils import get_session
+
+        try:
+            get_session().head(constants.ENDPOINT, timeout=HUB_CHECK_TIMEOUT)
+            _hub_reachable = True
+        except Exception:  # DNS, connect, TLS, proxy, timeout: all mean "not reachable"
+            _hub_reachable = False
+    return _hub_reachable
+
+
 def load_from_hub(loader, spec: str, *args, what: str = "", hint: str | None = None, **kwargs):
-    """``loader(spec)`` with an error that says what to do when the hub cannot be reached."""
+    """``loader(spec)`` with an error that says what to do when the hub cannot be reached.
+
+    When the hub does not answer (:func:`hub_reachable`), the files come from the local cache only
+    (``local_files_only``), so a cached model still loads and a missing one fails at once.
+    """
+    if not Path(spec).exists() and not hub_reachable():
+        kwargs["local_files_only"] = True
     try:
         return loader(spec, *args, **kwargs)
     except OSError as err:
