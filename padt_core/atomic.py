@@ -32,6 +32,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "fsync_dir",
     "fsync_tree",
     "publish_directory",
 ]
@@ -44,7 +45,7 @@ _PARTIAL = ".partial-"  # marks a directory being built: `.NAME.partial-PID-RAND
 # ---------------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -80,7 +81,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary name only
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -144,7 +145,7 @@ def fsync_tree(directory: str | os.PathLike) -> None:
                 continue
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(Path(parent))
+        fsync_dir(Path(parent))
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -192,9 +193,9 @@ def publish_directory(staged: str | os.PathLike, target: str | os.PathLike, mark
     """Move the complete directory ``staged`` to ``target``, replacing what is there without a broken moment.
 
     * ``target`` absent: one rename.
-    * ``target`` holds only names that ``staged`` also has (an older copy of the same artefact): the two
-      are swapped in one step (or, where the OS cannot swap, the old one is renamed aside first), then
-      the old one is deleted.
+    * no ``marker``, or ``target`` holds only names that ``staged`` also has (an older copy of the same
+      artefact): the two are swapped in one step (or, where the OS cannot swap, the old one is renamed
+      aside first), then the old one is deleted.
     * ``target`` holds other entries too (e.g. a training run directory with checkpoints, where the
       final model is saved beside them): each entry of ``staged`` replaces its namesake in place. The
       ``marker`` file (what marks the artefact complete, e.g. ``padt.json``) is removed first and
@@ -203,15 +204,15 @@ def publish_directory(staged: str | os.PathLike, target: str | os.PathLike, mark
     Args:
         staged: a complete directory on the same file system (a sibling of ``target``).
         target: where it should end up.
-        marker: the file whose presence says "complete" (used only in the entry-by-entry case).
+        marker: the file whose presence says "complete"; without one, ``target`` is always replaced whole.
     """
     staged, target = Path(staged), Path(target)
     if not target.exists():
         os.replace(staged, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return target
     ours = {p.name for p in staged.iterdir()}
-    if {p.name for p in target.iterdir()} <= ours:
+    if marker is None or {p.name for p in target.iterdir()} <= ours:
         if _exchange(staged, target):
             shutil.rmtree(staged)  # now holds the old content
         else:
@@ -220,11 +221,10 @@ def publish_directory(staged: str | os.PathLike, target: str | os.PathLike, mark
             os.replace(target, aside)
             os.replace(staged, target)
             shutil.rmtree(aside, ignore_errors=True)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return target
-    if marker is not None:
-        (target / marker).unlink(missing_ok=True)
-        _fsync_dir(target)
+    (target / marker).unlink(missing_ok=True)
+    fsync_dir(target)
     for entry in sorted(staged.iterdir(), key=lambda p: p.name == marker):
         dest = target / entry.name
         if entry.is_dir() and not entry.is_symlink() and dest.is_dir():
@@ -236,7 +236,7 @@ def publish_directory(staged: str | os.PathLike, target: str | os.PathLike, mark
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
             os.replace(entry, dest)
-    _fsync_dir(target)
+    fsync_dir(target)
     shutil.rmtree(staged, ignore_errors=True)
     return target
 

@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 from PIL import Image
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from .answer_format import build_answer_format
+from .atomic import atomic_directory
 from .backbone import Backbone, BackboneBatch
 from .data.image import ImageLike, describe_image, load_image
 from .embedding import PrototypeBank, embed_with_bank
@@ -39,6 +40,7 @@ from .objects import ObjectBatch, PredictedObject, pack_objects
 from .plugins import get_plugin
 from .recipe import Recipe, load_recipe
 from .vrt import ParsedCompletion, VRTCodec
+from .weights import load_weights
 
 __all__ = ["FORMAT_VERSION", "Encoded", "PaDTModel", "PaDTOutput", "PredictedObject", "Prediction", "load_image"]
 
@@ -415,11 +417,15 @@ class PaDTModel(nn.Module):
         out = Path(directory)
         if (out / WEIGHTS_NAME).exists() and not overwrite:
             raise FileExistsError(f"{out} already holds a saved model; pass overwrite=True to replace it")
-        out.mkdir(parents=True, exist_ok=True)
-        self.backbone.save(str(out / BACKBONE_DIR))
-        save_model(self, str(out / WEIGHTS_NAME), metadata={"format": "pt", "padt_format": str(FORMAT_VERSION)})
-        (out / RECIPE_NAME).write_text(self.recipe.to_yaml())
-        (out / META_NAME).write_text(json.dumps({"format_version": FORMAT_VERSION, "library": "padt"}, indent=2))
+        # Built in a hidden sibling and swapped in whole (padt_core/atomic.py): a save killed midway leaves
+        # the old model (or nothing), never a mix. padt.json, which marks a model directory, goes in last.
+        with atomic_directory(out, marker=META_NAME) as tmp:
+            self.backbone.save(str(tmp / BACKBONE_DIR))
+            # save_model writes one tensor per group of tied weights
+            save_model(self, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "padt_format": str(FORMAT_VERSION)})
+            (tmp / RECIPE_NAME).write_text(self.recipe.to_yaml())
+            meta = {"format_version": FORMAT_VERSION, "library": "padt"}
+            (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
         return out
 
     @classmethod
@@ -443,9 +449,7 @@ class PaDTModel(nn.Module):
         backbone_cls = get_plugin("backbones", recipe.backbone.name)
         backbone = backbone_cls.from_saved(recipe.backbone, str(path / BACKBONE_DIR))
         model = cls._assemble(recipe, backbone)
-        missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
-        if missing or unexpected:
-            raise ValueError(f"{weights}: missing keys {sorted(missing)}; unexpected keys {sorted(unexpected)}")
+        load_weights(model, weights, device=map_location, built_from=str(path / RECIPE_NAME))
         return model
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import re
 import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 
+from ..atomic import DirectoryLock, atomic_path
 from ..data.reader import build_dataset
 from ..data.templates import TaskTemplates
 from ..model import PaDTModel
 from ..recipe import Recipe, load_recipe
+from .checkpoints import checkpoint_dirs, newest_complete, remove_staging
 from .collator import PaDTCollator
 from .dataset import SampleDataset
 from .trainer import PaDTTrainer, check_resumable, training_arguments
@@ -24,7 +27,6 @@ from .trainer import PaDTTrainer, check_resumable, training_arguments
 __all__ = ["apply_freezing", "load_readers", "train"]
 
 logger = logging.getLogger(__name__)
-_CHECKPOINT = re.compile(r"checkpoint-\d+")
 
 
 def load_readers(sections: Sequence[Any], templates: TaskTemplates | None = None) -> tuple[list, Counter]:
@@ -60,17 +62,6 @@ def apply_freezing(model: PaDTModel, recipe: Recipe) -> None:
         inject_adapter_in_model(lora, model.backbone.hf_model)
 
 
-def _checkpoints(output_dir: Path) -> list[Path]:
-    """The Trainer's ``checkpoint-<step>`` directories of a run, by step."""
-    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and _CHECKPOINT.fullmatch(p.name)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def _latest_checkpoint(output_dir: Path) -> Path | None:
-    ckpts = _checkpoints(output_dir)
-    return ckpts[-1] if ckpts else None
-
-
 def train(
     recipe: str | os.PathLike | Mapping[str, Any] | Recipe,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
@@ -83,27 +74,64 @@ def train(
     """Train a recipe; returns a summary (output dir, steps, last logged losses, skipped samples).
 
     A directory that already holds checkpoints or a model is never overwritten unless
-    ``overwrite``; ``resume`` continues the latest checkpoint of the same recipe. ``callbacks`` are
+    ``overwrite``; ``resume`` continues the newest complete checkpoint of the same recipe (newer,
+    incomplete ones, left by a killed save, are skipped and listed in the summary's
+    ``skipped_checkpoints``). One run at a time per output directory: a second one raises
+    ``DirectoryLockedError`` (a ``FileExistsError``) while the first is alive. ``callbacks`` are
     Hugging Face ``TrainerCallback`` objects added to the Trainer (logging, early stopping, …).
     """
     spec = load_recipe(recipe, overrides)
     out = Path(output_dir or spec.train.output_dir or Path("runs") / spec.name)
-    previous = _latest_checkpoint(out) if out.is_dir() else None
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    created = not out.exists()
+    # The main process holds the directory for the whole run (the other ranks of a job share it).
+    lock = DirectoryLock(out, "padt train") if main_process else contextlib.nullcontext()
+    try:
+        with lock:
+            return _train(spec, out, overwrite, resume, callbacks, main_process)
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # refused before anything was written: leave no empty directory behind
+
+
+def _resume_point(out: Path, spec: Recipe) -> tuple[Path, dict[str, str]]:
+    """The newest complete checkpoint of ``out`` (checked against ``spec``) and the newer ones it skips."""
+    previous, skipped = newest_complete(out)
+    if previous is None:
+        why = "".join(f"; {name}: {reason}" for name, reason in skipped.items())
+        raise FileNotFoundError(f"nothing to resume in {out}: no complete checkpoint-* directory{why}")
+    check_resumable(previous, spec)
+    for name, reason in skipped.items():
+        logger.warning("resume: skipping %s (%s)", out / name, reason)
+    logger.warning("resuming from %s", previous)
+    return previous, skipped
+
+
+def _train(
+    spec: Recipe,
+    out: Path,
+    overwrite: bool,
+    resume: bool,
+    callbacks: Sequence[TrainerCallback] | None,
+    main_process: bool,
+) -> dict[str, Any]:
+    previous, skipped_checkpoints = None, {}
+    existing = checkpoint_dirs(out)
     has_model = (out / "model.safetensors").exists()
     if resume:
-        if previous is None:
-            raise FileNotFoundError(f"nothing to resume in {out}: no checkpoint-* directory")
-        check_resumable(previous, spec)
-    elif (previous is not None or has_model) and not overwrite:
+        previous, skipped_checkpoints = _resume_point(out, spec)
+    elif (existing or has_model) and not overwrite:
         raise FileExistsError(
             f"{out} already holds a training run; pass --overwrite to replace it, --resume to continue it, "
             "or choose another train.output_dir"
         )
-    elif overwrite and previous is not None and int(os.environ.get("RANK", "0")) == 0:
+    elif overwrite and existing and main_process:
         # A later --resume must not pick up a stale checkpoint of the replaced run (nor the Trainer's
         # rotation count it): the replaced run's checkpoints go. Only the main process deletes.
-        for stale in _checkpoints(out):
+        for stale in existing:
             shutil.rmtree(stale, ignore_errors=True)
+    if main_process:
+        remove_staging(out)  # interrupted saves of an earlier run; the lock says none is in progress
     if spec.data.train == []:
         raise ValueError(f"recipe {spec.name!r} has no data.train datasets")
 
@@ -134,7 +162,8 @@ def train(
     result = trainer.train(resume_from_checkpoint=str(previous) if resume else None)
     if trainer.is_world_process_zero():
         model.save_pretrained(out, overwrite=True)
-        trainer.save_state()  # trainer_state.json (log history) at the top of the run directory
+        with atomic_path(out / TRAINER_STATE_NAME) as tmp:  # the log history, at the top of the run directory
+            trainer.state.save_to_json(str(tmp))
     skipped.update(collator.skipped)
     history = trainer.state.log_history
     summary = {
@@ -145,6 +174,9 @@ def train(
         "skipped": dict(skipped),
         "log_history": history,
     }
+    if resume:
+        summary["resumed_from"] = str(previous)
+        summary["skipped_checkpoints"] = skipped_checkpoints
     if skipped:
         logger.warning("skipped samples: %s", dict(skipped))
     return summary

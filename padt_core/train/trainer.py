@@ -1,26 +1,30 @@
 """``PaDTTrainer``: Hugging Face ``Trainer`` with PaDT's losses, checkpoints and resume rules.
 
-DDP/FSDP/DeepSpeed, gradient accumulation, mixed precision, schedules, checkpoint rotation and
-logging all come from ``Trainer``/accelerate; this module only supplies the loss, the logging of
-each loss term, and padt-format checkpoints (``save_pretrained`` directories).
+DDP/FSDP/DeepSpeed, gradient accumulation, mixed precision, schedules and logging all come from
+``Trainer``/accelerate; this module only supplies the loss, the logging of each loss term, and
+padt-format checkpoints (``save_pretrained`` directories) that appear complete or not at all and
+are rotated without ever losing the newest complete one (``checkpoints.py``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..decoder import SKIPPED_PREFIX
 from ..recipe import Recipe, TrainConfig
+from ..weights import load_weights
 from .batch import TrainBatch
+from .checkpoints import publish_checkpoint, rotate, staging_dir
 from .step import compute_losses
 
 __all__ = ["DatasetEpochCallback", "PaDTTrainer", "check_resumable", "training_arguments"]
@@ -122,6 +126,7 @@ class PaDTTrainer(Trainer):
     """Trainer for :class:`~padt_core.model.PaDTModel`; the batch comes from ``PaDTCollator``."""
 
     def __init__(self, *args: Any, **kwargs: Any):
+        self._staging: str | None = None  # set while a checkpoint is being written (_save_checkpoint)
         super().__init__(*args, **kwargs)
         self.add_callback(DatasetEpochCallback())
         self._loss_sums: dict[str, float] = defaultdict(float)
@@ -175,6 +180,39 @@ class PaDTTrainer(Trainer):
             self._loss_count = 0
         super().log(logs, start_time)
 
+    # --- checkpoints: complete or invisible (checkpoints.py) -------------------------------------
+    def _get_output_dir(self, trial: Any) -> str:
+        # While _save_checkpoint runs, the Trainer's "run directory" is the staging directory: every file
+        # of the checkpoint lands there, and the Trainer's own rotation (which would count an incomplete
+        # checkpoint and could delete the last complete one) sees nothing to rotate.
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The Trainer's checkpoint, written into a hidden staging directory, then published whole.
+
+        All processes write into the staging directory (DeepSpeed/FSDP shard files); the main process
+        publishes it (manifest, fsync, rename) once every process is done, then rotates.
+        """
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = staging_dir(run_dir, self.state.global_step)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self._staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            publish_checkpoint(staging / name, run_dir / name)
+            shutil.rmtree(staging, ignore_errors=True)
+            keep = [self.state.best_model_checkpoint] if self.state.best_model_checkpoint else []
+            rotate(run_dir, self.args.save_total_limit, keep=keep)
+        self.accelerator.wait_for_everyone()
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         target = output_dir or self.args.output_dir
         self.accelerator.unwrap_model(self.model).save_pretrained(target, overwrite=True)
@@ -184,6 +222,4 @@ class PaDTTrainer(Trainer):
         module = self.accelerator.unwrap_model(model or self.model)
         check_resumable(resume_from_checkpoint, module.recipe)
         weights = os.path.join(resume_from_checkpoint, "model.safetensors")
-        missing, unexpected = load_model(module, weights, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        load_weights(module, weights, built_from="the recipe of this run")
