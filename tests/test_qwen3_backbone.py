@@ -324,3 +324,8 @@ def test_two_training_steps_and_predict_with_the_decoder(name, tmp_path):
         assert 0 <= x1 <= x2 <= image.width and 0 <= y1 <= y2 <= image.height
         assert 0.0 <= obj.score <= 1.0
         assert obj.mask.shape == (image.height, image.width)
+    # Beam search expands the (DeepStack) features for generate; the decoder pass after it sees the originals.
+    beams = model.predict(
+        images, ["find the red circle", "hi"], max_new_tokens=6, num_beams=2, suppress_tokens=suppress
+    )
+    assert len(beams) == 2
