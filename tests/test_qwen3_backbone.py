@@ -8,6 +8,8 @@ strategies, save/load) on tiny_qwen3_vl and tiny_qwen3_5 (conftest.TINY_RECIPES)
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,3 +331,14 @@ def test_two_training_steps_and_predict_with_the_decoder(name, tmp_path):
         images, ["find the red circle", "hi"], max_new_tokens=6, num_beams=2, suppress_tokens=suppress
     )
     assert len(beams) == 2
+
+
+def test_the_core_learned_no_qwen3_name():
+    """Both plugins live outside padt_core: no Qwen3 / DeepStack / DeltaNet word in the core's source."""
+    core = Path(padt_core.__file__).parent
+    found = [
+        str(path.relative_to(core))
+        for path in sorted(core.rglob("*.py"))
+        if re.search("qwen3|deepstack|deltanet", path.read_text(), re.IGNORECASE)
+    ]
+    assert found == []
