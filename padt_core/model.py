@@ -42,13 +42,26 @@ from .recipe import Recipe, load_recipe
 from .vrt import ParsedCompletion, VRTCodec
 from .weights import load_weights
 
-__all__ = ["FORMAT_VERSION", "Encoded", "PaDTModel", "PaDTOutput", "PredictedObject", "Prediction", "load_image"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Encoded",
+    "PaDTModel",
+    "PaDTOutput",
+    "PredictedObject",
+    "Prediction",
+    "PromptError",
+    "load_image",
+]
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 RECIPE_NAME = "recipe.yaml"
 META_NAME = "padt.json"
 BACKBONE_DIR = "backbone"
+
+
+class PromptError(ValueError):
+    """A prompt the model cannot take: empty, with special tokens typed in, or a ``<|VRT_k|>`` past its image's grid."""
 
 
 @dataclass
@@ -166,7 +179,8 @@ class PaDTModel(nn.Module):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"prompt {i} is empty")
+                raise PromptError(f"prompt {i} is empty")
+        self._refuse_special_tokens(prompts)
         pil = [load_image(im) for im in images]
         texts = [self.backbone.format_prompt(p, im is not None) for p, im in zip(prompts, pil)]
         self.codec.register_prompt_vrts(texts)
@@ -176,6 +190,24 @@ class PaDTModel(nn.Module):
             raise self._name_rejected_image(err, images, texts, pil) from None
         batch["input_ids"] = self.codec.to_model_ids(batch["input_ids"])
         return batch
+
+    def _refuse_special_tokens(self, prompts: Sequence[str]) -> None:
+        """Refuse the tokenizer's special tokens (``<|image_pad|>``, ``<|im_end|>``, …) and the image token in
+        user text: the chat template and the processor place those, and a typed one breaks the image/token
+        count or the turn structure. ``<|VRT_k|>`` references are not special tokens: they stay allowed."""
+        tokenizer = self.backbone.tokenizer
+        special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+        special.update(tokenizer.all_special_tokens)
+        image_token = getattr(getattr(self.backbone, "processor", None), "image_token", None)
+        if isinstance(image_token, str) and image_token:
+            special.add(image_token)
+        for i, prompt in enumerate(prompts):
+            found = sorted(token for token in special if token and token in prompt)
+            if found:
+                raise PromptError(
+                    f"prompt {i} contains the special token(s) {', '.join(found)}, which the chat template and "
+                    "processor place themselves; remove them (only <|VRT_k|> references may be typed in a prompt)"
+                )
 
     def _name_rejected_image(
         self, err: ValueError, images: Sequence[ImageLike], texts: Sequence[str], pil: Sequence[Any]
@@ -219,8 +251,11 @@ class PaDTModel(nn.Module):
         bad = (highest >= cells).nonzero()
         if bad.numel():
             b = int(bad[0])
-            k = int(highest[b])
-            raise ValueError(f"sample {b} refers to <|VRT_{k}|> but its image has {encoded.cells(b)} cells")
+            k, cells = int(highest[b]), encoded.cells(b)
+            i = encoded.image_index[b]
+            grid = "no image" if i < 0 else "a {}x{} VRT grid".format(*encoded.features[i].grid)
+            valid = f"<|VRT_0|> to <|VRT_{cells - 1}|>" if cells else "no VRT"
+            raise PromptError(f"sample {b} refers to <|VRT_{k}|> but its image has {grid} ({cells} cells: {valid})")
 
     # --- the VRT hooks --------------------------------------------------------------------------
     @contextmanager

@@ -114,7 +114,7 @@ def _write_prediction(
     record.update(_prediction_json(prediction, rle=True))
     json_file, png_file = files
     heads = model.decoder.heads.values() if model.decoder is not None else ()
-    drawing = draw_prediction(image, prediction, grid, heads=heads)
+    drawing = draw_prediction(image, prediction, grid, heads=heads, prompt=prompt)
     # temporary files, then renames: an interrupted run leaves no half-written JSON or PNG
     json_tmp, png_tmp = json_file.with_name(f".{json_file.name}.tmp"), png_file.with_name(f".{png_file.name}.tmp")
     json_tmp.write_text(json.dumps(_strict_json(record), indent=2) + "\n")

@@ -30,6 +30,7 @@ from ..data.image import ImageError, load_image
 from ..data.sample import Sample, decode_mask, object_cells
 from ..data.templates import DEFAULT_TEMPLATES, TaskTemplates, drop_objects
 from ..decoder import ObjectTargets
+from ..model import PromptError
 from ..objects import ObjectBatch
 from .batch import TrainBatch
 
@@ -112,9 +113,12 @@ class PaDTCollator:
             return None
 
     def _processable(self, sample: Sample, image: Image.Image) -> bool:
-        """Whether the processor takes this sample alone; a refused one is skipped (``image_rejected``)."""
+        """Whether the model takes this sample alone; a refused one is skipped (``image_rejected``, ``bad_prompt``)."""
         try:
             self.prepare([image], [sample.prompt])
+        except PromptError as err:  # special tokens typed into the data's prompt text
+            self._skip(sample, "bad_prompt", str(err))
+            return False
         except ValueError as err:
             self._skip(sample, "image_rejected", f"{image.width}x{image.height} (w x h): {err}")
             return False
@@ -205,7 +209,7 @@ class PaDTCollator:
             raise ValueError(f"every sample of the batch was skipped ({dict(self.skipped)})")
         try:
             prompt = self.prepare([im for _, im in kept], [s.prompt for s, _ in kept])
-        except ValueError:  # the processor refused an image (e.g. Qwen2.5-VL's aspect-ratio limit): drop it
+        except ValueError:  # the processor refused an image (Qwen2.5-VL's aspect-ratio limit) or a prompt: drop it
             accepted = [b for b, (sample, image) in enumerate(kept) if self._processable(sample, image)]
             kept, seeds, rngs = [kept[b] for b in accepted], [seeds[b] for b in accepted], [rngs[b] for b in accepted]
             if not kept:
