@@ -343,7 +343,12 @@ def convert_state_dict(checkpoint: ReleasedCheckpoint, model: PaDTModel) -> dict
         raise ConversionError(
             f"{checkpoint.directory} does not fit recipe {model.recipe.name!r}:\n  " + "\n  ".join(problems)
         )
-    return {k: produced[owner].to(targets[k].dtype) for k, owner in canonical.items()}
+    # One cast per tied group: a cast per alias (checkpoint bf16, model fp32) would make two tensors of one
+    # tied weight, saved twice and refused on load ("unexpected keys [...embed_tokens.weight]").
+    cast: dict[str, torch.Tensor] = {}
+    for owner in dict.fromkeys(canonical.values()):
+        cast[owner] = produced[owner].to(targets[owner].dtype)
+    return {k: cast[owner] for k, owner in canonical.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -378,9 +383,16 @@ def convert(
     checkpoint = ReleasedCheckpoint(directory)
     state = convert_state_dict(checkpoint, model)
     model.load_state_dict(state, strict=True, assign=True)
+    _retie(model)
     # The saved recipe names the source (hub id or path), not a local snapshot folder.
     model.recipe = load_recipe(resolved, {"backbone.pretrained": str(source)})
     return model.save_pretrained(destination, overwrite=overwrite)
+
+
+def _retie(model: PaDTModel) -> None:
+    """Tie again what the architecture ties: ``assign=True`` wraps every key in its own ``Parameter``, so the
+    tied output embedding would be a separate parameter sharing storage (and drift apart once trained)."""
+    model.backbone.hf_model.tie_weights()
 
 
 def load_released(
