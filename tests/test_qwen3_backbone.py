@@ -112,9 +112,10 @@ def test_tokens_and_deepstack_are_the_stock_model_features(qwen3):
 
 def test_deepstack_reaches_image_tokens_only_not_vrts(qwen3_vl):
     model = qwen3_vl
-    batch = model.prepare([noise_image(140, 252), noise_image(90, 60, 2)], ["find it", "hi"])
+    batch = model.prepare([noise_image(140, 252), noise_image(90, 60, 2)], ["what is at <|VRT_3|>?", "hi"])
     encoded = model.encode(batch)
     vocab = model.backbone.vocab_rows
+    assert (batch["input_ids"][0] == vocab + 3).sum() == 1  # a VRT in the prompt too
     completion = torch.tensor([[vocab + 3, vocab + 5, 11], [vocab + 1, 12, 13]])
     language_model = model.backbone.hf_model.model.language_model
     masks = []
