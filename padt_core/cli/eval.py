@@ -13,7 +13,7 @@ from ._common import _build_or_load, _refuse_existing, _strict_json, check_devic
 def cmd_eval(args: argparse.Namespace) -> int:
     """Predict over evaluation samples, score them, write the report JSON and print the metrics."""
 
-    from ..demo import format_table
+    from ..eval.table import format_report
     from ..plugins import get_plugin
 
     for task in args.task or ():
@@ -32,7 +32,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(_strict_json(report), indent=2) + "\n")
     if args.predictions is not None:
         _write_predictions(Path(args.predictions), predictions, samples)
-    print(format_table(report))
+    print(format_report(report))
     for task, counts in report["counts"].items():
         print(f"{task}: {json.dumps(counts, default=str)}")
     print(f"report: {out}")
@@ -68,11 +68,14 @@ def _evaluate(model: Any, args: argparse.Namespace) -> tuple[dict[str, Any], lis
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     batch_size = args.batch_size or model.recipe.eval.batch_size
     start = time.perf_counter()
-    report, predictions, samples = evaluate_model(model, data, args.task, batch_size, args.max_samples, **generation)
+    report, predictions, samples = evaluate_model(
+        model, data, args.task, batch_size, args.max_samples, protocol=args.protocol, **generation
+    )
     report["eval"] = {
         "model": args.model,
+        "protocol": args.protocol,
         "data": args.data or "the model recipe's data.val",
-        "tasks": list(report["counts"]),
+        "tasks": list(args.task or sorted({str(s.task) for s in samples})),
         "samples": dict(sorted(Counter(str(s.task) for s in samples).items())),
         "batch_size": batch_size,
         "generation": generation,
@@ -109,7 +112,19 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=positive_int, default=None, metavar="N", help="default: the recipe's eval.batch_size"
     )
     parser.add_argument(
-        "--max-samples", type=positive_int, default=None, metavar="N", help="only the first N samples of each task"
+        "--max-samples",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="only the first N samples of each task (of each split)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("standard", "reference", "both"),
+        default="standard",
+        help="standard: padt's metric definitions; reference: the reference's evaluation scripts (echo-keyed "
+        "best-of-all-objects REC/RES, OVD against its preprocessed ground truth; keys *_reference); both "
+        "(default: standard; docs/metrics.md)",
     )
     parser.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N", help="default: the recipe's")
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the report JSON")

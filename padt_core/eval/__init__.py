@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from .evaluate import evaluate
+from .evaluate import PROTOCOLS, evaluate, evaluate_splits
+from .table import format_report
 
-__all__ = ["evaluate"]
+__all__ = ["PROTOCOLS", "evaluate", "evaluate_splits", "format_report"]

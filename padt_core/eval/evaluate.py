@@ -9,18 +9,27 @@ every requested task that scores that kind of sample (``Metric.sample_tasks``, n
      "counts": {"rec": {"samples": 5000, "parsed_objects": 5012, "unparseable": 3, ...}, "res": {...}}}
 
 Top-level keys are each metric's ``headline`` keys; everything else a metric computes (counts,
-mAP50, unmapped labels, ...) goes under ``counts[task]``. Definitions: ``docs/metrics.md``.
+mAP50, unmapped labels, ...) goes under ``counts[task]``. ``protocol="reference"`` scores each task
+with its metric's reference-protocol variant instead (the reference's evaluation scripts, keys
+suffixed ``_reference``, counts under ``counts["<task>_reference"]``), ``"both"`` with both; a task
+without a variant (RIC: the reference releases no script) keeps its standard numbers and the report's
+``protocol_notes`` say so. :func:`evaluate_splits` scores each ``meta["split"]`` of the samples on its
+own and averages the split figures. Definitions: ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from ..plugins import get_plugin
 
-__all__ = ["evaluate", "pair_predictions"]
+__all__ = ["PROTOCOLS", "evaluate", "evaluate_splits", "pair_predictions"]
+
+Protocol = Literal["standard", "reference", "both"]
+PROTOCOLS: tuple[str, ...] = ("standard", "reference", "both")
 
 
 def pair_predictions(
@@ -61,6 +70,7 @@ def evaluate(
     samples: Sequence[Any],
     tasks: Sequence[str],
     configs: Mapping[str, Mapping[str, Any]] | None = None,
+    protocol: Protocol = "standard",
 ) -> dict[str, Any]:
     """Score ``predictions`` against ``samples`` for each of ``tasks``.
 
@@ -72,10 +82,20 @@ def evaluate(
         tasks: metric plugin names, e.g. ``["rec", "res"]``; each is looked up with
             ``get_plugin("metrics", task)`` (a miss lists the registered metrics).
         configs: optional metric options per task, e.g. ``{"ovd": {"annotation_file": "..."}}``,
-            validated by the metric's ``Config`` (unknown keys are an error).
+            validated by the metric's ``Config`` (unknown keys are an error); the reference
+            variant of a task gets the same options.
+        protocol: ``standard`` (padt's definitions), ``reference`` (the reference's evaluation
+            scripts, keys ``<key>_reference``) or ``both``.
 
     Returns:
-        ``{headline key: value, ..., "counts": {task: {other keys of that metric}}}``.
+        ``{headline key: value, ..., "counts": {task: {other keys of that metric}}}``; with a
+        protocol other than ``standard`` also ``protocol`` and, when a task has no reference
+        variant, ``protocol_notes`` (task → why).
+
+    Example:
+        >>> report = evaluate(predictions, samples, ["rec"], protocol="both")  # doctest: +SKIP
+        >>> report["rec_acc50"], report["rec_acc50_reference"]  # doctest: +SKIP
+        (0.5, 1.0)
 
     Raises:
         ValueError: empty or repeated ``tasks``; predictions that do not pair with the samples
@@ -91,7 +111,20 @@ def evaluate(
     unknown = sorted(set(configs) - set(tasks))
     if unknown:
         raise ValueError(f"configs given for tasks that are not evaluated: {unknown} (tasks: {tasks})")
-    metrics = {task: get_plugin("metrics", task)(dict(configs.get(task, {}))) for task in tasks}
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    metrics: dict[str, Any] = {}
+    notes: dict[str, str] = {}
+    for task in tasks:
+        cls = get_plugin("metrics", task)
+        options = dict(configs.get(task, {}))
+        variant = cls.reference_variant() if protocol != "standard" else None
+        if protocol != "reference" or variant is None:
+            metrics[task] = cls(options)
+        if variant is not None:
+            metrics[f"{task}_reference"] = variant(options)
+        elif protocol != "standard":
+            notes[task] = cls.reference_note
     pairs = pair_predictions(predictions, samples)
     for sample, prediction in pairs:
         for metric in metrics.values():
@@ -110,5 +143,66 @@ def evaluate(
         result = metric.compute()
         report.update({key: result[key] for key in metric.headline})
         counts[task] = {key: value for key, value in result.items() if key not in metric.headline}
+    if protocol != "standard":  # a standard report keeps exactly its metrics' keys
+        report["protocol"] = protocol
+    if notes:
+        report["protocol_notes"] = notes
     report["counts"] = counts
+    return report
+
+
+def evaluate_splits(
+    predictions: Sequence[Any] | Mapping[str | tuple[str, str], Any],
+    samples: Sequence[Any],
+    tasks: Sequence[str],
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
+    protocol: Protocol = "standard",
+) -> dict[str, Any]:
+    """:func:`evaluate` per ``sample.meta["split"]`` and the unweighted mean of the split figures.
+
+    With samples of one split (or none naming a split) this is :func:`evaluate`. Otherwise each split
+    is scored on its own (the reference keys by image and sentence within a split, so pooling splits
+    would mix them) and the report holds, at its top level, each headline key's mean over the splits
+    that have it (the "Avg." of the paper's RefCOCO tables: every split weighs the same, whatever
+    its size); ``splits`` maps split → its headline numbers; ``counts`` holds ``"<split>/<task>"``.
+
+    Args:
+        predictions, samples, tasks, configs, protocol: as for :func:`evaluate`.
+
+    Example:
+        >>> report = evaluate_splits(predictions, samples, ["rec"])  # doctest: +SKIP
+        >>> report["splits"]["refcoco_val"]["rec_acc50"], report["rec_acc50"]  # doctest: +SKIP
+    """
+    pairs = pair_predictions(predictions, samples)
+    groups: dict[str, list[tuple[Any, Any]]] = {}
+    for sample, prediction in pairs:
+        split = (getattr(sample, "meta", None) or {}).get("split")
+        groups.setdefault("" if split is None else str(split), []).append((sample, prediction))
+    if len(groups) <= 1:
+        return evaluate([p for _, p in pairs], [s for s, _ in pairs], tasks, configs, protocol)
+    if "" in groups:
+        raise ValueError(
+            f"{len(groups[''])} samples name no meta['split'] while others do ({', '.join(sorted(groups)[1:4])}, ...); "
+            "evaluate splits separately or give every sample its split"
+        )
+    per_split = {}
+    for split, group in groups.items():
+        tasks_here = [t for t in tasks if any(s.task in get_plugin("metrics", t).sample_tasks for s, _ in group)]
+        per_split[split] = evaluate([p for _, p in group], [s for s, _ in group], tasks_here, configs, protocol)
+    report: dict[str, Any] = {}
+    headline = [k for r in per_split.values() for k in r if k not in ("counts", "protocol", "protocol_notes")]
+    for key in dict.fromkeys(headline):
+        values = [r[key] for r in per_split.values() if key in r]
+        report[key] = math.fsum(values) / len(values) if all(v == v for v in values) else math.nan
+    if protocol != "standard":
+        report["protocol"] = protocol
+    notes = {t: n for r in per_split.values() for t, n in r.get("protocol_notes", {}).items()}
+    if notes:
+        report["protocol_notes"] = notes
+    report["average"] = f"unweighted mean over {len(per_split)} splits"
+    report["splits"] = {
+        split: {k: v for k, v in r.items() if k not in ("counts", "protocol", "protocol_notes")}
+        for split, r in per_split.items()
+    }
+    report["counts"] = {f"{split}/{task}": c for split, r in per_split.items() for task, c in r["counts"].items()}
     return report

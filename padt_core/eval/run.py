@@ -16,7 +16,7 @@ from ..data.reader import DataWarning, build_dataset
 from ..data.templates import TaskTemplates
 from ..plugins import get_plugin
 from ..recipe import RecipeError, load_recipe
-from .evaluate import evaluate
+from .evaluate import Protocol, evaluate_splits
 
 __all__ = ["drop_unreadable_images", "evaluate_model", "load_eval_samples", "predict_samples"]
 
@@ -95,18 +95,21 @@ def evaluate_model(
     tasks: Sequence[str] | None = None,
     batch_size: int = 16,
     max_samples: int | None = None,
+    protocol: Protocol = "standard",
     **generation_kwargs: Any,
 ) -> tuple[dict[str, Any], list, list]:
-    """Predict and score; returns ``(report, predictions, samples)``."""
+    """Predict and score (``protocol``: see :func:`evaluate`; samples of several ``meta["split"]``
+    are scored per split, :func:`evaluate_splits`); returns ``(report, predictions, samples)``."""
     samples, skipped = _read_sections(*_eval_sections(data, model.recipe.data.templates))
     if tasks:
         samples = [s for s in samples if s.task in tasks]
-    if max_samples is not None:  # per task, so every requested metric gets samples
-        seen: dict[str, int] = {}
+    if max_samples is not None:  # per task (and split), so every requested metric gets samples
+        seen: dict[tuple, int] = {}
         capped = []
         for s in samples:
-            seen[s.task] = seen.get(s.task, 0) + 1
-            if seen[s.task] <= max_samples:
+            group = (s.task, (s.meta or {}).get("split"))
+            seen[group] = seen.get(group, 0) + 1
+            if seen[group] <= max_samples:
                 capped.append(s)
         samples = capped
     samples = drop_unreadable_images(samples, skipped)
@@ -114,6 +117,6 @@ def evaluate_model(
         raise ValueError(f"no evaluation samples for tasks {list(tasks or [])} in {data} (skipped: {dict(skipped)})")
     tasks = list(tasks) if tasks else sorted({s.task for s in samples})
     predictions = predict_samples(model, samples, batch_size=batch_size, **generation_kwargs)
-    report = evaluate(predictions, samples, tasks)
+    report = evaluate_splits(predictions, samples, tasks, protocol=protocol)
     report["skipped"] = dict(sorted(skipped.items()))
     return report, predictions, samples

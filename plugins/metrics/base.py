@@ -69,6 +69,9 @@ class Metric:
     sample_tasks: ClassVar[tuple[str, ...]]
     headline: ClassVar[tuple[str, ...]]
     skipped_is_malformed: ClassVar[bool] = True
+    #: Why there is no reference-protocol variant, said in the report when ``--protocol reference``
+    #: or ``both`` falls back to this metric's own numbers (see :meth:`reference_variant`).
+    reference_note: ClassVar[str] = "no reference-protocol variant: scored with the standard protocol only"
 
     def __init__(self, config: PluginConfig | dict[str, Any] | None = None) -> None:
         if config is None:
@@ -77,6 +80,12 @@ class Metric:
             config = self.Config(**{"name": self.name, **config})
         self.config = config
         self.reset()
+
+    @classmethod
+    def reference_variant(cls) -> type[Metric] | None:
+        """The metric that scores this task as the reference's evaluation scripts do (``protocol:
+        reference``, keys suffixed ``_reference``), or ``None`` when there is none."""
+        return None
 
     # --- streaming API ------------------------------------------------------------------------
     def reset(self) -> None:

@@ -65,6 +65,12 @@ class OVDMetric(Metric):
     sample_tasks: ClassVar[tuple[str, ...]] = ("ovd",)
     headline: ClassVar[tuple[str, ...]] = ("ovd_map", "ovd_map_segm")
 
+    @classmethod
+    def reference_variant(cls) -> type[Metric]:
+        from .ovd_reference import OVDReferenceMetric  # imported late: it builds on this module
+
+        return OVDReferenceMetric
+
     def reset(self) -> None:
         super().reset()
         self._gt_file: str | None = None

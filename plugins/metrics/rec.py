@@ -49,6 +49,12 @@ class RECMetric(Metric):
     sample_tasks: ClassVar[tuple[str, ...]] = ("rec",)
     headline: ClassVar[tuple[str, ...]] = ("rec_acc50",)
 
+    @classmethod
+    def reference_variant(cls) -> type[Metric]:
+        from .reference import RECReferenceMetric  # imported late: it builds on this module
+
+        return RECReferenceMetric
+
     def reset(self) -> None:
         super().reset()
         self.hits = 0

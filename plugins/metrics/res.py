@@ -45,6 +45,12 @@ class RESMetric(Metric):
     sample_tasks: ClassVar[tuple[str, ...]] = ("res",)
     headline: ClassVar[tuple[str, ...]] = ("res_ciou", "res_giou")
 
+    @classmethod
+    def reference_variant(cls) -> type[Metric]:
+        from .reference import RESReferenceMetric  # imported late: it builds on this module
+
+        return RESReferenceMetric
+
     def reset(self) -> None:
         super().reset()
         self.intersection = 0  # python ints: exact however large the split

@@ -77,6 +77,7 @@ class RICMetric(Metric):
     Config: ClassVar[type[PluginConfig]] = RICMetricConfig
     sample_tasks: ClassVar[tuple[str, ...]] = ("ric",)
     headline: ClassVar[tuple[str, ...]] = ("ric_cider", "ric_gp", "ric_gr")
+    reference_note: ClassVar[str] = "the reference releases no RIC evaluation script (§9.3): standard protocol only"
     skipped_is_malformed: ClassVar[bool] = False
 
     def reset(self) -> None:
