@@ -243,3 +243,41 @@ def test_predict_takes_arrays_and_tensors_as_images(tiny_model):
         tiny_model.predict(rgb, "Find it.", batch_size=-1)
     with pytest.raises(ValueError, match=r"float values must be in \[0, 1\]"):
         tiny_model.predict(chw * 255, "Find it.")
+
+
+@pytest.mark.parametrize("reachable", [False, True])
+def test_the_hub_is_asked_once_and_offline_files_come_from_the_cache(monkeypatch, reachable):
+    """Offline, ``from_pretrained`` would retry with back-off (~30 s a call, 2.5 min a backbone): one quick
+    request decides, per process, and an unreachable hub means cache-only loading, failing at once."""
+    import huggingface_hub.constants
+    import huggingface_hub.utils
+    from padt_plugins.backbones import _hf_utils
+
+    from padt_core.backbone import HubUnreachableError
+
+    asked: list[str] = []
+
+    class Session:
+        def head(self, url: str, timeout: float) -> None:
+            asked.append(url)
+            if not reachable:
+                raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", Session)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(_hf_utils, "_hub_reachable", None)
+    loads: list[dict] = []
+
+    def loader(spec: str, **kwargs):
+        loads.append(kwargs)
+        raise OSError(f"{spec} is not in the cache")
+
+    for _ in range(2):
+        with pytest.raises(HubUnreachableError, match="org/model.*hf download org/model"):
+            _hf_utils.load_from_hub(loader, "org/model", revision="main")
+    assert asked == [huggingface_hub.constants.ENDPOINT]  # once per process
+    expected = {"revision": "main"} if reachable else {"revision": "main", "local_files_only": True}
+    assert loads == [expected, expected]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert not _hf_utils.hub_reachable()  # the hub's offline mode: no request at all
+    assert len(asked) == 1

@@ -7,7 +7,8 @@ what they share.
 
 from __future__ import annotations
 
-from .reader import DatasetReader, DataWarning, build_dataset
+from .image import ImageError, ImageNotFoundError, check_image, load_image
+from .reader import DatasetReader, DataWarning, build_dataset, read_json
 from .sample import (
     MaskSizeError,
     ObjectAnn,
@@ -32,19 +33,24 @@ from .templates import (
 __all__ = [
     "DataWarning",
     "DatasetReader",
+    "ImageError",
+    "ImageNotFoundError",
     "MaskSizeError",
     "ObjectAnn",
     "Sample",
     "TaskTemplates",
     "build_dataset",
     "cell_coverage",
+    "check_image",
     "decode_mask",
     "drop_objects",
     "fill_placeholders",
+    "load_image",
     "object_cells",
     "ovd_answer",
     "ovd_prompt",
     "placeholder",
+    "read_json",
     "rec_answer",
     "rec_prompt",
     "ric_answer",
