@@ -1,8 +1,9 @@
 """Dataset plugins: on-disk formats → :class:`padt_core.data.Sample` lists.
 
-``coco`` (OVD), ``refcoco`` (REC/RES), ``ric`` (captions with object markers), ``padt_json`` (the
-published PaDT files) and ``shapes`` (synthetic, generated on first use and read back through the
-three real readers). Registered through the ``padt`` entry-point group like any third-party plugin.
+``coco`` (OVD), ``refcoco`` (REC/RES), ``vlm_r1`` (VLM-R1's RefCOCO split files, REC/RES), ``ric``
+(captions with object markers), ``padt_json`` (the published PaDT files) and ``shapes`` (synthetic,
+generated on first use and read back through the three real readers). Registered through the
+``padt`` entry-point group like any third-party plugin.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from .refcoco import RefCocoDataset, RefCocoDatasetConfig
     from .ric import RicDataset, RicDatasetConfig
     from .shapes import ShapesDataset, ShapesDatasetConfig
+    from .vlm_r1 import VlmR1Dataset, VlmR1DatasetConfig
 
 __all__ = [
     "CocoDataset",
@@ -30,6 +32,8 @@ __all__ = [
     "RicDatasetConfig",
     "ShapesDataset",
     "ShapesDatasetConfig",
+    "VlmR1Dataset",
+    "VlmR1DatasetConfig",
 ]
 
 
@@ -46,6 +50,8 @@ _LAZY: dict[str, str] = {
     "RicDatasetConfig": "ric",
     "ShapesDataset": "shapes",
     "ShapesDatasetConfig": "shapes",
+    "VlmR1Dataset": "vlm_r1",
+    "VlmR1DatasetConfig": "vlm_r1",
 }
 
 __getattr__ = lazy_attributes(__name__, _LAZY)
@@ -58,5 +64,6 @@ def padt_datasets() -> list[type]:
     from .refcoco import RefCocoDataset
     from .ric import RicDataset
     from .shapes import ShapesDataset
+    from .vlm_r1 import VlmR1Dataset
 
-    return [CocoDataset, RefCocoDataset, RicDataset, PaDTJsonDataset, ShapesDataset]
+    return [CocoDataset, RefCocoDataset, RicDataset, PaDTJsonDataset, ShapesDataset, VlmR1Dataset]
