@@ -26,6 +26,7 @@ from ..atomic import atomic_write_text, fsync_dir, fsync_tree, publish_directory
 __all__ = [
     "MANIFEST",
     "checkpoint_dirs",
+    "delete_checkpoint",
     "incomplete_reason",
     "newest_complete",
     "publish_checkpoint",
@@ -37,6 +38,7 @@ __all__ = [
 MANIFEST = "padt_checkpoint.json"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 _STAGING = re.compile(r"\.checkpoint-(\d+)\.partial")
+_DELETING = re.compile(r"\.checkpoint-(\d+)\.deleted")
 # What a manifest-less (older padt) checkpoint needs: the Trainer writes trainer_state.json last.
 _LEGACY_REQUIRED = ("trainer_state.json", "model.safetensors", "recipe.yaml")
 
@@ -125,12 +127,22 @@ def publish_checkpoint(staged: str | os.PathLike, target: str | os.PathLike) -> 
     return publish_directory(staged, target)
 
 
+def delete_checkpoint(directory: str | os.PathLike) -> None:
+    """Delete a checkpoint so that no half-deleted one is ever seen: renamed out of sight first, then removed."""
+    directory = Path(directory)
+    hidden = directory.with_name(f".{directory.name}.deleted")
+    shutil.rmtree(hidden, ignore_errors=True)
+    os.replace(directory, hidden)
+    fsync_dir(directory.parent)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
 def remove_staging(run_dir: str | os.PathLike) -> None:
-    """Delete the staging directories interrupted saves left in ``run_dir`` (call with no save in progress)."""
+    """Delete what interrupted saves and deletions left in ``run_dir`` (call with no save in progress)."""
     root = Path(run_dir)
     if root.is_dir():
         for partial in root.iterdir():
-            if _STAGING.fullmatch(partial.name):
+            if _STAGING.fullmatch(partial.name) or _DELETING.fullmatch(partial.name):
                 shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -150,7 +162,7 @@ def rotate(run_dir: str | os.PathLike, save_total_limit: int | None, keep: Itera
         if directory.resolve() in protected or incomplete_reason(directory) is None:
             complete.append(directory)
         elif _step(directory) < _step(newest):
-            shutil.rmtree(directory, ignore_errors=True)
+            delete_checkpoint(directory)
     if save_total_limit is None or save_total_limit <= 0:
         return
     excess = len(complete) - max(save_total_limit, len(protected & {c.resolve() for c in complete}))
@@ -158,6 +170,6 @@ def rotate(run_dir: str | os.PathLike, save_total_limit: int | None, keep: Itera
         if excess <= 0:
             break
         if directory.resolve() not in protected:
-            shutil.rmtree(directory)
+            delete_checkpoint(directory)
             excess -= 1
     fsync_dir(root)

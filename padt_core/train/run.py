@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from ..data.reader import build_dataset
 from ..data.templates import TaskTemplates
 from ..model import PaDTModel
 from ..recipe import Recipe, load_recipe
-from .checkpoints import checkpoint_dirs, newest_complete, remove_staging
+from .checkpoints import checkpoint_dirs, delete_checkpoint, newest_complete, remove_staging
 from .collator import PaDTCollator
 from .dataset import SampleDataset
 from .trainer import PaDTTrainer, check_resumable, training_arguments
@@ -129,7 +128,7 @@ def _train(
         # A later --resume must not pick up a stale checkpoint of the replaced run (nor the Trainer's
         # rotation count it): the replaced run's checkpoints go. Only the main process deletes.
         for stale in existing:
-            shutil.rmtree(stale, ignore_errors=True)
+            delete_checkpoint(stale)
     if main_process:
         remove_staging(out)  # interrupted saves of an earlier run; the lock says none is in progress
     if spec.data.train == []:
