@@ -158,3 +158,44 @@ def test_splits_scored_apart_and_averaged_with_each_item_counted(files):
     assert report["rec_acc50"] == pytest.approx(2 / 3) and report["rec_acc50_reference"] == pytest.approx(1 / 3)
     assert report["counts"]["refcoco_val/rec_reference"]["duplicate_keys"] == 1
     assert report["counts"]["refcoco+_val/rec_reference"]["echo_dropped"] == 1
+
+
+def test_padt_eval_runs_every_split_in_one_call_and_prints_the_table(files, one_thread):
+    """An untrained tiny model over two splits: the per-split rows and the average row are printed."""
+    import contextlib
+    import io
+
+    from padt_core.cli import main
+
+    tmp, root = files
+    section = {
+        "name": "vlm_r1",
+        "root": str(root),
+        "image_dir": str(tmp / "coco"),
+        "splits": ["refcoco_val", "refcocop_val"],
+    }
+    data = tmp / "vlm_r1.yaml"
+    data.write_text(json.dumps(section))
+    out, report_path = io.StringIO(), tmp / "report.json"
+    argv = [
+        "eval",
+        "tiny_qwen_shapes",
+        "--data",
+        data,
+        "--protocol",
+        "both",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        report_path,
+    ]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main([str(a) for a in argv]) == 0
+    report = json.loads(report_path.read_text())
+    assert list(report["splits"]) == ["refcoco_val", "refcoco+_val"]
+    assert report["average"] == "unweighted mean over 2 splits" and report["eval"]["tasks"] == ["rec"]
+    splits = report["splits"].values()
+    assert report["rec_acc50_reference"] == pytest.approx(sum(s["rec_acc50_reference"] for s in splits) / 2)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["split", "rec_acc50", "rec_acc50_reference"]
+    assert [line.split()[0] for line in lines[2:5]] == ["refcoco_val", "refcoco+_val", "average"]
