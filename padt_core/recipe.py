@@ -211,6 +211,13 @@ class DataConfig(_Section):
         description="a cell is foreground if the object covers this fraction of it; None: the backbone's "
         "default (one pixel row of its cell, 1/cell_size: 1/28 for Qwen2.5-VL)",
     )
+    relative_coverage: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="training targets: a cell must also cover this fraction of the object's best cell's coverage "
+        "(0: off; 0.5 drops the cells a small object barely touches)",
+    )
     templates: TaskTemplates = Field(default_factory=TaskTemplates, description="prompt/answer wording per task")
     task_weights: dict[str, float] = Field(
         default_factory=dict,

@@ -39,3 +39,19 @@ def test_the_rule_is_one_pixel_row_of_the_backbones_cell():
     assert cells(image) == [3]
     image[40, 32] = False
     assert cells(image) == []
+
+
+def test_relative_coverage_drops_cells_a_small_object_barely_touches(tiny_model):
+    """A box over all of cell 0 and a fifth of cell 1: one pixel row keeps both, relative 0.5 only cell 0."""
+    obj = ObjectAnn(label="box", box=(0.0, 0.0, 0.6, 0.5))
+    assert object_cells(obj, (2, 2), (64, 64), 1 / 32) == [0, 1]
+    assert object_cells(obj, (2, 2), (64, 64), 1 / 32, relative=0.5) == [0]
+    assert object_cells(obj, (2, 2), (64, 64), 1 / 32, relative=0.2) == [0, 1]  # inclusive: 0.2 of cell 0's 1.0
+    with pytest.raises(ValueError, match=r"relative coverage must be in \[0, 1\], got 1.5"):
+        object_cells(obj, (2, 2), (64, 64), 1 / 32, relative=1.5)
+    assert PaDTCollator(tiny_model).relative_coverage == 0.0
+    recipe = load_recipe("tiny_qwen", ["data.relative_coverage=0.5"])
+    model = SimpleNamespace(**{k: getattr(tiny_model, k) for k in ("backbone", "codec", "answer_format", "prepare")})
+    model.recipe, model.coverage = recipe, 1 / 28
+    assert PaDTCollator(model).relative_coverage == 0.5
+    assert PaDTCollator(model, relative_coverage=0.25).relative_coverage == 0.25

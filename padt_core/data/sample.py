@@ -292,7 +292,9 @@ def cell_coverage(obj: ObjectAnn, grid: tuple[int, int], image_size: tuple[int, 
     return axis(y1, y2, gh)[:, None] * axis(x1, x2, gw)[None, :]
 
 
-def object_cells(obj: ObjectAnn, grid: tuple[int, int], image_size: tuple[int, int], coverage: float) -> list[int]:
+def object_cells(
+    obj: ObjectAnn, grid: tuple[int, int], image_size: tuple[int, int], coverage: float, relative: float = 0.0
+) -> list[int]:
     """Raster ids of the VRT cells the object covers by at least ``coverage`` of their area.
 
     Args:
@@ -303,11 +305,23 @@ def object_cells(obj: ObjectAnn, grid: tuple[int, int], image_size: tuple[int, i
         coverage: minimum covered fraction, in (0, 1]: the recipe's ``data.coverage``, else the
             backbone's ``default_coverage`` (the reference's one pixel row of a cell, 1/28 for
             Qwen2.5-VL's 28-px cells, §6.2).
+        relative: a cell must also cover at least this fraction of the object's best-covered cell's
+            coverage (0: off). For objects of one or two cells, ``coverage`` alone keeps every cell
+            they barely touch (most of such a cell is a neighbour or background); ``relative=0.5``
+            keeps the cells the object really covers, and always its best one.
 
     Returns:
         Sorted cell ids ``row * gw + col``; empty when the object covers no cell enough.
+
+    Example:
+        >>> obj = ObjectAnn(label="box", box=(0.0, 0.0, 0.6, 0.5))  # 1.2 of 2 cells wide, 1 of 2 high
+        >>> object_cells(obj, (2, 2), (64, 64), 1 / 32), object_cells(obj, (2, 2), (64, 64), 1 / 32, relative=0.5)
+        ([0, 1], [0])
     """
     if not 0.0 < coverage <= 1.0:
         raise ValueError(f"coverage must be in (0, 1], got {coverage}")
-    cov = cell_coverage(obj, grid, image_size)
-    return np.flatnonzero(cov.ravel() >= coverage * (1.0 - _COVERAGE_RTOL)).tolist()
+    if not 0.0 <= relative <= 1.0:
+        raise ValueError(f"relative coverage must be in [0, 1], got {relative}")
+    cov = cell_coverage(obj, grid, image_size).ravel()
+    threshold = max(coverage, relative * float(cov.max(initial=0.0)))
+    return np.flatnonzero(cov >= threshold * (1.0 - _COVERAGE_RTOL)).tolist()

@@ -87,6 +87,7 @@ class PaDTCollator:
         vrt_sampling: str = "random",
         coverage: float | None = None,
         seed: int = 0,
+        relative_coverage: float | None = None,
         templates: TaskTemplates = DEFAULT_TEMPLATES,
     ):
         self.backbone = model.backbone
@@ -96,6 +97,10 @@ class PaDTCollator:
         self.k = vrt_per_object
         self.sampling = vrt_sampling
         self.coverage = coverage if coverage is not None else model.coverage  # None: the model's recipe/backbone
+        recipe = getattr(model, "recipe", None)
+        self.relative_coverage = (
+            relative_coverage if relative_coverage is not None else (recipe.data.relative_coverage if recipe else 0.0)
+        )
         self.rng = np.random.default_rng(seed)
         self.templates = templates
         self.skipped: Counter[str] = Counter()
@@ -133,7 +138,7 @@ class PaDTCollator:
         """``K`` VRT ids per ``<|Obj_k|>`` drawn from the object's cells, their robust-CE masks and decoder targets."""
         vocab = self.backbone.vocab_rows
         try:
-            cells_of = [object_cells(o, grid, size, self.coverage) for o in sample.objects]
+            cells_of = [object_cells(o, grid, size, self.coverage, self.relative_coverage) for o in sample.objects]
         except ValueError as err:
             self._skip(sample, "bad_mask", f"bad mask: {err}")
             return None
