@@ -175,7 +175,8 @@ def test_eval_writes_a_report_for_the_tasks_asked(trained, tmp_path):
     code, stdout, err = cli(*argv, "--out", out)
     assert code == 0, err
     report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
-    assert set(report) == _headline("ovd") | _headline("ric") | {"counts", "eval"}
+    assert set(report) == _headline("ovd") | _headline("ric") | {"counts", "eval", "skipped"}
+    assert report["skipped"] == {}  # records and images skipped, by reason: none in generated shapes
     assert set(report["counts"]) == {"ovd", "ric"}
     assert report["eval"]["samples"] == {"ovd": 2, "ric": 2}
     assert report["eval"]["generation"] == {"max_new_tokens": 8}
