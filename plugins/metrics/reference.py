@@ -51,20 +51,35 @@ Key = tuple[str, str]
 
 
 def reference_key(sample: Any, label: str) -> Key:
-    """``(image id, label)``: the reference's ``"<image_id>_<label>"`` key (image path when no id)."""
+    """``(image id, label)``: the reference's ``"<image_id>_<label>"`` key (image path when no id).
+
+    Args:
+        sample: the sample whose image the key names (``meta["image_id"]``, else ``sample.image``).
+        label: the query sentence (ground truth) or an object's parsed label (prediction).
+    """
     meta = getattr(sample, "meta", None) or {}
     image = meta.get("image_id")
     return (str(image if image is not None else getattr(sample, "image", "")), label)
 
 
 def rounded_xywh(box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
-    """An xyxy pixel box as the reference's integer ``[x, y, w, h]`` (each value rounded on its own)."""
+    """An xyxy pixel box as the reference's integer ``[x, y, w, h]`` (each value rounded on its own).
+
+    Example:
+        >>> rounded_xywh((0.4, 1.5, 2.6, 10.0))
+        (0, 2, 2, 8)
+    """
     x1, y1, x2, y2 = box
     return (round(x1), round(y1), round(x2 - x1), round(y2 - y1))
 
 
 def reference_box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """IoU of two ``[x, y, w, h]`` boxes as ``eval_refcoco.py`` computes it (union 0 → 0)."""
+    """IoU of two ``[x, y, w, h]`` boxes as ``eval_refcoco.py`` computes it (union 0 → 0).
+
+    Example:
+        >>> reference_box_iou((0, 0, 3, 10), (0, 0, 1, 10))
+        0.3333333333333333
+    """
     iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
     inter = iw * ih
