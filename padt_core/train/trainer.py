@@ -214,6 +214,8 @@ class PaDTTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:  # as Trainer._save: one writer (the others would race its directory swap)
+            return
         target = output_dir or self.args.output_dir
         self.accelerator.unwrap_model(self.model).save_pretrained(target, overwrite=True)
         torch.save(self.args, os.path.join(target, "training_args.bin"))
