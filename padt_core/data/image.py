@@ -91,15 +91,15 @@ def max_image_pixels() -> int | None:
     return value if value > 0 else None
 
 
-@contextmanager
-def _without_pil_bomb_check() -> Iterator[None]:
-    """PIL's global decompression-bomb check off while we open a file: :func:`_check_pixels` applies ours
-    (which may be higher than PIL's). A lock keeps concurrent loaders from restoring each other's value."""
+def _open_unchecked(path: Path) -> Image.Image:
+    """``Image.open`` with PIL's global decompression-bomb check off (it runs inside ``open``):
+    :func:`_check_pixels` applies ours, which may be higher than PIL's. The lock keeps concurrent loaders
+    from restoring each other's value; it is held for the header read only, not the decode."""
     with _PIL_LIMIT_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
-            yield
+            return Image.open(path)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 
@@ -131,7 +131,7 @@ def _opened(path: Path, limit: int | None) -> Iterator[Image.Image]:
     """``Image.open(path)`` with our pixel limit and one :class:`ImageError` for every way the file is bad."""
     _check_path(path)
     try:
-        with _without_pil_bomb_check(), Image.open(path) as im:
+        with _open_unchecked(path) as im:
             _check_pixels(im.size, str(path), limit)
             yield im
     except ImageError:
@@ -189,10 +189,7 @@ def load_image(image: ImageLike) -> Image.Image | None:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         with _opened(path, max_image_pixels()) as im:
-            try:
-                im.load()
-            except (OSError, ValueError, SyntaxError, EOFError) as err:
-                raise ImageError(f"cannot read image {path}: {err}", "corrupt_image") from None
+            im.load()  # a truncated file fails here, inside _opened: one ImageError naming it
             return to_rgb(im, str(path))
     if _is_array(image):
         return from_array(image)
