@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ._common import add_overrides, print_json
 
 
@@ -28,8 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if _is_main_process():
         if args.summary:
-            Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.summary).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            atomic_write_text(args.summary, json.dumps(summary, indent=2, default=str) + "\n")
         print_json(_train_summary(summary))
     _leave_process_group()
     return 0
