@@ -102,7 +102,7 @@ def check_device(name: str) -> Any:
             raise ValueError(f"--device {name}: no CUDA GPU is available here (torch sees none); use --device cpu")
         if device.index is not None and device.index >= count:
             raise ValueError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
-    elif device.type == "mps" and not (torch.backends.mps.is_available()):
+    elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {name}: Apple MPS is not available here; use --device cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
         available = getattr(torch, device.type, None)
