@@ -129,6 +129,7 @@ class ReleasedCheckpoint(Mapping[str, torch.Tensor]):
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
         self.read: set[str] = set()
+        self._handles: dict[Path, Any] = {}
         index = self.directory / _INDEX
         if index.is_file():
             weight_map = json.loads(index.read_text()).get("weight_map")
@@ -139,24 +140,31 @@ class ReleasedCheckpoint(Mapping[str, torch.Tensor]):
             if absent:
                 raise ConversionError(f"{index} names shard files that do not exist: {absent}")
         elif (self.directory / _SINGLE).is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(self.directory / _SINGLE), framework="pt") as f:
-                self._files = dict.fromkeys(f.keys(), self.directory / _SINGLE)
+            single = self.directory / _SINGLE
+            self._files = dict.fromkeys(self._open(single).keys(), single)
         else:
             found = sorted(p.name for p in self.directory.iterdir() if p.suffix in {".bin", ".pt", ".pth"})
             extra = f"; found {found} (only safetensors are read)" if found else ""
             raise ConversionError(f"{self.directory} has neither {_SINGLE} nor {_INDEX}{extra}")
-        self._handles: dict[Path, Any] = {}
+
+    def _open(self, file: Path) -> Any:
+        """The file's safetensors handle (opened once); ``ConversionError`` for a damaged file."""
+        if file not in self._handles:
+            from safetensors import SafetensorError, safe_open
+
+            try:
+                self._handles[file] = safe_open(str(file), framework="pt")
+            except (SafetensorError, OSError) as err:
+                reason = (str(err).splitlines() or [type(err).__name__])[0]
+                raise ConversionError(
+                    f"{file} is not a complete safetensors file ({reason}): truncated or corrupted; download it again"
+                ) from None
+        return self._handles[file]
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        file = self._files[key]
-        if file not in self._handles:
-            from safetensors import safe_open
-
-            self._handles[file] = safe_open(str(file), framework="pt")
+        handle = self._open(self._files[key])
         self.read.add(key)
-        return self._handles[file].get_tensor(key)
+        return handle.get_tensor(key)
 
     def __contains__(self, key: object) -> bool:  # Mapping's default would read (and mark) the tensor
         return key in self._files
@@ -169,12 +177,7 @@ class ReleasedCheckpoint(Mapping[str, torch.Tensor]):
 
     def shape(self, key: str) -> tuple[int, ...]:
         """Shape of ``key`` without loading it (and without marking it read)."""
-        file = self._files[key]
-        if file not in self._handles:
-            from safetensors import safe_open
-
-            self._handles[file] = safe_open(str(file), framework="pt")
-        return tuple(self._handles[file].get_slice(key).get_shape())
+        return tuple(self._open(self._files[key]).get_slice(key).get_shape())
 
 
 class _Prefixed(Mapping[str, torch.Tensor]):

@@ -22,7 +22,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 import padt_core
 from padt_core.cli import main
-from padt_core.convert import convert
+from padt_core.convert import ConversionError, convert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,3 +141,14 @@ def test_cli_convert_of_a_tied_nested_checkpoint_loads(base, tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
     model = padt_core.load(out)
     assert model.backbone.hf_model.lm_head.weight is model.backbone.hf_model.model.language_model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
+def test_a_truncated_released_file_is_one_error_naming_it(base, tmp_path, sharded):
+    released = _variant(*base, tmp_path / "PaDT_Tiny", tied=True, nested=False, sharded=sharded)
+    damaged = released / ("model-00002-of-00002.safetensors" if sharded else "model.safetensors")
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    with pytest.raises(ConversionError) as exc:
+        convert(released, tmp_path / "out")
+    assert str(exc.value).startswith(f"{damaged} is not a complete safetensors file")
+    assert not (tmp_path / "out").exists()
