@@ -34,8 +34,8 @@ def _prediction_json(prediction: Any, image: str | None = None, rle: bool = Fals
 def cmd_predict(args: argparse.Namespace) -> int:
     """Answer one prompt about each image; print JSON, or write ``<stem>.json`` + ``<stem>.png`` per image."""
 
+    from ..data.image import load_image
     from ..data.templates import DEFAULT_TEMPLATES
-    from ..model import load_image
 
     _task_prompt(args, DEFAULT_TEMPLATES)  # bad flag combinations fail before the model loads
     device = check_device(args.device)
