@@ -163,8 +163,8 @@ def evaluate_splits(
     With samples of one split (or none naming a split) this is :func:`evaluate`. Otherwise each split
     is scored on its own (the reference keys by image and sentence within a split, so pooling splits
     would mix them) and the report holds, at its top level, each headline key's mean over the splits
-    that have it (the "Avg." of the paper's RefCOCO tables: every split weighs the same, whatever
-    its size); ``splits`` maps split → its headline numbers; ``counts`` holds ``"<split>/<task>"``.
+    that have it (an "Avg." column of per-split figures: every split weighs the same, whatever its
+    size); ``splits`` maps split → its headline numbers; ``counts`` holds ``"<split>/<task>"``.
 
     Args:
         predictions, samples, tasks, configs, protocol: as for :func:`evaluate`.
@@ -188,7 +188,8 @@ def evaluate_splits(
     per_split = {}
     for split, group in groups.items():
         tasks_here = [t for t in tasks if any(s.task in get_plugin("metrics", t).sample_tasks for s, _ in group)]
-        per_split[split] = evaluate([p for _, p in group], [s for s, _ in group], tasks_here, configs, protocol)
+        options = {t: c for t, c in (configs or {}).items() if t in tasks_here}
+        per_split[split] = evaluate([p for _, p in group], [s for s, _ in group], tasks_here, options, protocol)
     report: dict[str, Any] = {}
     headline = [k for r in per_split.values() for k in r if k not in ("counts", "protocol", "protocol_notes")]
     for key in dict.fromkeys(headline):
