@@ -248,7 +248,8 @@ def test_predict_takes_arrays_and_tensors_as_images(tiny_model):
 @pytest.mark.parametrize("reachable", [False, True])
 def test_the_hub_is_asked_once_and_offline_files_come_from_the_cache(monkeypatch, reachable):
     """Offline, ``from_pretrained`` would retry with back-off (~30 s a call, 2.5 min a backbone): one quick
-    request decides, per process, and an unreachable hub means cache-only loading, failing at once."""
+    request decides, per process, and an unreachable hub means the hub's offline mode for the load
+    (cache only, failing at once)."""
     import huggingface_hub.constants
     import huggingface_hub.utils
     from padt_plugins.backbones import _hf_utils
@@ -269,15 +270,16 @@ def test_the_hub_is_asked_once_and_offline_files_come_from_the_cache(monkeypatch
     loads: list[dict] = []
 
     def loader(spec: str, **kwargs):
-        loads.append(kwargs)
+        loads.append({**kwargs, "offline": huggingface_hub.constants.HF_HUB_OFFLINE})
         raise OSError(f"{spec} is not in the cache")
 
     for _ in range(2):
         with pytest.raises(HubUnreachableError, match="org/model.*hf download org/model"):
             _hf_utils.load_from_hub(loader, "org/model", revision="main")
     assert asked == [huggingface_hub.constants.ENDPOINT]  # once per process
-    expected = {"revision": "main"} if reachable else {"revision": "main", "local_files_only": True}
+    expected = {"revision": "main", "offline": not reachable}  # offline mode during the load only
     assert loads == [expected, expected]
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert not _hf_utils.hub_reachable()  # the hub's offline mode: no request at all
     assert len(asked) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +82,30 @@ def hub_reachable() -> bool:
     return _hub_reachable
 
 
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """The hub library's offline mode for the duration of one load (the hub does not answer anyway)."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def load_from_hub(loader, spec: str, *args, what: str = "", hint: str | None = None, **kwargs):
     """``loader(spec)`` with an error that says what to do when the hub cannot be reached.
 
-    When the hub does not answer (:func:`hub_reachable`), the files come from the local cache only
-    (``local_files_only``), so a cached model still loads and a missing one fails at once.
+    When the hub does not answer (:func:`hub_reachable`), ``loader`` runs in the hub library's offline
+    mode (what ``HF_HUB_OFFLINE=1`` sets; transformers and timm read it at call time): a cached model
+    still loads and a missing one fails at once instead of retrying with back-off.
     """
-    if not Path(spec).exists() and not hub_reachable():
-        kwargs["local_files_only"] = True
+    offline = not Path(spec).exists() and not hub_reachable()
     try:
-        return loader(spec, *args, **kwargs)
+        with _hub_offline() if offline else nullcontext():
+            return loader(spec, *args, **kwargs)
     except OSError as err:
         if Path(spec).exists():
             raise
