@@ -173,5 +173,7 @@ def _strict_json(value: Any) -> Any:
 def write_result(result: dict[str, Any], output: str | None) -> None:
     text = json.dumps(result, indent=2)
     if output:
-        Path(output).write_text(text + "\n")
+        from ..atomic import atomic_write_text
+
+        atomic_write_text(output, text + "\n")
     print(text)

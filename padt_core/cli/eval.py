@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_file, atomic_write_text
 from ._common import _build_or_load, _refuse_existing, _strict_json, check_device, positive_int
 
 
@@ -28,8 +29,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = _build_or_load(args.model, ())
     model.to(device=device).eval()
     report, predictions, samples = _evaluate(model, args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_strict_json(report), indent=2) + "\n")
+    atomic_write_text(out, json.dumps(_strict_json(report), indent=2) + "\n")  # whole or not at all
     if args.predictions is not None:
         _write_predictions(Path(args.predictions), predictions, samples)
     print(format_report(report))
@@ -46,14 +46,11 @@ def _write_predictions(path: Path, predictions: list[Any], samples: list[Any]) -
     output key (masks as COCO RLE), as ``padt predict --out`` writes it. Written to a temporary file, then renamed."""
     from .predict import _prediction_json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
+    with atomic_file(path) as f:
         for sample, prediction in zip(samples, predictions):
             record = {"id": sample.id, "task": sample.task, "image": str(sample.image), "prompt": sample.prompt}
             record.update(_prediction_json(prediction, rle=True))
             f.write(json.dumps(_strict_json(record)) + "\n")
-    tmp.replace(path)
 
 
 def _evaluate(model: Any, args: argparse.Namespace) -> tuple[dict[str, Any], list[Any], list[Any]]:

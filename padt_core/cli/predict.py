@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_path, atomic_write_text
 from ._common import (
     _build_or_load,
     _check_model_source,
@@ -115,12 +116,10 @@ def _write_prediction(
     json_file, png_file = files
     heads = model.decoder.heads.values() if model.decoder is not None else ()
     drawing = draw_prediction(image, prediction, grid, heads=heads, prompt=prompt)
-    # temporary files, then renames: an interrupted run leaves no half-written JSON or PNG
-    json_tmp, png_tmp = json_file.with_name(f".{json_file.name}.tmp"), png_file.with_name(f".{png_file.name}.tmp")
-    json_tmp.write_text(json.dumps(_strict_json(record), indent=2) + "\n")
-    drawing.save(png_tmp, format="PNG")
-    json_tmp.replace(json_file)
-    png_tmp.replace(png_file)
+    # temporary files, then renames (padt_core/atomic.py): an interrupted run leaves no half-written JSON or PNG
+    atomic_write_text(json_file, json.dumps(_strict_json(record), indent=2) + "\n")
+    with atomic_path(png_file) as tmp:
+        drawing.save(tmp, format="PNG")
     return {"image": source, "json": str(json_file), "png": str(png_file), "objects": len(prediction.objects)}
 
 
