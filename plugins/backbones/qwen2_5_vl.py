@@ -35,6 +35,7 @@ from ._hf_utils import (
     seeded,
     unknown_config_keys,
 )
+from ._qwen_vl_common import QwenVLInputs
 
 __all__ = ["Qwen2_5_VLBackbone", "Qwen2_5_VLBackboneConfig"]
 
@@ -84,7 +85,7 @@ class Qwen2_5_VLBackboneConfig(PluginConfig):
         return self
 
 
-class Qwen2_5_VLBackbone(Backbone):
+class Qwen2_5_VLBackbone(QwenVLInputs, Backbone):
     name: ClassVar[str] = "qwen2_5_vl"
     Config: ClassVar[type[PluginConfig]] = Qwen2_5_VLBackboneConfig
     # Released PaDT checkpoints keep transformers 4.50's module tree (reference §10.2): the tower at
@@ -207,22 +208,7 @@ class Qwen2_5_VLBackbone(Backbone):
         restore_generation_config(model, directory)
         return cls(config, model, processor)
 
-    # --- sizes --------------------------------------------------------------------------------
-    @property
-    def vision_hidden_size(self) -> int:
-        return self.hf_model.config.vision_config.hidden_size
-
-    @property
-    def cell_size(self) -> int:
-        return self.patch_size * self.merge
-
     # --- processing ---------------------------------------------------------------------------
-    def format_prompt(self, prompt: str, with_image: bool) -> str:
-        content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
-        content.append({"type": "text", "text": prompt})
-        messages = [{"role": "user", "content": content}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
     def _prepare_image(self, image: Image.Image) -> Image.Image:
         image = image.convert("RGB")
         w, h = image.size
@@ -283,18 +269,6 @@ class Qwen2_5_VLBackbone(Backbone):
                 )
             )
         return features, {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=merged_split)}}
-
-    def vision_modules(self) -> list[torch.nn.Module]:
-        return [self.hf_model.model.visual]
-
-    def model_inputs(self, batch: BackboneBatch) -> dict[str, Any]:
-        return {"mm_token_type_ids": batch["mm_token_type_ids"], "image_grid_thw": batch.get("image_grid_thw")}
-
-    def extend_model_inputs(self, batch: BackboneBatch, new_tokens: torch.Tensor) -> dict[str, Any]:
-        # Completion tokens (text or VRT) are text for M-RoPE: VRTs get 1-D positions, as in the reference.
-        types = batch["mm_token_type_ids"]
-        pad = torch.zeros(types.shape[0], new_tokens.shape[1], dtype=types.dtype, device=types.device)
-        return {"mm_token_type_ids": torch.cat([types, pad], dim=1), "image_grid_thw": batch.get("image_grid_thw")}
 
 
 @hookimpl

@@ -41,6 +41,7 @@ from ._hf_utils import (
     seeded,
     unknown_config_keys,
 )
+from ._qwen_vl_common import QwenVLInputs
 
 __all__ = ["Qwen3VLBackbone", "Qwen3VLBackboneConfig"]
 
@@ -82,7 +83,7 @@ class Qwen3VLBackboneConfig(PluginConfig):
         return self
 
 
-class Qwen3VLBackbone(Backbone):
+class Qwen3VLBackbone(QwenVLInputs, Backbone):
     name: ClassVar[str] = "qwen3_vl"
     Config: ClassVar[type[PluginConfig]] = Qwen3VLBackboneConfig
     hf_config_class: ClassVar[type] = Qwen3VLConfig
@@ -221,22 +222,7 @@ class Qwen3VLBackbone(Backbone):
         restore_generation_config(model, directory)
         return cls(config, model, processor)
 
-    # --- sizes --------------------------------------------------------------------------------
-    @property
-    def vision_hidden_size(self) -> int:
-        return self.hf_model.config.vision_config.hidden_size
-
-    @property
-    def cell_size(self) -> int:
-        return self.patch_size * self.merge
-
     # --- processing ---------------------------------------------------------------------------
-    def format_prompt(self, prompt: str, with_image: bool) -> str:
-        content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
-        content.append({"type": "text", "text": prompt})
-        messages = [{"role": "user", "content": content}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
     def _prepare_image(self, index: int, image: Any) -> Image.Image:
         frames = getattr(image, "n_frames", 1)
         if not isinstance(image, Image.Image) or frames > 1:
@@ -314,19 +300,6 @@ class Qwen3VLBackbone(Backbone):
                 )
             )
         return features, {"mm_encoder_outputs": {"image": self._image_outputs(merged, out, counts)}}
-
-    def vision_modules(self) -> list[torch.nn.Module]:
-        return [self.hf_model.model.visual]
-
-    def model_inputs(self, batch: BackboneBatch) -> dict[str, Any]:
-        # mm_token_type_ids must reach the rope index: without it transformers silently falls back to 1-D positions.
-        return {"mm_token_type_ids": batch["mm_token_type_ids"], "image_grid_thw": batch.get("image_grid_thw")}
-
-    def extend_model_inputs(self, batch: BackboneBatch, new_tokens: torch.Tensor) -> dict[str, Any]:
-        # Completion tokens (text or VRT) are text for M-RoPE: VRTs get 1-D positions, as in the reference.
-        types = batch["mm_token_type_ids"]
-        pad = torch.zeros(types.shape[0], new_tokens.shape[1], dtype=types.dtype, device=types.device)
-        return {"mm_token_type_ids": torch.cat([types, pad], dim=1), "image_grid_thw": batch.get("image_grid_thw")}
 
 
 @hookimpl
