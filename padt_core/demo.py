@@ -9,12 +9,14 @@ distractors, so expressions need size and position words).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from .atomic import atomic_path, atomic_write_text
+from .data.image import load_image
 
 __all__ = ["DEMO_RECIPE", "format_table", "run_demo"]
 
@@ -124,31 +126,21 @@ def run_demo(
         "total_seconds": round(time.time() - started, 1),
     }
     report["train"] = {"final_loss": summary["train_loss"], "skipped": summary["skipped"]}
-    _write_atomic(
-        report_file,
-        lambda tmp: tmp.write_text(json.dumps(_finite(report), indent=2, default=_jsonable, allow_nan=False)),
-    )
+    atomic_write_text(report_file, json.dumps(_finite(report), indent=2, default=_jsonable, allow_nan=False))
 
     tiles, captions, seen = [], [], set()
     for sample, prediction in zip(samples, predictions):
         if sample.task not in ("rec", "ovd") or len(tiles) >= gallery_size or (sample.image, sample.task) in seen:
             continue
         seen.add((sample.image, sample.task))
-        with Image.open(sample.image) as im:
-            image = im.convert("RGB")
+        image = load_image(sample.image)
         grid = _grid(model, image)
         tiles.append(draw_prediction(image, prediction, grid))
         captions.append(f"{sample.task}: {sample.objects[0].label if sample.task == 'rec' else 'detect all'}")
     picture = gallery(tiles, columns=4, captions=captions)
-    _write_atomic(gallery_file, lambda tmp: picture.save(tmp, format="PNG"))
+    with atomic_path(gallery_file) as tmp:
+        picture.save(tmp, format="PNG")
     return report
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(temporary path)`` then rename: a crash never leaves a half-written report or gallery."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _categories(samples: list) -> list[str]:
