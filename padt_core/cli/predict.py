@@ -111,16 +111,35 @@ def _write_prediction(
     from ..viz import draw_prediction
 
     grid = _vrt_grid(model, image)
-    record = {"image": source, "width": image.width, "height": image.height, "vrt_grid": list(grid), "prompt": prompt}
-    record.update(_prediction_json(prediction, rle=True))
+    record = prediction_record(source, image, grid, prompt, prediction)
     json_file, png_file = files
     heads = model.decoder.heads.values() if model.decoder is not None else ()
     drawing = draw_prediction(image, prediction, grid, heads=heads, prompt=prompt)
     # temporary files, then renames (padt_core/atomic.py): an interrupted run leaves no half-written JSON or PNG
-    atomic_write_text(json_file, json.dumps(_strict_json(record), indent=2) + "\n")
+    atomic_write_text(json_file, json.dumps(record, indent=2) + "\n")
     with atomic_path(png_file) as tmp:
         drawing.save(tmp, format="PNG")
     return {"image": source, "json": str(json_file), "png": str(png_file), "objects": len(prediction.objects)}
+
+
+def prediction_record(source: str, image: Any, grid: tuple[int, int], prompt: str, prediction: Any) -> dict[str, Any]:
+    """The JSON ``padt predict --out`` writes for one image (``padt serve`` answers the same): the image's name
+    and size, its VRT grid, the prompt, then the prediction with masks as COCO RLE; NaN as ``None``.
+
+    Args:
+        source: how the image is named in the record (its path, or an upload's file name).
+        image: the PIL image the model saw.
+        grid: its ``(h, w)`` VRT grid (:func:`_vrt_grid`).
+        prompt: the prompt sent to the model.
+        prediction: the model's ``Prediction`` for it.
+
+    Example:
+        >>> prediction_record("cat.png", image, (8, 8), prompt, model.predict(image, prompt)[0])["vrt_grid"]
+        [8, 8]
+    """
+    record = {"image": source, "width": image.width, "height": image.height, "vrt_grid": list(grid), "prompt": prompt}
+    record.update(_prediction_json(prediction, rle=True))
+    return _strict_json(record)
 
 
 def _vrt_grid(model: Any, image: Any) -> tuple[int, int]:
