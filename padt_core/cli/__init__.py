@@ -5,7 +5,8 @@ own parser and points the parser at a handler ``fn(args) -> exit code``; a new v
 (``padt_core/cli/<verb>.py``, helpers shared between verbs in ``_common.py``) and one entry. ``padt bench``
 wraps the separate ``padt_bench`` package (whose light ``ablate`` module names the sweep configurations
 when the parser is built) and ``padt data shapes`` the shapes dataset plugin (imported when run).
-Verbs: ``plugins``, ``recipe``, ``data``, ``train``, ``eval``, ``predict``, ``convert``, ``bench``, ``demo``.
+Verbs: ``plugins``, ``recipe``, ``data``, ``train``, ``eval``, ``predict``, ``convert``, ``bench``, ``demo``,
+``serve``.
 Handlers import the heavy modules (torch, transformers) themselves, so ``padt --help`` stays fast.
 
 ``padt train`` also runs under ``torchrun --nproc_per_node N -m padt_core.cli train …`` (or
@@ -42,6 +43,7 @@ from .eval import _configure_eval, cmd_eval
 from .plugins import _configure_plugins
 from .predict import _configure_predict, cmd_predict
 from .recipe import _configure_recipe
+from .serve import _configure_serve
 from .train import _configure_train, cmd_train
 
 __all__ = [
@@ -74,6 +76,7 @@ COMMANDS: dict[str, Command] = {
     "demo": Command(
         "end-to-end demo: shapes -> train -> eval -> report + gallery (--smoke: instant check)", _configure_demo
     ),
+    "serve": Command("a web page and a JSON API for a model, concurrent requests batched", _configure_serve),
 }
 
 

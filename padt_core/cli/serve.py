@@ -1,0 +1,120 @@
+"""``padt serve``: a web page and a JSON API for a model, on 127.0.0.1 unless ``--host`` says otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._common import EXIT_USAGE, _build_or_load, _check_model_source, add_overrides, check_device, positive_int
+
+_INSTALL = 'padt serve needs the serve extra: pip install "padt[serve]" (from a checkout: pip install -e ".[serve]")'
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load the model, then serve the page and ``/api/predict`` until interrupted."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        print(f"padt: error: {_INSTALL}", file=sys.stderr)
+        return EXIT_USAGE
+    from ..serve import PaDTEngine, ServeLimits, create_app, is_loopback, shapes_examples
+
+    limits = ServeLimits(
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        max_image_pixels=args.max_image_pixels,
+        max_prompt_chars=args.max_prompt_chars,
+        timeout_s=args.timeout,
+        max_new_tokens=args.max_new_tokens,
+    )
+    device = check_device(args.device)
+    _check_model_source(args.model, args.overrides)
+    model = _build_or_load(args.model, args.overrides)
+    model.to(device=device)
+    model.eval()
+    examples = [] if args.no_examples else shapes_examples()
+    app = create_app(PaDTEngine(model, max_new_tokens=args.max_new_tokens), limits, examples)
+    if not is_loopback(args.host):
+        print(
+            f"padt serve: listening on {args.host}, not only on this machine: anyone who can reach this port can "
+            "use the model (there is no authentication)",
+            file=sys.stderr,
+        )
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"padt serve: {model.recipe.name} on http://{shown}:{args.port} (Ctrl+C stops)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _configure_serve(parser: argparse.ArgumentParser) -> None:
+    from ..serve.limits import ServeLimits
+
+    d = ServeLimits()
+    parser.add_argument("model", metavar="MODEL_DIR_OR_RECIPE", help="saved model directory, recipe path or name")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network, "
+        "without authentication)",
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 … (default: cpu)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N", help="default: the recipe's")
+    parser.add_argument(
+        "--max-batch-size",
+        type=positive_int,
+        default=d.max_batch_size,
+        metavar="N",
+        help=f"requests per generate call (default: {d.max_batch_size})",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=d.max_wait_ms,
+        metavar="MS",
+        help=f"how long a batch waits for more requests (default: {d.max_wait_ms:g})",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=d.max_queue,
+        metavar="N",
+        help=f"requests waiting before more are refused with 503 (default: {d.max_queue})",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=positive_int,
+        default=d.max_upload_bytes // (1024 * 1024),
+        metavar="MB",
+        help=f"largest image file (default: {d.max_upload_bytes // (1024 * 1024)})",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        default=d.max_image_pixels,
+        metavar="N",
+        help=f"largest image, width x height (default: {d.max_image_pixels:,} = 4096 x 4096)",
+    )
+    parser.add_argument(
+        "--max-prompt-chars",
+        type=positive_int,
+        default=d.max_prompt_chars,
+        metavar="N",
+        help=f"longest prompt (default: {d.max_prompt_chars})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=d.timeout_s,
+        metavar="S",
+        help=f"seconds per request (default: {d.timeout_s:g})",
+    )
+    parser.add_argument("--no-examples", action="store_true", help="do not preload the shapes example images")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's"
+    )
+    add_overrides(parser)
+    parser.set_defaults(handler=cmd_serve)

@@ -1,0 +1,101 @@
+"""The one place ``padt serve`` calls the model: a batch of (image, prompt) jobs in, ``predict --out`` records out.
+
+Another engine (a vLLM one, say) only needs :meth:`PaDTEngine.predict`'s contract: PIL images and
+prompts in, one ``Prediction`` per job out, greedy and in order.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+__all__ = ["Answer", "Job", "PaDTEngine"]
+
+
+@dataclass
+class Job:
+    """One request as the model sees it.
+
+    Attributes:
+        image: the decoded 8-bit RGB image.
+        name: how the answer names the image (the upload's file name).
+        prompt: the prompt sent to the model (the task template already applied).
+    """
+
+    image: Image.Image
+    name: str
+    prompt: str
+
+
+@dataclass
+class Answer:
+    """A job's prediction and its ``padt predict --out`` JSON record."""
+
+    job: Job
+    prediction: Any
+    grid: tuple[int, int]
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+class PaDTEngine:
+    """A loaded ``PaDTModel`` answering jobs in batches (greedy: the recipe's generation settings).
+
+    Args:
+        model: the model, already on its device and in eval mode.
+        max_new_tokens: tokens per answer; ``None``: the recipe's ``generation.max_new_tokens``.
+
+    Example:
+        >>> engine = PaDTEngine(padt_core.load("runs/my_model").eval())
+        >>> engine.answer([Job(image, "shapes.png", "Please describe this image.")])[0].record["text"]
+    """
+
+    def __init__(self, model: Any, max_new_tokens: int | None = None) -> None:
+        self.model = model
+        self.generation = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+
+    @property
+    def templates(self) -> Any:
+        """The recipe's prompt templates (``TaskTemplates``)."""
+        return self.model.recipe.data.templates
+
+    def predict(self, images: list[Image.Image], prompts: list[str]) -> list[Any]:
+        """One ``generate`` call for all ``images`` (one prompt each): the model's ``Prediction`` per image."""
+        return self.model.predict(images, prompts, batch_size=len(images), progress=False, **self.generation)
+
+    def answer(self, jobs: list[Job]) -> list[Answer | Exception]:
+        """Answer ``jobs`` in one batch; if the batch fails, each job alone, so one bad job fails by itself."""
+        try:
+            predictions = self.predict([job.image for job in jobs], [job.prompt for job in jobs])
+        except Exception as err:
+            if len(jobs) == 1:
+                return [err]
+            return [self.answer([job])[0] for job in jobs]
+        return [self._answer(job, prediction) for job, prediction in zip(jobs, predictions)]
+
+    def _answer(self, job: Job, prediction: Any) -> Answer:
+        from ..cli.predict import _vrt_grid, prediction_record
+
+        grid = _vrt_grid(self.model, job.image)
+        record = prediction_record(job.name, job.image, grid, job.prompt, prediction)
+        return Answer(job=job, prediction=prediction, grid=grid, record=record)
+
+    def draw(self, answer: Answer, masks: bool = True, cells: bool = True) -> bytes:
+        """PNG of the answer drawn on its image (``padt_core.viz``): boxes, labels and scores always,
+        masks and VRT cells when asked."""
+        from ..viz import draw_prediction
+
+        decoder = self.model.decoder
+        heads = decoder.heads.values() if decoder is not None else ()
+        picture = draw_prediction(
+            answer.job.image,
+            answer.prediction,
+            answer.grid if cells else None,
+            mask_alpha=0.45 if masks else 0.0,
+            heads=heads,
+        )
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return buffer.getvalue()
