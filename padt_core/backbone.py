@@ -19,7 +19,20 @@ from torch import nn
 from .features import VisualFeatures
 from .plugins import PluginConfig
 
-__all__ = ["Backbone", "BackboneBatch", "HubUnreachableError"]
+__all__ = [
+    "IMAGE_SLOT",
+    "Backbone",
+    "BackboneBatch",
+    "HubUnreachableError",
+    "check_image_placeholders",
+    "image_slots",
+    "number_images",
+    "sample_image_list",
+]
+
+#: Where a sample's images go in its prompt: ``"before <|img|> and after <|img|>: what changed?"``. A prompt
+#: without slots gets its images first, in order (``docs/multi-image.md``).
+IMAGE_SLOT = "<|img|>"
 
 
 class HubUnreachableError(OSError):
@@ -29,10 +42,76 @@ class HubUnreachableError(OSError):
 class BackboneBatch(dict):
     """Processor output for a batch: ``input_ids``, ``attention_mask`` and model inputs.
 
-    Also carries ``image_index``: for every sample, the index of its image in the batch's image list
-    (or ``-1`` for a text-only sample), and ``image_grids``: the ``(h, w)`` VRT grid of every image,
-    known from preprocessing alone (training targets are placed on it before any forward pass).
+    Also carries ``sample_images``: for every sample, the indices of its images in the batch's image
+    list, in prompt order (``[]`` for a text-only sample); ``image_index``: the first of them (``-1``
+    for none; the one image of a single-image sample); and ``image_grids``: the ``(h, w)`` VRT grid of
+    every image, known from preprocessing alone (training targets are placed on it before any forward pass).
     """
+
+
+def sample_image_list(image: Any) -> list[Any]:
+    """A sample's images as a list: ``None`` → ``[]``, one image → ``[image]``, a list/tuple → itself."""
+    if image is None:
+        return []
+    return list(image) if isinstance(image, (list, tuple)) else [image]
+
+
+def number_images(images: Sequence[Any]) -> tuple[list[Any], list[list[int]], list[int]]:
+    """The batch's images in one list, sample after sample, and where each sample's are in it.
+
+    Returns ``(flat, sample_images, image_index)``: a backbone's ``process`` puts the last two in its batch.
+
+    Example:
+        >>> number_images(["a", None, ["b", "c"]])
+        (['a', 'b', 'c'], [[0], [], [1, 2]], [0, -1, 1])
+    """
+    flat: list[Any] = []
+    sample_images: list[list[int]] = []
+    for image in images:
+        own = sample_image_list(image)
+        sample_images.append(list(range(len(flat), len(flat) + len(own))))
+        flat += own
+    return flat, sample_images, [own[0] if own else -1 for own in sample_images]
+
+
+def check_image_placeholders(
+    backbone: str, texts: Sequence[str], sample_images: Sequence[Sequence[int]], placeholder: str
+) -> None:
+    """One error naming the sample when its chat text holds another number of image placeholders than it has
+    images (the processors' own message counts the whole batch)."""
+    for b, (text, own) in enumerate(zip(texts, sample_images)):
+        count = text.count(placeholder)
+        if count != len(own):
+            raise ValueError(
+                f"{backbone}: sample {b} has {len(own)} image(s) but its text holds {count} {placeholder!r} "
+                f"placeholder(s); format it with format_prompt(prompt, {len(own)})"
+            )
+
+
+def image_slots(prompt: str, num_images: int) -> list[str | None]:
+    """The user turn of ``prompt`` with ``num_images`` images, as pieces in order: text, or ``None`` for an image.
+
+    Images sit at the prompt's :data:`IMAGE_SLOT` markers, or all before the text when it has none (one
+    image: the single-image prompt of every backbone). A backbone builds its chat content from the pieces.
+
+    Example:
+        >>> image_slots("left <|img|> right <|img|> same?", 2)
+        ['left ', None, ' right ', None, ' same?']
+        >>> image_slots("what is red?", 2)
+        [None, None, 'what is red?']
+    """
+    slots = prompt.count(IMAGE_SLOT)
+    if slots == 0:
+        return [*([None] * int(num_images)), prompt]
+    if slots != num_images:
+        raise ValueError(f"the prompt has {slots} {IMAGE_SLOT} slots for {num_images} image(s)")
+    pieces: list[str | None] = []
+    for j, text in enumerate(prompt.split(IMAGE_SLOT)):
+        if j:
+            pieces.append(None)
+        if text:
+            pieces.append(text)
+    return pieces
 
 
 class Backbone(nn.Module, ABC):
@@ -108,15 +187,22 @@ class Backbone(nn.Module, ABC):
 
     # --- processing ---------------------------------------------------------------------------
     @abstractmethod
-    def format_prompt(self, prompt: str, with_image: bool) -> str:
-        """The chat-formatted prompt text (with the generation header), image placeholder included."""
+    def format_prompt(self, prompt: str, with_image: bool | int) -> str:
+        """The chat-formatted prompt text (with the generation header), image placeholders included.
+
+        ``with_image`` is the number of the sample's images (``True``: one); where they go is
+        :func:`image_slots`' rule.
+        """
 
     @abstractmethod
-    def process(self, texts: Sequence[str], images: Sequence[Image.Image | None]) -> BackboneBatch:
-        """Tokenise chat-formatted ``texts`` (one per sample) with their images (``None`` = text only).
+    def process(
+        self, texts: Sequence[str], images: Sequence[Image.Image | Sequence[Image.Image] | None]
+    ) -> BackboneBatch:
+        """Tokenise chat-formatted ``texts`` (one per sample) with their images (``None`` = text only, a
+        list = several images, in prompt order).
 
         Returns left-padded ``input_ids``/``attention_mask``, the model inputs the LLM needs
-        (e.g. pixel values, grid sizes, token-type ids), ``image_index`` and ``image_grids``.
+        (e.g. pixel values, grid sizes, token-type ids), ``sample_images``, ``image_index`` and ``image_grids``.
         """
 
     @abstractmethod
@@ -137,7 +223,7 @@ class Backbone(nn.Module, ABC):
 
     def model_inputs(self, batch: BackboneBatch) -> dict[str, Any]:
         """Keyword arguments of ``hf_model`` besides ids, mask and the image features."""
-        skip = {"input_ids", "attention_mask", "image_index", "image_grids", "pixel_values"}
+        skip = {"input_ids", "attention_mask", "image_index", "sample_images", "image_grids", "pixel_values"}
         return {k: v for k, v in batch.items() if k not in skip}
 
     def extend_model_inputs(self, batch: BackboneBatch, new_tokens: torch.Tensor) -> dict[str, Any]:
@@ -146,6 +232,14 @@ class Backbone(nn.Module, ABC):
         Backbones whose inputs are per-token (e.g. modality type ids) extend them here.
         """
         return self.model_inputs(batch)
+
+    @property
+    def max_context(self) -> int | None:
+        """Most tokens (prompt with its image tokens + completion) the LLM takes; ``None``: not stated."""
+        config = self.hf_model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        limit = getattr(text, "max_position_embeddings", None)
+        return int(limit) if limit else None
 
     @property
     def eos_token_ids(self) -> list[int]:

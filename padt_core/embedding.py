@@ -141,22 +141,25 @@ class PrototypeBank:
     def from_prototypes(
         cls,
         prototypes: Sequence[torch.Tensor],
-        image_index: Sequence[int],
+        image_index: Sequence[int | Sequence[int]],
         dim: int,
         device: torch.device,
         dtype: torch.dtype,
     ) -> PrototypeBank:
-        """Bank for a batch whose sample ``b`` uses image ``image_index[b]`` (``-1``: no image)."""
-        sizes = [prototypes[i].shape[0] if i >= 0 else 0 for i in image_index]
+        """Bank for a batch whose sample ``b`` uses image ``image_index[b]`` (``-1``: no image), or the images
+        of a list ``image_index[b]``, whose prototypes are its row back to back (VRT ``k`` numbers the
+        concatenation of their cells)."""
+        rows = [_row(prototypes, i) for i in image_index]
+        sizes = [0 if row is None else row.shape[0] for row in rows]
         width = max(sizes, default=0)
-        if width and all(n == width for n in sizes):  # one image per sample, all of one size
-            bank = torch.stack([prototypes[i] for i in image_index]).to(device=device, dtype=dtype)
+        if width and all(n == width for n in sizes):  # every row of one size (one image per sample, typically)
+            bank = torch.stack(rows).to(device=device, dtype=dtype)
             return cls(bank, torch.ones(bank.shape[:2], dtype=torch.bool, device=device))
         bank = torch.zeros(len(image_index), width, dim, device=device, dtype=dtype)
         valid = torch.zeros(len(image_index), width, dtype=torch.bool, device=device)
-        for b, (i, n) in enumerate(zip(image_index, sizes)):
+        for b, (row, n) in enumerate(zip(rows, sizes)):
             if n:
-                bank[b, :n] = prototypes[i].to(dtype)
+                bank[b, :n] = row.to(dtype)
                 valid[b, :n] = True
         return cls(bank, valid)
 
@@ -186,6 +189,16 @@ class PrototypeBank:
             offsets = (torch.arange(n, device=data.device) * width).unsqueeze(1)
             self._views[key] = BankView(data.reshape(n * width, -1), offsets, data.transpose(1, 2), bias)
         return self._views[key]
+
+
+def _row(prototypes: Sequence[torch.Tensor], images: int | Sequence[int]) -> torch.Tensor | None:
+    """A sample's bank row: its image's prototypes, its images' concatenated, or ``None`` (no image)."""
+    if isinstance(images, int):
+        return prototypes[images] if images >= 0 else None
+    images = list(images)
+    if not images:
+        return None
+    return prototypes[images[0]] if len(images) == 1 else torch.cat([prototypes[i] for i in images])
 
 
 def embed_with_bank(

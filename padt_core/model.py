@@ -31,8 +31,8 @@ from transformers import GenerationConfig
 
 from .answer_format import build_answer_format
 from .atomic import atomic_directory
-from .backbone import Backbone, BackboneBatch
-from .data.image import ImageLike, describe_image, load_image
+from .backbone import IMAGE_SLOT, Backbone, BackboneBatch, sample_image_list
+from .data.image import ImageError, ImageLike, describe_image, load_image
 from .embedding import PrototypeBank, embed_with_bank
 from .features import VisualFeatures
 from .head import extend_logits
@@ -66,17 +66,33 @@ class PromptError(ValueError):
 
 @dataclass
 class Encoded:
-    """Everything the vision side produced for a batch (computed once, reused by generate/forward)."""
+    """Everything the vision side produced for a batch (computed once, reused by generate/forward).
+
+    A sample has 0..N images (``sample_images``); its VRT ``k`` numbers the concatenation of their
+    cells in order (``docs/multi-image.md``): image 0's cells first, then image 1's, ...
+    """
 
     features: list[VisualFeatures]  # one per image of the batch
     prototypes: list[torch.Tensor]  # one per image, [cells, D] (empty list: answer format without VRTs)
     bank: PrototypeBank | None  # per sample; None when the answer format uses no VRTs
     model_kwargs: dict[str, Any]  # what makes the backbone LLM reuse these features
-    image_index: list[int]  # image of each sample, -1 = none
+    sample_images: list[list[int]]  # images of each sample (indices into features), in prompt order
+
+    @property
+    def image_index(self) -> list[int]:
+        """The one image of each sample (``-1``: none); an error for a sample with several (use ``sample_images``)."""
+        several = [b for b, own in enumerate(self.sample_images) if len(own) > 1]
+        if several:
+            raise ValueError(f"sample {several[0]} has {len(self.sample_images[several[0]])} images; use sample_images")
+        return [own[0] if own else -1 for own in self.sample_images]
+
+    def image_cells(self, sample: int) -> list[int]:
+        """Cells of each of the sample's images, in order (VRT offsets are their running sums)."""
+        return [self.features[i].num_cells for i in self.sample_images[sample]]
 
     def cells(self, sample: int) -> int:
-        i = self.image_index[sample]
-        return self.features[i].num_cells if i >= 0 else 0
+        """The sample's VRT vocabulary: the cells of all its images."""
+        return sum(self.image_cells(sample))
 
 
 @dataclass
@@ -173,23 +189,95 @@ class PaDTModel(nn.Module):
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
 
     # --- inputs ---------------------------------------------------------------------------------
-    def prepare(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> BackboneBatch:
-        """Chat-format prompts, tokenise them with their images, map ``<|VRT_k|>`` strings to VRT ids."""
+    def prepare(self, images: Sequence[ImageLike | Sequence[ImageLike]], prompts: Sequence[str]) -> BackboneBatch:
+        """Chat-format prompts, tokenise them with their images, map ``<|VRT_k|>`` strings to VRT ids.
+
+        ``images[b]`` is sample ``b``'s image, ``None`` (text only) or a list of images in one
+        conversation (placed at the prompt's ``<|img|>`` slots, else before the text; ``docs/multi-image.md``).
+        """
+        self._check_prompts(images, prompts)
+        pil = [self._load_sample(b, im) for b, im in enumerate(images)]
+        return self._prepare_loaded(pil, prompts, images, checked=True)
+
+    def _check_prompts(self, images: Sequence[Any], prompts: Sequence[str]) -> None:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
                 raise PromptError(f"prompt {i} is empty")
         self._refuse_special_tokens(prompts)
-        pil = [load_image(im) for im in images]
-        texts = [self.backbone.format_prompt(p, im is not None) for p, im in zip(prompts, pil)]
+
+    def _prepare_loaded(
+        self, pil: Sequence[Any], prompts: Sequence[str], images: Sequence[Any], checked: bool = False
+    ) -> BackboneBatch:
+        """:meth:`prepare` of images already loaded (``images``: as given, for messages)."""
+        if not checked:
+            self._check_prompts(images, prompts)
+        counts = [len(sample_image_list(im)) for im in pil]
+        self._check_image_slots(prompts, counts)
+        # One image is passed as `True`, as before several were possible (third-party backbones take a bool).
+        texts = [self.backbone.format_prompt(p, n if n > 1 else n == 1) for p, n in zip(prompts, counts)]
         self.codec.register_prompt_vrts(texts)
         try:
             batch = self.backbone.process(texts, pil)
         except ValueError as err:
-            raise self._name_rejected_image(err, images, texts, pil) from None
+            raise self._name_rejected_image(err, images, prompts, texts, pil) from None
+        if "sample_images" not in batch:  # a backbone plugin written before multi-image samples
+            batch["sample_images"] = [[i] if i >= 0 else [] for i in batch["image_index"]]
+        self._check_context(batch, images)
         batch["input_ids"] = self.codec.to_model_ids(batch["input_ids"])
         return batch
+
+    @staticmethod
+    def _load_sample(sample: int, images: ImageLike | Sequence[ImageLike]) -> Any:
+        """The sample's image(s) loaded as they were given (``None``, one image or a list); a bad one is the
+        loader's error naming the sample and, in a list, the image's position."""
+        if not isinstance(images, (list, tuple)):
+            return load_image(images)  # its error names the file
+        loaded = []
+        for j, image in enumerate(images):
+            if image is None:
+                raise ImageError(f"sample {sample}, image {j} of {len(images)}: None in a list of images")
+            try:
+                loaded.append(load_image(image))
+            except ImageError as err:
+                raise type(err)(f"sample {sample}, image {j} of {len(images)}: {err}", *_reason(err)) from None
+        return loaded
+
+    def _check_image_slots(self, prompts: Sequence[str], counts: Sequence[int]) -> None:
+        for b, (prompt, n) in enumerate(zip(prompts, counts)):
+            slots = prompt.count(IMAGE_SLOT)
+            if slots and slots != n:
+                raise PromptError(f"prompt {b} has {slots} {IMAGE_SLOT} slot(s) for its {n} image(s)")
+            if n > 1 and self.projection is None:
+                raise PromptError(
+                    f"sample {b} has {n} images, but answer format {self.answer_format.name!r} writes boxes as "
+                    "text in one image's pixels; several images in one conversation need the vrt format"
+                )
+
+    def _check_context(self, batch: BackboneBatch, images: Sequence[Any]) -> None:
+        """A prompt whose text and image tokens exceed the LLM's context (``Backbone.max_context``) is one
+        error naming the sample and the image that passes the limit."""
+        limit = self.backbone.max_context
+        if limit is None:
+            return
+        lengths = batch["attention_mask"].sum(1).tolist()
+        for b, length in enumerate(lengths):
+            if length <= limit:
+                continue
+            grids = [batch["image_grids"][i] for i in batch["sample_images"][b]]
+            cells = [h * w for h, w in grids]
+            used, culprit = length - sum(cells), None
+            for j, n in enumerate(cells):
+                used += n
+                if used > limit and culprit is None:
+                    culprit = j
+            own = sample_image_list(images[b])
+            where = f"; image {culprit} ({describe_image(own[culprit])}) passes it" if culprit is not None else ""
+            raise PromptError(
+                f"sample {b} takes {length} tokens with its {len(cells)} image(s) ({sum(cells)} image tokens), more "
+                f"than the LLM's context of {limit}{where}: use fewer or smaller images (the backbone's max_pixels)"
+            )
 
     def _refuse_special_tokens(self, prompts: Sequence[str]) -> None:
         """Refuse the tokenizer's special tokens (``<|image_pad|>``, ``<|im_end|>``, …) and the image token in
@@ -210,30 +298,46 @@ class PaDTModel(nn.Module):
                 )
 
     def _name_rejected_image(
-        self, err: ValueError, images: Sequence[ImageLike], texts: Sequence[str], pil: Sequence[Any]
+        self,
+        err: ValueError,
+        images: Sequence[Any],
+        prompts: Sequence[str],
+        texts: Sequence[str],
+        pil: Sequence[Any],
     ) -> ValueError:
         """The processor's error with the image it rejected named (e.g. Qwen2.5-VL's aspect-ratio limit):
-        each sample is processed alone to find it. Only runs on the error path."""
-        for source, text, image in zip(images, texts, pil):
+        each sample is processed alone to find it, and each image of a multi-image sample. Only runs on
+        the error path."""
+        for b, (source, prompt, text, image) in enumerate(zip(images, prompts, texts, pil)):
             try:
                 self.backbone.process([text], [image])
             except ValueError as one:
-                size = f", {image.width}x{image.height} (w x h)" if image is not None else ""
-                return type(one)(f"image {describe_image(source)}{size}: {one}")
+                if not isinstance(image, list):
+                    size = f", {image.width}x{image.height} (w x h)" if image is not None else ""
+                    return type(one)(f"image {describe_image(source)}{size}: {one}")
+                for j, (src, im) in enumerate(zip(source, image)):
+                    try:
+                        self.backbone.process([self.backbone.format_prompt(prompt.replace(IMAGE_SLOT, ""), True)], [im])
+                    except ValueError as alone:
+                        return type(alone)(
+                            f"sample {b}, image {j} {describe_image(src)}, {im.width}x{im.height} (w x h): {alone}"
+                        )
+                return type(one)(f"sample {b} ({len(image)} images): {one}")
         return err
 
     def encode(self, batch: BackboneBatch) -> Encoded:
         """Run the vision tower once and build the per-sample prototype bank."""
         features, model_kwargs = self.backbone.encode_images(_to_device(batch, self.device))
-        image_index = list(batch["image_index"])
+        sample_images = [list(own) for own in batch["sample_images"]]
         if self.projection is None:  # answer format without VRTs
             prototypes, bank = [], None
         else:
             prototypes = self.projection.project_all([f.tokens for f in features], [f.grid for f in features])
-            bank = PrototypeBank.from_prototypes(
-                prototypes, image_index, self.backbone.hidden_size, self.device, self.dtype
-            )
-        encoded = Encoded(features, prototypes, bank, model_kwargs, image_index)
+            # A sample's bank row is its images' prototypes back to back: VRT k of a multi-image sample
+            # numbers the concatenation of their cells.
+            rows = [own[0] if len(own) == 1 else (own or -1) for own in sample_images]
+            bank = PrototypeBank.from_prototypes(prototypes, rows, self.backbone.hidden_size, self.device, self.dtype)
+        encoded = Encoded(features, prototypes, bank, model_kwargs, sample_images)
         self._check_vrt_ids(batch["input_ids"], encoded)
         return encoded
 
@@ -252,9 +356,15 @@ class PaDTModel(nn.Module):
         if bad.numel():
             b = int(bad[0])
             k, cells = int(highest[b]), encoded.cells(b)
-            i = encoded.image_index[b]
-            grid = "no image" if i < 0 else "a {}x{} VRT grid".format(*encoded.features[i].grid)
+            own = encoded.sample_images[b]
             valid = f"<|VRT_0|> to <|VRT_{cells - 1}|>" if cells else "no VRT"
+            if len(own) > 1:
+                grids = " + ".join("{}x{}".format(*encoded.features[i].grid) for i in own)
+                raise PromptError(
+                    f"sample {b} refers to <|VRT_{k}|> but its {len(own)} images have VRT grids {grids} "
+                    f"({cells} cells in all: {valid})"
+                )
+            grid = "no image" if not own else "a {}x{} VRT grid".format(*encoded.features[own[0]].grid)
             raise PromptError(f"sample {b} refers to <|VRT_{k}|> but its image has {grid} ({cells} cells: {valid})")
 
     # --- the VRT hooks --------------------------------------------------------------------------
@@ -420,13 +530,13 @@ class PaDTModel(nn.Module):
         results: list[Prediction] = []
         for start in tqdm(starts, desc="predict", disable=not show, unit="batch"):
             results += self._predict_batch(
-                images[start : start + batch_size], prompts[start : start + batch_size], generation_kwargs
+                images[start : start + batch_size], prompts[start : start + batch_size], generation_kwargs, start
             )
         return results
 
-    def _predict_batch(self, images, prompts, generation_kwargs) -> list[Prediction]:
-        pil = [load_image(im) for im in images]
-        batch = _to_device(self.prepare(pil, prompts), self.device)
+    def _predict_batch(self, images, prompts, generation_kwargs, first: int = 0) -> list[Prediction]:
+        pil = [self._load_sample(first + b, im) for b, im in enumerate(images)]
+        batch = _to_device(self._prepare_loaded(pil, prompts, images), self.device)
         encoded = self.encode(batch)
         completions = self.generate(batch, encoded=encoded, **generation_kwargs)
         return self.answer_format.read_completions(self, batch, encoded, completions, pil)
@@ -439,7 +549,7 @@ class PaDTModel(nn.Module):
         keep = completions.shape[1] + 1
         hidden = self.forward(batch, completions, encoded=encoded, completion_mask=mask, logits_to_keep=keep)
         objects = ObjectBatch.from_parsed(parsed, device=hidden.hidden_states.device)
-        sizes = [(im.height, im.width) for im in pil if im is not None]
+        sizes = [(im.height, im.width) for own in pil for im in sample_image_list(own)]  # per batch image
         inputs = pack_objects(objects, encoded, hidden.hidden_states, sizes)
         results = iter(self.decoder.postprocess(self.decoder(inputs), inputs))
         for prediction in predictions:  # from_parsed packs the objects in this order
@@ -501,6 +611,13 @@ def _image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
                 f"an image array has 2 or 3 dimensions (a batch of them 4), got shape {tuple(images.shape)}"
             )
     return list(images)
+
+
+def _reason(err: ImageError) -> tuple[str, ...]:
+    """The constructor arguments after the message that keep an ``ImageError``'s ``reason``."""
+    from .data.image import ImageNotFoundError
+
+    return () if isinstance(err, ImageNotFoundError) else (err.reason,)
 
 
 def _fresh(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -171,6 +171,8 @@ class ObjectBatch:
         keep: ``[n_obj]`` long, how many of each object's VRTs the decoder sees when trained on cell
             subsets (``train.decoder_cell_subsets``), drawn by the collator; ``None`` at inference.
         targets: the ground truth (training), ``None`` at inference.
+        image: ``[n_obj]`` long, which of its sample's images each object lies in (``None``: the first,
+            as for every single-image sample).
     """
 
     sample: torch.Tensor
@@ -179,6 +181,7 @@ class ObjectBatch:
     cells: torch.Tensor
     keep: torch.Tensor | None = None
     targets: ObjectTargets | None = None
+    image: torch.Tensor | None = None
 
     @property
     def num_objects(self) -> int:
@@ -187,18 +190,25 @@ class ObjectBatch:
     @classmethod
     def from_parsed(cls, parsed: Sequence[ParsedCompletion], device: torch.device | str = "cpu") -> ObjectBatch:
         """The objects of parsed completions (row ``b`` of the generated ids = ``parsed[b]``)."""
-        sample, counts, positions, cells = [], [], [], []
+        sample, counts, positions, cells, image = [], [], [], [], []
         for b, completion in enumerate(parsed):
             for obj in completion.objects:
                 sample.append(b)
                 counts.append(len(obj.vrt))
                 positions += obj.steps
-                cells += obj.vrt
+                cells += obj.vrt if obj.cells is None else obj.cells
+                image.append(obj.image)
 
         def long(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        return cls(sample=long(sample), counts=long(counts), positions=long(positions), cells=long(cells))
+        return cls(
+            sample=long(sample),
+            counts=long(counts),
+            positions=long(positions),
+            cells=long(cells),
+            image=long(image) if any(image) else None,
+        )
 
     def prefix(self, keep: torch.Tensor) -> ObjectBatch:
         """Only the first ``keep[o]`` (1..K_o) VRTs of each object (targets are drawn in random order,
@@ -220,6 +230,7 @@ class ObjectBatch:
             cells=fn(self.cells),
             keep=None if self.keep is None else fn(self.keep),
             targets=None if self.targets is None else self.targets.map_tensors(fn),
+            image=None if self.image is None else fn(self.image),
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ObjectBatch:
@@ -254,8 +265,16 @@ def pack_objects(
 
     counts, cells = objects.counts, objects.cells
     device = counts.device
-    image_of_sample = torch.tensor(encoded.image_index, dtype=torch.long, device=device)
-    image_index = image_of_sample[objects.sample] if counts.numel() else counts
+    # The batch image of each object: its sample's `image`-th image (the first when `objects.image` is None).
+    own = encoded.sample_images
+    widest = max((len(o) for o in own), default=0)
+    table = torch.tensor([[*o, *[-1] * (widest - len(o))] for o in own], dtype=torch.long, device=device)
+    if not counts.numel():
+        image_index = counts
+    elif objects.image is None:
+        image_index = table[objects.sample, 0]
+    else:
+        image_index = table[objects.sample, objects.image.to(device)]
     if from_prototypes:
         width = encoded.prototypes[0].shape[-1] if encoded.prototypes else hidden_states.shape[-1]
         if cells.numel():
@@ -301,6 +320,8 @@ class PredictedObject:
     label: str
     vrt: list[int]
     outputs: dict[str, Any]
+    image: int | None
+    cells: list[int] | None
 
     def __init__(
         self,
@@ -311,9 +332,15 @@ class PredictedObject:
         mask: np.ndarray | None = None,
         *,
         outputs: Mapping[str, Any] | None = None,
+        image: int | None = None,
+        cells: list[int] | None = None,
     ) -> None:
         self.label = label
         self.vrt = vrt
+        # Set for samples with several images: which one the object is in, its cells in that image's grid
+        # (``vrt`` numbers the concatenation of the images' cells); outputs are in that image's pixels.
+        self.image = image
+        self.cells = cells
         merged = dict(outputs or {})
         merged.update({k: v for k, v in zip(FAMILIAR_KEYS, (box, score, mask)) if v is not None})
         # the familiar keys first, then the others in the order the heads produced them
@@ -325,7 +352,8 @@ class PredictedObject:
 
     def __repr__(self) -> str:
         shown = {k: (f"array{tuple(v.shape)}" if isinstance(v, np.ndarray) else v) for k, v in self.outputs.items()}
-        return f"PredictedObject(label={self.label!r}, vrt={self.vrt!r}, outputs={shown})"
+        where = "" if self.image is None else f", image={self.image}, cells={self.cells!r}"
+        return f"PredictedObject(label={self.label!r}, vrt={self.vrt!r}{where}, outputs={shown})"
 
 
 def json_value(value: Any, rle: bool = False, key: str = "value") -> Any:
@@ -354,11 +382,14 @@ def json_value(value: Any, rle: bool = False, key: str = "value") -> Any:
 
 
 def object_json(obj: PredictedObject, rle: bool = False) -> dict[str, Any]:
-    """One predicted object as JSON: ``label``, ``vrt``, ``box``, ``score``, ``mask`` (always, ``None`` when
-    absent; boxes as floats), then every other output key in the order the heads produced them."""
-    out: dict[str, Any] = {
-        "label": obj.label,
-        "vrt": [int(k) for k in obj.vrt],
+    """One predicted object as JSON: ``label``, ``vrt`` (then ``image`` and ``cells`` for an object of a
+    multi-image sample), ``box``, ``score``, ``mask`` (always, ``None`` when absent; boxes as floats), then
+    every other output key in the order the heads produced them."""
+    out: dict[str, Any] = {"label": obj.label, "vrt": [int(k) for k in obj.vrt]}
+    if obj.image is not None:  # an object of a multi-image sample
+        out["image"] = int(obj.image)
+        out["cells"] = [int(k) for k in (obj.cells if obj.cells is not None else obj.vrt)]
+    out |= {
         "box": None if obj.box is None else [float(v) for v in obj.box],
         "score": None if obj.score is None else float(obj.score),
         "mask": None,

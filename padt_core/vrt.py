@@ -1,8 +1,9 @@
 """Visual Reference Tokens: ids, strings, VRT-aware decoding and the completion parser.
 
 VRT ``k`` names cell ``k`` (raster order) of *the sample's own* image and has token id ``V + k``,
-where ``V`` is the number of rows of the LLM input embedding table. Ids are local to a sample: there
-are no batch-global offsets anywhere in padt. Tokenizers know nothing of ids ``>= V``, so turning
+where ``V`` is the number of rows of the LLM input embedding table; a sample with several images
+numbers the concatenation of their cells (image 0's first, ``docs/multi-image.md``). Ids are local to
+a sample: there are no batch-global offsets anywhere in padt. Tokenizers know nothing of ids ``>= V``, so turning
 generated ids into text is done here.
 """
 
@@ -41,6 +42,9 @@ def vrt_strings(cells: Iterable[int]) -> str:
 class ParsedObject:
     """One run of consecutive VRTs and the quoted label before it.
 
+    ``vrt`` are the VRT numbers as emitted (``<|VRT_k|>``: over the concatenation of the sample's images'
+    cells); ``image`` is the image of the sample they lie in (0 for a single image) and ``cells`` their
+    raster cells in that image's grid (``vrt`` minus the image's offset; ``vrt`` itself for one image).
     ``steps`` are the positions of the VRTs in the parsed id sequence; the decoder reads the LLM
     hidden state that emitted each of them.
     """
@@ -48,6 +52,12 @@ class ParsedObject:
     label: str
     vrt: list[int]
     steps: list[int]
+    image: int = 0
+    cells: list[int] | None = None  # None: the same as ``vrt`` (filled in)
+
+    def __post_init__(self) -> None:
+        if self.cells is None:
+            self.cells = list(self.vrt)
 
 
 @dataclass
@@ -138,13 +148,28 @@ class VRTCodec:
             out.append(i)
         return out, False
 
-    def parse(self, ids: Sequence[int] | torch.Tensor, num_cells: int | None = None) -> ParsedCompletion:
+    def parse(
+        self,
+        ids: Sequence[int] | torch.Tensor,
+        num_cells: int | None = None,
+        image_cells: Sequence[int] | None = None,
+    ) -> ParsedCompletion:
         """Group each run of consecutive VRTs into one object, labelled by the last quoted text before it.
 
         Never raises: out-of-image VRTs, runs without a label and truncated output are reported in
         ``skipped``/``truncated`` and parsing goes on. ``steps`` index into ``ids`` as given
         (padding and the EOS included), so they address generation steps directly.
+
+        Args:
+            ids: the completion's ids.
+            num_cells: the sample's VRT vocabulary (VRTs at or past it are skipped); ``None``: no limit.
+            image_cells: the cells of each of the sample's images, in order (several images: VRT ``k``
+                numbers their concatenation). Each object then gets its image and its cells in that
+                image; a run whose VRTs lie in two images is rejected whole and reported in ``skipped``
+                (``docs/multi-image.md``). Implies ``num_cells = sum(image_cells)``.
         """
+        if image_cells is not None:
+            num_cells = sum(int(n) for n in image_cells)
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         # positions of kept ids in the original sequence (padding is dropped, EOS ends parsing)
@@ -183,6 +208,17 @@ class VRTCodec:
                     )
             if not keep:
                 continue
+            image, local = 0, None
+            if image_cells is not None and len(image_cells) > 1:
+                images = [_image_of(cells[j], image_cells) for j in keep]
+                if len(set(images)) > 1:
+                    result.skipped.append(
+                        f"VRT run at step {positions[start]} crosses images {min(images)} and {max(images)}: "
+                        "rejected (an object lies in one image)"
+                    )
+                    continue
+                image = images[0]
+                local = [cells[j] - sum(image_cells[:image]) for j in keep]
             if label is None:
                 result.skipped.append(f"VRT run at step {positions[start]} has no quoted label before it")
             result.objects.append(
@@ -190,7 +226,18 @@ class VRTCodec:
                     label=label or "",
                     vrt=[cells[j] for j in keep],
                     steps=[positions[start + j] for j in keep],
+                    image=image,
+                    cells=local,
                 )
             )
         result.text = "".join(text_so_far)
         return result
+
+
+def _image_of(k: int, image_cells: Sequence[int]) -> int:
+    """The image whose cells VRT ``k`` (over the concatenation) falls in."""
+    for image, n in enumerate(image_cells):
+        if k < n:
+            return image
+        k -= n
+    return len(image_cells) - 1

@@ -197,7 +197,8 @@ def test_image_smaller_than_one_cell_is_upscaled(qwen3):
 def test_video_input_is_a_clear_error(qwen3):
     backbone = qwen3.backbone
     frames = [noise_image(64, 64, i) for i in range(4)]
-    with pytest.raises(ValueError, match="image 0 is not a single image \\(list\\); videos are not supported"):
+    # A list of frames is a sample with several images (docs/multi-image.md): one placeholder for four is named.
+    with pytest.raises(ValueError, match="sample 0 has 4 image\\(s\\) but its text holds 1 '<\\|image_pad\\|>'"):
         backbone.process([backbone.format_prompt("x", True)], [frames])
     prompt = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>what happens?<|im_end|>\n"
     with pytest.raises(ValueError, match="prompt 0 holds the video placeholder '<\\|video_pad\\|>'"):

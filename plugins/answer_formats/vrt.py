@@ -75,16 +75,23 @@ class VRTFormat(AnswerFormat):
     ) -> list[Prediction]:
         """VRT runs of each completion as labelled objects; the decoder heads fill in what they predict."""
         codec = model.codec
-        parsed = [codec.parse(row, num_cells=encoded.cells(b)) for b, row in enumerate(completions)]
+        parsed = [codec.parse(row, image_cells=encoded.image_cells(b)) for b, row in enumerate(completions)]
+        # Objects of a multi-image sample say which image they are in (and their cells in its grid).
+        several = [len(own) > 1 for own in encoded.sample_images]
         predictions = [
             Prediction(
                 text=codec.decode(row),
-                objects=[PredictedObject(label=o.label, vrt=o.vrt) for o in p.objects],
+                objects=[
+                    PredictedObject(o.label, o.vrt, image=o.image, cells=o.cells)
+                    if many
+                    else PredictedObject(label=o.label, vrt=o.vrt)
+                    for o in p.objects
+                ],
                 skipped=p.skipped,
                 truncated=p.truncated,
                 ids=[int(i) for i in row if int(i) != model.backbone.pad_token_id],
             )
-            for row, p in zip(completions, parsed)
+            for row, p, many in zip(completions, parsed, several)
         ]
         if model.decoder is not None and any(p.objects for p in parsed):
             model.decode_objects(batch, encoded, completions, parsed, images, predictions)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from padt_core.backbone import BackboneBatch
+from padt_core.backbone import BackboneBatch, image_slots
 
 __all__ = ["QwenVLInputs"]
 
@@ -29,9 +29,12 @@ class QwenVLInputs:
     def cell_size(self) -> int:
         return self.patch_size * self.merge
 
-    def format_prompt(self, prompt: str, with_image: bool) -> str:
-        content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
-        content.append({"type": "text", "text": prompt})
+    def format_prompt(self, prompt: str, with_image: bool | int) -> str:
+        # Several images: the chat template writes one vision block per image, where image_slots puts them.
+        content: list[dict[str, str]] = [
+            {"type": "image"} if piece is None else {"type": "text", "text": piece}
+            for piece in image_slots(prompt, int(with_image))
+        ]
         messages = [{"role": "user", "content": content}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LlavaConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from padt_core.backbone import Backbone, BackboneBatch
+from padt_core.backbone import Backbone, BackboneBatch, number_images
 from padt_core.dtypes import DTypeName, torch_dtype
 from padt_core.features import VisualFeatures
 from padt_core.plugins import PluginConfig, hookimpl
@@ -419,13 +419,14 @@ class LlavaBackbone(Backbone):
         return self.patch_size * self.merge
 
     # --- processing ---------------------------------------------------------------------------
-    def format_prompt(self, prompt: str, with_image: bool) -> str:
+    def format_prompt(self, prompt: str, with_image: bool | int) -> str:
         return self.processor.apply_chat_template(prompt, with_image)
 
-    def process(self, texts: Sequence[str], images: Sequence[Image.Image | None]) -> BackboneBatch:
+    def process(
+        self, texts: Sequence[str], images: Sequence[Image.Image | Sequence[Image.Image] | None]
+    ) -> BackboneBatch:
         batch = BackboneBatch(self.processor(list(texts), list(images)))
-        counter = iter(range(len(images)))
-        batch["image_index"] = [next(counter) if im is not None else -1 for im in images]
+        _, batch["sample_images"], batch["image_index"] = number_images(images)
         return batch
 
     def encode_images(self, batch: BackboneBatch) -> tuple[list[VisualFeatures], dict[str, Any]]:

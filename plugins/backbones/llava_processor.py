@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from padt_core.backbone import image_slots, sample_image_list
+
 __all__ = ["LlavaStyleProcessor", "smart_resize"]
 
 CONFIG_NAME = "padt_llava_processor.json"
@@ -106,13 +108,15 @@ class LlavaStyleProcessor:
         self.image_prompt = image_prompt
 
     # --- text -----------------------------------------------------------------------------------
-    def apply_chat_template(self, prompt: str, with_image: bool) -> str:
-        """One user turn (+ generation header). With ``image_prompt`` set, the content is a plain string
-        ``image_prompt + prompt`` (for text-only chat templates); else an HF multimodal content list."""
+    def apply_chat_template(self, prompt: str, with_image: bool | int) -> str:
+        """One user turn (+ generation header) with ``with_image`` images (``True``: one), placed by
+        :func:`padt_core.backbone.image_slots`. With ``image_prompt`` set, the content is a plain string,
+        ``image_prompt`` per image (for text-only chat templates); else an HF multimodal content list."""
+        pieces = image_slots(prompt, int(with_image))
         if self.image_prompt is not None:
-            content: Any = (self.image_prompt if with_image else "") + prompt
+            content: Any = "".join(self.image_prompt if piece is None else piece for piece in pieces)
         else:
-            content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
+            content = [{"type": "image"} if piece is None else {"type": "text", "text": piece} for piece in pieces]
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": content}],
             chat_template=self.chat_template,
@@ -141,23 +145,25 @@ class LlavaStyleProcessor:
         return (x - mean) / std
 
     # --- batch ----------------------------------------------------------------------------------
-    def __call__(self, texts: Sequence[str], images: Sequence[Image.Image | None]) -> dict[str, Any]:
+    def __call__(
+        self, texts: Sequence[str], images: Sequence[Image.Image | Sequence[Image.Image] | None]
+    ) -> dict[str, Any]:
         if len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts but {len(images)} image slots")
         expanded, pixels, sizes = [], [], []
         for i, (text, image) in enumerate(zip(texts, images)):
+            own = sample_image_list(image)
             count = text.count(self.image_token)
-            if image is None:
-                if count:
-                    raise ValueError(f"sample {i} has no image but its text holds {count} {self.image_token!r}")
-                expanded.append(text)
-                continue
-            if count != 1:
-                raise ValueError(f"sample {i} has an image but its text holds {count} {self.image_token!r} (need 1)")
-            size = self.target_size(image)
-            pixels.append(self.image_tensor(image, size))
-            sizes.append(size)
-            expanded.append(text.replace(self.image_token, self.image_token * self.num_image_tokens(size), 1))
+            if count != len(own):
+                raise ValueError(f"sample {i} has {len(own)} image(s) but its text holds {count} {self.image_token!r}")
+            # Each placeholder, in order, becomes as many tokens as its image gives the LLM.
+            parts = text.split(self.image_token)
+            for j, im in enumerate(own):
+                size = self.target_size(im)
+                pixels.append(self.image_tensor(im, size))
+                sizes.append(size)
+                parts[j] += self.image_token * self.num_image_tokens(size)
+            expanded.append("".join(parts))
         # The chat template decides the special tokens; only a BOS it leaves out is added (LLaVA-1.5's
         # template has none, Llama-3's writes it itself, Qwen has no BOS at all).
         bos = self.tokenizer.bos_token

@@ -21,7 +21,7 @@ from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForCondition
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.vision_utils import get_vision_window_index
 
-from padt_core.backbone import Backbone, BackboneBatch
+from padt_core.backbone import Backbone, BackboneBatch, check_image_placeholders, number_images
 from padt_core.dtypes import DTypeName, torch_dtype
 from padt_core.features import VisualFeatures
 from padt_core.plugins import PluginConfig, hookimpl
@@ -219,10 +219,14 @@ class Qwen2_5_VLBackbone(QwenVLInputs, Backbone):
             image = image.resize((max(side, int(w * scale)), max(side, int(h * scale))), Image.LANCZOS)
         return image
 
-    def process(self, texts: Sequence[str], images: Sequence[Image.Image | None]) -> BackboneBatch:
+    def process(
+        self, texts: Sequence[str], images: Sequence[Image.Image | Sequence[Image.Image] | None]
+    ) -> BackboneBatch:
         if len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts but {len(images)} image slots")
-        present = [self._prepare_image(im) for im in images if im is not None]
+        flat, sample_images, image_index = number_images(images)
+        check_image_placeholders(self.name, texts, sample_images, self.processor.image_token)
+        present = [self._prepare_image(im) for im in flat]
         out = self.processor(
             text=list(texts),
             images=present or None,
@@ -231,8 +235,7 @@ class Qwen2_5_VLBackbone(QwenVLInputs, Backbone):
             return_tensors="pt",
         )
         batch = BackboneBatch(out)
-        counter = iter(range(len(present)))
-        batch["image_index"] = [next(counter) if im is not None else -1 for im in images]
+        batch["sample_images"], batch["image_index"] = sample_images, image_index
         grids = batch["image_grid_thw"].tolist() if "image_grid_thw" in batch else []
         batch["image_grids"] = [(h // self.merge, w // self.merge) for _, h, w in grids]
         if "mm_token_type_ids" not in batch:

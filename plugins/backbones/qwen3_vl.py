@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from transformers import AutoProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-from padt_core.backbone import Backbone, BackboneBatch
+from padt_core.backbone import Backbone, BackboneBatch, check_image_placeholders, number_images
 from padt_core.dtypes import DTypeName, torch_dtype
 from padt_core.features import VisualFeatures
 from padt_core.plugins import PluginConfig, hookimpl
@@ -241,7 +241,9 @@ class Qwen3VLBackbone(QwenVLInputs, Backbone):
             image = image.resize((max(side, round(w * scale)), max(side, round(h * scale))), Image.LANCZOS)
         return image
 
-    def process(self, texts: Sequence[str], images: Sequence[Image.Image | None]) -> BackboneBatch:
+    def process(
+        self, texts: Sequence[str], images: Sequence[Image.Image | Sequence[Image.Image] | None]
+    ) -> BackboneBatch:
         if len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts but {len(images)} image slots")
         video_token = self.processor.video_token
@@ -250,7 +252,9 @@ class Qwen3VLBackbone(QwenVLInputs, Backbone):
                 raise ValueError(
                     f"{self.name}: prompt {i} holds the video placeholder {video_token!r}; videos are not supported"
                 )
-        present = [self._prepare_image(i, im) for i, im in enumerate(images) if im is not None]
+        flat, sample_images, image_index = number_images(images)
+        check_image_placeholders(self.name, texts, sample_images, self.processor.image_token)
+        present = [self._prepare_image(i, im) for i, im in enumerate(flat)]
         out = self.processor(
             text=list(texts),
             images=present or None,
@@ -259,8 +263,7 @@ class Qwen3VLBackbone(QwenVLInputs, Backbone):
             return_tensors="pt",
         )
         batch = BackboneBatch(out)
-        counter = iter(range(len(present)))
-        batch["image_index"] = [next(counter) if im is not None else -1 for im in images]
+        batch["sample_images"], batch["image_index"] = sample_images, image_index
         grids = batch["image_grid_thw"].tolist() if "image_grid_thw" in batch else []
         batch["image_grids"] = [(h // self.merge, w // self.merge) for _, h, w in grids]
         if "mm_token_type_ids" not in batch:
