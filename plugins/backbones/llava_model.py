@@ -44,7 +44,12 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.activations import ACT2FN
-from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.configuration_utils import PreTrainedConfig
+
+try:
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # transformers < 5.20 (vLLM 0.32's environment): sub-configs are declared the older way
+    SubConfigSpec = None
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -103,7 +108,10 @@ class LlavaStyleConfig(PreTrainedConfig):
     """
 
     model_type = "padt_llava_style"
-    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2")}  # noqa: RUF012
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2")}
+    else:
+        sub_configs = {"text_config": AutoConfig}
 
     text_config: dict | PreTrainedConfig | None = None
     vision_model: str = "vit_small_patch16_224"
@@ -118,6 +126,9 @@ class LlavaStyleConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        if SubConfigSpec is None and not isinstance(self.text_config, PreTrainedConfig):
+            text = dict(self.text_config or {})
+            self.text_config = CONFIG_MAPPING[text.setdefault("model_type", "qwen2")](**text)
         super().__post_init__(**kwargs)
         if self.merge < 1:
             raise ValueError(f"merge must be >= 1, got {self.merge}")

@@ -1,0 +1,1 @@
+"""Inference engines other than Hugging Face ``generate`` (optional extras: ``padt[vllm]``)."""

@@ -1,0 +1,169 @@
+"""PaDT's VRT vocabulary on vLLM's own Qwen2.5-VL model class.
+
+The exported model directory (:mod:`.export`) declares ``vocab_size = V + P_max`` (``P_max``: the
+most VRT cells one image can have) with zero rows appended to the embedding table and the
+classifier, plus a ``padt_vrt`` config section and the prototype projection's weights. On top of vLLM's
+model this class only changes what VRTs change, exactly as padt's Hugging Face hooks do
+(``PaDTModel.vrt_io``):
+
+* ``embed_input_ids``: an id ``V + k`` takes prototype ``k`` of *its request's* image;
+* ``compute_logits``: columns ``V + k`` are ``h · prototype_k`` of the request's image (padt's own
+  :func:`padt_core.head.vrt_logits`), the dtype's minimum past its cells.
+
+Which request a token belongs to, and the image features after prefill, come from the runner
+(:mod:`._runner`); prototypes are computed once per request, when its image's encoder output first
+appears, and released when it finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+from padt_core.embedding import PrototypeBank, PrototypeProjection
+from padt_core.head import vrt_logits
+
+from . import _runner
+
+__all__ = ["PaDTQwen2_5_VLForConditionalGeneration", "VRTVocabulary"]
+
+_runner.patch_runner()
+
+PROJECTION_PREFIX = "padt.projection."
+
+
+class VRTVocabulary:
+    """Mixin for a vLLM Qwen-VL model class: per-request VRT embeddings and logits."""
+
+    def _padt_init(self, vllm_config) -> None:
+        if getattr(vllm_config, "use_v2_model_runner", False):
+            raise ValueError(
+                "PaDT on vLLM needs the v1 model runner (it wraps two of its methods, "
+                "padt_plugins/engines/vllm/_runner.py); set VLLM_USE_V2_MODEL_RUNNER=0"
+            )
+        if vllm_config.cache_config.enable_prefix_caching:
+            raise ValueError(
+                "PaDT on vLLM does not support prefix caching: a cached image prefix skips the vision encoder, "
+                "which the request's VRT prototypes are computed from; pass enable_prefix_caching=False"
+            )
+        section = getattr(self.config, "padt_vrt", None)
+        if not section:
+            raise ValueError("the model config has no padt_vrt section: export the model with padt's export_for_vllm")
+        self.padt_vocab = int(section["vocab_rows"])
+        self.padt_max_cells = int(section["max_cells"])
+        self.padt_merge = int(self.config.vision_config.spatial_merge_size)
+        self.padt_projection = PrototypeProjection(
+            int(section["hidden_size"]),
+            int(section["rank"]),
+            bool(section["projection"]),
+            position=section["position"],
+            max_grid=tuple(section["max_grid"]),
+        )
+        self.padt_prototypes: dict[str, torch.Tensor] = {}  # request id -> [cells, D]
+        self.padt_step: tuple[list[str], list[int]] | None = None  # request order and token counts of the step
+
+    # --- what the runner hook calls (_runner.py) -----------------------------------------------
+    def padt_has_image(self, req_id: str) -> bool:
+        return req_id in self.padt_prototypes
+
+    def padt_on_step(self, req_ids: list[str], counts: list[int], images: dict[str, list]) -> None:
+        for req_id, items in images.items():
+            if len(items) != 1:
+                raise ValueError(f"request {req_id} has {len(items)} images; PaDT on vLLM takes one image per prompt")
+            encoded, (_, h, w) = items[0]
+            grid = (h // self.padt_merge, w // self.padt_merge)
+            with torch.no_grad():
+                tokens = encoded.to(self.padt_projection_dtype)
+                self.padt_prototypes[req_id] = self.padt_projection(tokens, grid)
+        self.padt_step = (req_ids, counts)
+
+    def padt_release(self, finished: Iterable[str]) -> None:
+        for req_id in finished:
+            self.padt_prototypes.pop(req_id, None)
+
+    @property
+    def padt_projection_dtype(self) -> torch.dtype:
+        return next(self.padt_projection.parameters(), torch.empty(0)).dtype
+
+    def _padt_bank(self, req_ids: Sequence[str], like: torch.Tensor) -> PrototypeBank:
+        prototypes, index = [], []
+        for req_id in req_ids:
+            proto = self.padt_prototypes.get(req_id)
+            index.append(len(prototypes) if proto is not None else -1)
+            if proto is not None:
+                prototypes.append(proto)
+        return PrototypeBank.from_prototypes(prototypes, index, like.shape[-1], like.device, like.dtype)
+
+    # --- the two model methods VRTs change -----------------------------------------------------
+    def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None):
+        is_vrt = input_ids >= self.padt_vocab
+        embeds = super().embed_input_ids(
+            input_ids.masked_fill(is_vrt, 0), multimodal_embeddings, is_multimodal=is_multimodal
+        )
+        where = is_vrt.nonzero().squeeze(1)
+        if where.numel() == 0:
+            return embeds
+        req_ids, counts = self._padt_current(input_ids.shape[0], "embed_input_ids")
+        request = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))[where.cpu()]
+        bank = self._padt_bank(req_ids, embeds)
+        cells = (input_ids[where] - self.padt_vocab).cpu()
+        available = bank.valid.sum(1).cpu()[request] if bank.width else torch.zeros_like(cells)
+        bad = (cells >= available).nonzero()
+        if bad.numel():
+            i = int(bad[0])
+            raise ValueError(
+                f"request {req_ids[int(request[i])]} holds <|VRT_{int(cells[i])}|> but its image has "
+                f"{int(available[i])} cells"
+            )
+        embeds[where] = bank.bank[request.to(embeds.device), cells.to(embeds.device)].to(embeds.dtype)
+        return embeds
+
+    def compute_logits(self, hidden_states):
+        logits = super().compute_logits(hidden_states)
+        if logits is None:
+            return None
+        vocab = self.padt_vocab
+        logits[:, vocab:] = torch.finfo(logits.dtype).min
+        step = self.padt_step
+        if step is None or len(step[0]) != hidden_states.shape[0]:
+            return logits  # a warm-up or profiling run: no requests, no VRTs
+        bank = self._padt_bank(step[0], hidden_states)
+        if bank.width:
+            extra = vrt_logits(hidden_states.unsqueeze(1), bank).squeeze(1)
+            logits[:, vocab : vocab + bank.width] = extra.to(logits.dtype)
+        return logits
+
+    def _padt_current(self, tokens: int, where: str) -> tuple[list[str], list[int]]:
+        step = self.padt_step
+        if step is None or sum(step[1]) != tokens:
+            raise RuntimeError(
+                f"{where} got VRT ids but no request order for this step ({tokens} tokens); the runner hook of "
+                "padt_plugins/engines/vllm/_runner.py did not run: is this vLLM's v1 runner?"
+            )
+        return step
+
+    def _padt_split_weights(self, weights):
+        """vLLM's weights, with the projection's own routed to :attr:`padt_projection`."""
+        own = dict(self.padt_projection.named_parameters())
+        for name, tensor in weights:
+            if name.startswith(PROJECTION_PREFIX):
+                with torch.no_grad():
+                    own[name[len(PROJECTION_PREFIX) :]].copy_(tensor)
+                self._padt_loaded.add(name)
+                continue
+            yield name, tensor
+
+
+class PaDTQwen2_5_VLForConditionalGeneration(VRTVocabulary, Qwen2_5_VLForConditionalGeneration):
+    """vLLM's Qwen2.5-VL with PaDT's per-request VRT vocabulary."""
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._padt_init(vllm_config)
+
+    def load_weights(self, weights):
+        self._padt_loaded: set[str] = set()
+        loaded = super().load_weights(self._padt_split_weights(weights))
+        return set(loaded) | {f"padt_projection.{n}" for n, _ in self.padt_projection.named_parameters()}
