@@ -5,7 +5,8 @@ class, ``vocab_size`` is ``V + P_max`` (``P_max``: the most VRT cells the proces
 allows one image), the embedding table and the classifier get ``P_max`` zero rows (vLLM checks prompt ids
 against ``vocab_size``; the rows are never read: VRT embeddings and logits come from the prototypes),
 and a ``padt_vrt`` section plus the projection's weights (``padt.projection.*``) let the model build
-prototypes. A model whose answer format has no VRTs (``text_box``) is exported as the plain backbone.
+prototypes. A model whose answer format has no VRTs (``text_box``) gets ``P_max = 0``: the same class then
+only masks the ids padt's ``generate`` never emits (``Backbone.never_generate_ids``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from padt_core.atomic import atomic_directory
 
 __all__ = ["SUPPORTED_BACKBONES", "UnsupportedBackboneError", "export_for_vllm", "max_cells"]
 
-# padt backbone plugin -> (vLLM architecture with VRTs, vLLM's plain architecture)
-SUPPORTED_BACKBONES: dict[str, tuple[str, str]] = {
-    "qwen2_5_vl": ("PaDTQwen2_5_VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
-}
+# padt backbone plugin -> padt's vLLM architecture of it
+SUPPORTED_BACKBONES: dict[str, str] = {"qwen2_5_vl": "PaDTQwen2_5_VLForConditionalGeneration"}
 WEIGHTS = "model.safetensors"
 MARKER = "config.json"
 
@@ -34,7 +33,7 @@ class UnsupportedBackboneError(ValueError):
     """The model's backbone has no vLLM model class in padt."""
 
 
-def check_backbone(name: str, source: str = "the model") -> tuple[str, str]:
+def check_backbone(name: str, source: str = "the model") -> str:
     """The vLLM architectures of padt backbone ``name``; an error naming the supported ones otherwise."""
     if name not in SUPPORTED_BACKBONES:
         raise UnsupportedBackboneError(
@@ -64,7 +63,7 @@ def export_for_vllm(model: Any, directory: str | os.PathLike, overwrite: bool = 
     Example:
         >>> export_for_vllm(PaDTModel.from_pretrained("runs/demo/model"), "runs/demo/vllm")  # doctest: +SKIP
     """
-    padt_arch, plain_arch = check_backbone(model.recipe.backbone.name)
+    padt_arch = check_backbone(model.recipe.backbone.name)
     out = Path(directory)
     if (out / MARKER).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds an exported model; pass overwrite=True to replace it")
@@ -76,27 +75,28 @@ def export_for_vllm(model: Any, directory: str | os.PathLike, overwrite: bool = 
     tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
     if tied:
         weights.pop("lm_head.weight", None)  # vLLM ties it again; safetensors refuses shared storage
-    if model.projection is None:
-        config["architectures"] = [plain_arch]
-    else:
-        cells = max_cells(model)
-        rows = vocab + cells
-        for key in [k for k in weights if k.endswith("embed_tokens.weight") or k == "lm_head.weight"]:
-            weights[key] = _pad_rows(weights[key], rows)
-        text["vocab_size"] = rows
-        if "vocab_size" in config and config is not text:
-            config["vocab_size"] = rows
-        vrt = model.recipe.vrt
-        config["architectures"] = [padt_arch]
-        config["padt_vrt"] = {
-            "vocab_rows": vocab,
-            "max_cells": cells,
-            "hidden_size": model.backbone.hidden_size,
-            "rank": vrt.rank,
-            "projection": vrt.projection,
-            "position": vrt.position,
-            "max_grid": list(vrt.max_grid),
-        }
+    cells = max_cells(model) if model.projection is not None else 0
+    rows = vocab + cells
+    for key in [k for k in weights if k.endswith("embed_tokens.weight") or k == "lm_head.weight"]:
+        weights[key] = _pad_rows(weights[key], rows)
+    text["vocab_size"] = rows
+    if "vocab_size" in config and config is not text:
+        config["vocab_size"] = rows
+    vrt = model.recipe.vrt
+    config["architectures"] = [padt_arch]
+    config["padt_vrt"] = {
+        "vocab_rows": vocab,
+        "max_cells": cells,  # 0: an answer format without VRTs (text_box): only `suppress` applies
+        "hidden_size": model.backbone.hidden_size,
+        "prototypes": model.projection is not None,
+        "rank": vrt.rank,
+        "projection": vrt.projection,
+        "position": vrt.position,
+        "max_grid": list(vrt.max_grid),
+        # text ids padt's generate never emits (image pads, vision start/end), masked as there
+        "suppress": list(getattr(model.backbone, "never_generate_ids", [])),
+    }
+    if model.projection is not None:
         for name, tensor in model.projection.state_dict().items():
             weights[f"padt.projection.{name}"] = tensor.detach().to(hf.dtype).contiguous()
     with atomic_directory(out, marker=MARKER) as tmp:

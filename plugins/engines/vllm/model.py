@@ -54,13 +54,16 @@ class VRTVocabulary:
         self.padt_vocab = int(section["vocab_rows"])
         self.padt_max_cells = int(section["max_cells"])
         self.padt_merge = int(self.config.vision_config.spatial_merge_size)
-        self.padt_projection = PrototypeProjection(
-            int(section["hidden_size"]),
-            int(section["rank"]),
-            bool(section["projection"]),
-            position=section["position"],
-            max_grid=tuple(section["max_grid"]),
-        )
+        self.padt_suppress = torch.tensor(section.get("suppress", []), dtype=torch.long)
+        self.padt_projection = None
+        if section.get("prototypes", True):
+            self.padt_projection = PrototypeProjection(
+                int(section["hidden_size"]),
+                int(section["rank"]),
+                bool(section["projection"]),
+                position=section["position"],
+                max_grid=tuple(section["max_grid"]),
+            )
         self.padt_prototypes: dict[str, torch.Tensor] = {}  # request id -> [cells, D]
         self.padt_step: tuple[list[str], list[int]] | None = None  # request order and token counts of the step
 
@@ -69,6 +72,8 @@ class VRTVocabulary:
         return req_id in self.padt_prototypes
 
     def padt_on_step(self, req_ids: list[str], counts: list[int], images: dict[str, list]) -> None:
+        if self.padt_projection is None:  # no VRTs: nothing to keep
+            images = {}
         for req_id, items in images.items():
             if len(items) != 1:
                 raise ValueError(f"request {req_id} has {len(items)} images; PaDT on vLLM takes one image per prompt")
@@ -124,8 +129,10 @@ class VRTVocabulary:
         logits = super().compute_logits(hidden_states)
         if logits is None:
             return None
-        vocab = self.padt_vocab
-        logits[:, vocab:] = torch.finfo(logits.dtype).min
+        vocab, lowest = self.padt_vocab, torch.finfo(logits.dtype).min
+        logits[:, vocab:] = lowest
+        if self.padt_suppress.numel():
+            logits[:, self.padt_suppress.to(logits.device)] = lowest
         step = self.padt_step
         if step is None or len(step[0]) != hidden_states.shape[0]:
             return logits  # a warm-up or profiling run: no requests, no VRTs
@@ -146,7 +153,7 @@ class VRTVocabulary:
 
     def _padt_split_weights(self, weights):
         """vLLM's weights, with the projection's own routed to :attr:`padt_projection`."""
-        own = dict(self.padt_projection.named_parameters())
+        own = dict(self.padt_projection.named_parameters()) if self.padt_projection is not None else {}
         for name, tensor in weights:
             if name.startswith(PROJECTION_PREFIX):
                 with torch.no_grad():
@@ -166,4 +173,5 @@ class PaDTQwen2_5_VLForConditionalGeneration(VRTVocabulary, Qwen2_5_VLForConditi
     def load_weights(self, weights):
         self._padt_loaded: set[str] = set()
         loaded = super().load_weights(self._padt_split_weights(weights))
-        return set(loaded) | {f"padt_projection.{n}" for n, _ in self.padt_projection.named_parameters()}
+        own = self.padt_projection.named_parameters() if self.padt_projection is not None else ()
+        return set(loaded) | {f"padt_projection.{n}" for n, _ in own}
