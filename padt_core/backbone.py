@@ -251,6 +251,24 @@ class Backbone(nn.Module, ABC):
         return [ids] if isinstance(ids, int) else list(ids)
 
     @property
+    def never_generate_ids(self) -> list[int]:
+        """Text ids generation must never emit: the placeholders the processor places (image/video pads,
+        vision start/end). Generated, one would be read as an image slot by the teacher-forced pass that
+        follows (``predict``). ``PaDTModel.generate`` masks them in its prepared logits bias (no per-step
+        cost). Default: the processor's ``image_token``, if it has one; backbones add their others."""
+        token = getattr(getattr(self, "processor", None), "image_token", None)
+        return self._token_ids([token] if isinstance(token, str) else [])
+
+    def _token_ids(self, tokens: Sequence[str]) -> list[int]:
+        """Ids of those ``tokens`` the tokenizer knows (unknown ones and the unk id left out)."""
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is None:
+            return []
+        unk = tokenizer.unk_token_id
+        ids = (tokenizer.convert_tokens_to_ids(t) for t in tokens)
+        return sorted({i for i in ids if isinstance(i, int) and i != unk})
+
+    @property
     def pad_token_id(self) -> int | None:
         pad = None if self.tokenizer is None else self.tokenizer.pad_token_id
         if pad is None and self.eos_token_ids:

@@ -35,7 +35,8 @@ class PrototypeProjection(nn.Module):
 
     Optionally a 2-D position embedding is added (``position``): ``learned`` row + column tables of
     ``max_grid`` size (a larger grid is an error naming the limit), or ``sinusoidal`` scaled by a
-    learned per-channel gain. Both start at zero, so prototypes still start exactly at zero.
+    learned per-channel gain; and with ``max_images``, a learned embedding of the image's place in its
+    sample (image 0, 1, ...). All start at zero, so prototypes still start exactly at zero.
     """
 
     def __init__(
@@ -46,11 +47,15 @@ class PrototypeProjection(nn.Module):
         init_std: float = 0.02,
         position: str = "none",
         max_grid: tuple[int, int] = (64, 64),
+        max_images: int = 0,
     ):
         super().__init__()
         self.enabled = enabled
         self.position = position
         self.max_grid = tuple(max_grid)
+        self.max_images = int(max_images)
+        if self.max_images:  # which of its sample's images a cell is in (multi-image samples); starts at zero
+            self.image_embed = nn.Parameter(torch.zeros(self.max_images, dim))
         if enabled:
             self.norm = nn.LayerNorm(dim, eps=1e-5)
             self.down = nn.Linear(dim, rank, bias=False)
@@ -85,8 +90,9 @@ class PrototypeProjection(nn.Module):
         nn.init.normal_(self.down.weight, std=init_std)
         nn.init.normal_(self.up.weight, std=init_std)
 
-    def forward(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        """Prototypes of raster-ordered merged tokens (``grid`` is needed for position embeddings)."""
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None, image: int = 0) -> torch.Tensor:
+        """Prototypes of raster-ordered merged tokens (``grid`` is needed for position embeddings; ``image``
+        is the image's place in its sample, read with ``max_images``)."""
         if self.enabled:
             x = self.norm(tokens)
             out = x + self.up(self.down(x))
@@ -96,20 +102,34 @@ class PrototypeProjection(nn.Module):
             if grid is None:
                 raise ValueError("prototype position embeddings need the VRT grid")
             out = out + self.position_embedding(grid, tokens.device, out.dtype)
+        if self.max_images:
+            if image >= self.max_images:
+                raise ValueError(
+                    f"image {image} of a sample: vrt.max_images is {self.max_images} (the learned image embeddings); "
+                    "raise it (retraining them) or pass fewer images per sample"
+                )
+            out = out + self.image_embed[image].to(out.dtype)
         return out
 
-    def project_all(self, tokens: Sequence[torch.Tensor], grids: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
-        """``forward`` of every image's tokens, in order; images of one grid size are projected together
-        (one batched pass instead of a dozen small ops per image)."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, grid in enumerate(grids):
-            groups.setdefault(tuple(grid), []).append(i)
+    def project_all(
+        self,
+        tokens: Sequence[torch.Tensor],
+        grids: Sequence[tuple[int, int]],
+        places: Sequence[int] | None = None,
+    ) -> list[torch.Tensor]:
+        """``forward`` of every image's tokens, in order; images of one grid size (and place in their sample,
+        ``places``: 0 for the first image of a sample, 1 for the second, ...) are projected together (one
+        batched pass instead of a dozen small ops per image)."""
+        places = [0] * len(tokens) if places is None or not self.max_images else list(places)
+        groups: dict[tuple[tuple[int, int], int], list[int]] = {}
+        for i, (grid, place) in enumerate(zip(grids, places)):
+            groups.setdefault((tuple(grid), place), []).append(i)
         out: list[torch.Tensor | None] = [None] * len(tokens)
-        for grid, members in groups.items():
+        for (grid, place), members in groups.items():
             if len(members) == 1:
-                out[members[0]] = self(tokens[members[0]], grid)
+                out[members[0]] = self(tokens[members[0]], grid, place)
                 continue
-            for i, row in zip(members, self(torch.stack([tokens[i] for i in members]), grid).unbind(0)):
+            for i, row in zip(members, self(torch.stack([tokens[i] for i in members]), grid, place).unbind(0)):
                 out[i] = row
         return out
 
@@ -202,12 +222,22 @@ def _row(prototypes: Sequence[torch.Tensor], images: int | Sequence[int]) -> tor
 
 
 def embed_with_bank(
-    text_embeds: torch.Tensor, input_ids: torch.Tensor, vocab_rows: int, bank: PrototypeBank
+    text_embeds: torch.Tensor,
+    input_ids: torch.Tensor,
+    vocab_rows: int,
+    bank: PrototypeBank,
+    is_vrt: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Replace the rows of VRT ids (``>= vocab_rows``) in ``text_embeds`` by their sample's prototypes."""
+    """Replace the rows of VRT ids (``>= vocab_rows``) in ``text_embeds`` by their sample's prototypes.
+
+    ``is_vrt`` is ``input_ids >= vocab_rows`` when the caller already has it.
+    """
     if bank.width == 0:
         return text_embeds
     view = bank.view(input_ids.shape[0], text_embeds.dtype)
-    cells = (input_ids - vocab_rows).clamp(0, bank.width - 1) + view.offsets
+    cells = (input_ids - vocab_rows).clamp_(0, bank.width - 1)
+    if input_ids.shape[0] > 1:
+        cells += view.offsets
+    is_vrt = input_ids >= vocab_rows if is_vrt is None else is_vrt
     # No `any()` shortcut: it would cost a host sync per decoding step on GPU.
-    return torch.where((input_ids >= vocab_rows).unsqueeze(-1), F.embedding(cells, view.flat), text_embeds)
+    return torch.where(is_vrt.unsqueeze(-1), F.embedding(cells, view.flat), text_embeds)

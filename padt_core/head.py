@@ -24,4 +24,5 @@ def extend_logits(text_logits: torch.Tensor, hidden: torch.Tensor, bank: Prototy
     """``cat(text_logits, vrt_logits)`` along the vocabulary axis; column ``V + k`` is VRT ``k``."""
     if bank.width == 0:
         return text_logits
-    return torch.cat([text_logits, vrt_logits(hidden, bank).to(text_logits.dtype)], dim=-1)
+    vrt = vrt_logits(hidden, bank)
+    return torch.cat([text_logits, vrt if vrt.dtype == text_logits.dtype else vrt.to(text_logits.dtype)], dim=-1)

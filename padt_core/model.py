@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,13 @@ from .answer_format import build_answer_format
 from .atomic import atomic_directory
 from .backbone import IMAGE_SLOT, Backbone, BackboneBatch, sample_image_list
 from .data.image import ImageError, ImageLike, describe_image, load_image
-from .embedding import PrototypeBank, embed_with_bank
+from .embedding import PrototypeBank
 from .features import VisualFeatures
-from .head import extend_logits
 from .objects import ObjectBatch, PredictedObject, pack_objects
 from .plugins import get_plugin
 from .recipe import Recipe, load_recipe
 from .vrt import ParsedCompletion, VRTCodec
+from .vrt_io import vrt_io
 from .weights import load_weights
 
 __all__ = [
@@ -368,42 +368,17 @@ class PaDTModel(nn.Module):
             raise PromptError(f"sample {b} refers to <|VRT_{k}|> but its image has {grid} ({cells} cells: {valid})")
 
     # --- the VRT hooks --------------------------------------------------------------------------
-    @contextmanager
-    def vrt_io(self, bank: PrototypeBank, capture: list[torch.Tensor] | None = None) -> Iterator[None]:
+    def vrt_io(
+        self, bank: PrototypeBank | None, capture: list[torch.Tensor] | None = None, suppress: Sequence[int] = ()
+    ) -> AbstractContextManager[None]:
         """Within the block, the backbone LLM reads VRT ids from ``bank`` and emits VRT logits.
 
         If ``capture`` is a list, the last-layer hidden states that feed the classifier are appended
-        to it at every call (the decoder's VRT features).
+        to it at every call (the decoder's VRT features). ``suppress``: text ids never to generate
+        (their logit is the dtype's minimum). The tensors are prepared once per call
+        (``padt_core/vrt_io.py``).
         """
-        hf = self.backbone.hf_model
-        emb, head = hf.get_input_embeddings(), hf.get_output_embeddings()
-        vocab = self.backbone.vocab_rows
-        pending: list[torch.Tensor] = []
-
-        def embed_pre(_module, args):
-            ids = args[0]
-            pending.append(ids)
-            return (ids.masked_fill(ids >= vocab, 0), *args[1:])
-
-        def embed_post(_module, _args, out):
-            return embed_with_bank(out, pending.pop(), vocab, bank)
-
-        def head_post(_module, args, out):
-            hidden = args[0]
-            if capture is not None:
-                capture.append(hidden)
-            return extend_logits(out, hidden, bank)
-
-        handles = [
-            emb.register_forward_pre_hook(embed_pre),
-            emb.register_forward_hook(embed_post),
-            head.register_forward_hook(head_post),
-        ]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+        return vrt_io(self.backbone.hf_model, bank, self.backbone.vocab_rows, capture=capture, suppress=suppress)
 
     # --- forward / generate ---------------------------------------------------------------------
     def forward(
@@ -486,7 +461,9 @@ class PaDTModel(nn.Module):
         known = set(GenerationConfig().to_dict())
         config = self.generation_config(**{k: v for k, v in generation_kwargs.items() if k in known})
         rest = {k: v for k, v in generation_kwargs.items() if k not in known}
-        with self._vrt_io_if_any(encoded):
+        # The backbone's placeholders (image pad, vision start/end) are masked in the prepared logits bias:
+        # generated, they would break the teacher-forced pass of predict (image-token count != features).
+        with self.vrt_io(encoded.bank, suppress=self.backbone.never_generate_ids):
             out = self.backbone.hf_model.generate(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
@@ -508,8 +485,6 @@ class PaDTModel(nn.Module):
         prompts: str | Sequence[str],
         batch_size: int = 8,
         progress: bool | None = None,
-        engine: str | Any = "hf",
-        engine_args: dict[str, Any] | None = None,
         **generation_kwargs: Any,
     ) -> list[Prediction]:
         """Answer ``prompts`` about ``images``; parse objects and decode their boxes/scores/masks.
@@ -517,9 +492,7 @@ class PaDTModel(nn.Module):
         A single prompt is used for every image. ``progress`` shows a bar (default: more than one batch).
         Images are paths, PIL images (any mode), numpy arrays or torch tensors (``HW``, ``HWC`` uint8,
         ``CHW`` float in ``[0, 1]``; a 4-d array or tensor is a batch of them), as
-        :func:`padt_core.data.image.load_image` reads them. ``engine``: ``"hf"`` (Hugging Face ``generate``),
-        the name of a ``padt.engines`` entry point (``"vllm"``: ``docs/vllm.md``) built once with ``engine_args``,
-        or an engine object; objects are decoded by this model's heads either way.
+        :func:`padt_core.data.image.load_image` reads them.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -529,9 +502,6 @@ class PaDTModel(nn.Module):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         if generation_kwargs.get("num_return_sequences", 1) != 1:
             raise ValueError("predict returns one completion per prompt; use generate for several")
-        if not (isinstance(engine, str) and engine == "hf"):  # generation elsewhere, objects from these heads
-            runner = self._engine(engine, engine_args)
-            return runner.predict(images, prompts, batch_size=batch_size, progress=progress, **generation_kwargs)
         starts = range(0, len(images), batch_size)
         show = progress if progress is not None else len(starts) > 1
         results: list[Prediction] = []
@@ -540,26 +510,6 @@ class PaDTModel(nn.Module):
                 images[start : start + batch_size], prompts[start : start + batch_size], generation_kwargs, start
             )
         return results
-
-    def _engine(self, engine: str | Any, engine_args: dict[str, Any] | None) -> Any:
-        """``engine`` itself if it is an engine object, else the ``padt.engines`` entry point of that name built
-        for this model (kept: an engine such as vLLM takes tens of seconds to start; new arguments replace it)."""
-        if not isinstance(engine, str):
-            return engine
-        from importlib.metadata import entry_points
-
-        args = dict(engine_args or {})
-        engines = self.__dict__.setdefault("_engines", {})
-        current = engines.get(engine)
-        if current is not None and current[0] == args:
-            return current[1]
-        found = {ep.name: ep for ep in entry_points(group="padt.engines")}
-        if engine not in found:
-            raise ValueError(f"unknown engine {engine!r}; installed: {', '.join(['hf', *sorted(found)])}")
-        if current is not None and hasattr(current[1], "close"):
-            current[1].close()
-        engines[engine] = (args, found[engine].load()(self, **args))
-        return engines[engine][1]
 
     def _predict_batch(self, images, prompts, generation_kwargs, first: int = 0) -> list[Prediction]:
         pil = [self._load_sample(first + b, im) for b, im in enumerate(images)]

@@ -22,6 +22,11 @@ class QwenVLInputs:
     merge: int
 
     @property
+    def never_generate_ids(self) -> list[int]:
+        # The processor's placeholders: a generated <|image_pad|> breaks the image-token count of the next pass.
+        return self._token_ids(["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"])
+
+    @property
     def vision_hidden_size(self) -> int:
         return self.hf_model.config.vision_config.hidden_size
 

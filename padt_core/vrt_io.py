@@ -1,0 +1,211 @@
+"""The backbone LLM's VRT input and output while a PaDT forward or ``generate`` runs.
+
+VRT ids (``>= V``) read their sample's prototype instead of an embedding row, and the classifier
+appends the sample's VRT logits to the text logits (``[B, T, V + P]``). Instead of forward hooks, the
+input embedding's and ``lm_head``'s ``forward`` are replaced for the duration of the block (what
+accelerate does for its hooks): no hook dispatch, and every tensor a step needs is prepared once
+per call and batch size (:class:`_Prepared`), so a decoding step adds no per-step tensor setup.
+
+Two paths, the same values:
+
+- **fused** (inference, small tables; the classifier's only for one-position decoding steps, so a
+  teacher-forced pass rounds exactly as before): per batch size one table ``[n, V + P, D]`` = the embedding
+  rows followed by the sample's prototypes. A step's embedding is one ``F.embedding`` (ids offset
+  by ``b * (V + P)`` for ``n > 1``) and its logits one product with a bias that holds the ``lm_head``
+  bias, the never-generate mask and the padding mask: the same number of operations as the plain
+  backbone's step. It copies the embedding table ``n`` times per call, so it is taken only while
+  that copy stays within ``fused_bytes`` (tiny and small-vocabulary models; a 150 k-row vocabulary
+  never is) and for plain ``nn.Embedding`` / ``nn.Linear`` modules.
+- **general** (training, large tables, other module types): the module's own forward on the text
+  ids, one ``F.embedding`` into the flattened bank and a ``where``; text logits then
+  ``baddbmm`` VRT logits and a ``cat`` (``padt_core.embedding`` / ``padt_core.head``).
+
+``suppress`` ids (the backbone's :attr:`~padt_core.backbone.Backbone.never_generate_ids`: image
+placeholders, vision start/end) get the dtype's minimum as logit, folded into the same bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .embedding import PrototypeBank, embed_with_bank
+from .head import extend_logits
+
+__all__ = ["FUSED_TABLE_BYTES", "vrt_io"]
+
+#: Largest per-call fused table (``n × (V + P) × D`` elements) the fused path builds.
+FUSED_TABLE_BYTES = 32 * 2**20
+
+
+@contextmanager
+def vrt_io(
+    hf_model: nn.Module,
+    bank: PrototypeBank | None,
+    vocab_rows: int,
+    *,
+    capture: list[torch.Tensor] | None = None,
+    suppress: Sequence[int] = (),
+    fused_bytes: int | None = None,
+) -> Iterator[None]:
+    """Within the block, ``hf_model`` reads VRT ids from ``bank`` and emits VRT logits.
+
+    Args:
+        hf_model: the backbone's Hugging Face model (``get_input_embeddings`` / ``get_output_embeddings``).
+        bank: the batch's prototypes; ``None`` (an answer format without VRTs): text only.
+        vocab_rows: ``V``, the first VRT id.
+        capture: if a list, the last-layer hidden states that feed the classifier are appended at every call.
+        suppress: text ids whose logit is the dtype's minimum (never generated).
+        fused_bytes: size limit of the fused path's table (default :data:`FUSED_TABLE_BYTES`; 0: always general).
+
+    Example:
+        >>> with vrt_io(model.backbone.hf_model, encoded.bank, model.backbone.vocab_rows):  # doctest: +SKIP
+        ...     out = model.backbone.hf_model.generate(**inputs)
+    """
+    emb, head = hf_model.get_input_embeddings(), hf_model.get_output_embeddings()
+    limit = FUSED_TABLE_BYTES if fused_bytes is None else fused_bytes
+    prepared = _Prepared(emb, head, bank, vocab_rows, suppress, limit)
+
+    def head_forward(hidden: torch.Tensor) -> torch.Tensor:
+        if capture is not None:
+            capture.append(hidden)
+        return prepared.logits(hidden)
+
+    with _forward_replaced(emb, prepared.embed), _forward_replaced(head, head_forward):
+        yield
+
+
+@contextmanager
+def _forward_replaced(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    """``module.forward`` is ``forward`` within the block (an instance attribute, as accelerate sets its hooks)."""
+    previous = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous
+
+
+@dataclass(frozen=True)
+class _Fused:
+    """The fused path for one batch size ``n`` (``n = 1``: 2-d weight, 1-d bias, no offsets)."""
+
+    table: torch.Tensor  # [n (V + P), D] embedding rows, sample after sample
+    offsets: torch.Tensor | None  # [n, 1] first row of each sample's block; None for n = 1
+    weight: torch.Tensor  # n = 1: [V + P, D] (F.linear); else [n, D, V + P] (baddbmm)
+    bias: torch.Tensor  # n = 1: [V + P]; else [n, 1, V + P]
+
+
+class _Prepared:
+    """Per-call tensors of the VRT input/output, built once per (batch size, grad mode) at first use."""
+
+    def __init__(
+        self,
+        emb: nn.Module,
+        head: nn.Module,
+        bank: PrototypeBank | None,
+        vocab_rows: int,
+        suppress: Sequence[int],
+        fused_bytes: int,
+    ):
+        self.text_embed, self.text_logits = emb.forward, head.forward  # the modules' own (bound) forwards
+        self.emb, self.head, self.bank, self.vocab = emb, head, bank, vocab_rows
+        self.width = 0 if bank is None else bank.width
+        self.suppress = sorted({int(i) for i in suppress if 0 <= int(i) < vocab_rows})
+        self.fused_bytes = fused_bytes
+        self.plain_modules = type(emb) is nn.Embedding and emb.max_norm is None and type(head) is nn.Linear
+        self._fused: dict[int, _Fused | None] = {}
+        self._text_bias: dict[torch.dtype, torch.Tensor | None] = {}
+
+    # --- fused path ---------------------------------------------------------------------------
+    def fused(self, n: int) -> _Fused | None:
+        """The fused path's tensors for ``n`` rows, or ``None`` where it does not apply (see the module doc)."""
+        if n in self._fused:
+            return self._fused[n]
+        weight = self.head.weight
+        rows = self.vocab + self.width
+        tied = self.emb.weight is weight
+        size = n * rows * weight.shape[1] * weight.element_size() * (1 if tied else 2)
+        if not self.plain_modules or size > self.fused_bytes or weight.shape[0] != self.vocab:
+            self._fused[n] = None
+            return None
+        bias = self.logit_bias(n, weight.dtype)
+        head_table = self._table(weight, n)
+        emb_table = head_table if tied else self._table(self.emb.weight, n)
+        if n == 1:  # views taken here, not per step
+            fused = _Fused(emb_table[0], None, head_table[0], bias[0, 0])
+        else:
+            offsets = (torch.arange(n, device=weight.device) * rows).unsqueeze(1)
+            fused = _Fused(emb_table.reshape(n * rows, -1), offsets, head_table.transpose(1, 2), bias)
+        self._fused[n] = fused
+        return fused
+
+    def _table(self, weight: torch.Tensor, n: int) -> torch.Tensor:
+        """``[n, V + P, D]``: the text rows, then sample ``b``'s prototypes (zero rows for padding)."""
+        text = weight.detach().unsqueeze(0).expand(n, -1, -1)
+        if self.width == 0:
+            return text.contiguous()
+        return torch.cat([text, self.bank.expand(n).bank.to(weight.dtype)], dim=1)
+
+    def logit_bias(self, n: int, dtype: torch.dtype) -> torch.Tensor:
+        """``[n, 1, V + P]``: ``lm_head`` bias (or 0), the dtype's minimum at suppressed ids and padding cells."""
+        text = self.text_bias(dtype)
+        if text is None:
+            text = torch.zeros(self.vocab, dtype=dtype, device=self.head.weight.device)
+        text = text.expand(n, 1, self.vocab)
+        if self.width == 0:
+            return text.contiguous()
+        return torch.cat([text, self.bank.view(n, dtype).bias], dim=-1)
+
+    def text_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The ``lm_head`` bias with the suppressed ids at the dtype's minimum; ``None`` if neither exists."""
+        if dtype not in self._text_bias:
+            bias = getattr(self.head, "bias", None)
+            if bias is None and self.suppress:
+                bias = torch.zeros(self.vocab, dtype=dtype, device=self.head.weight.device)
+            if bias is not None:
+                bias = bias.detach().to(dtype).clone()
+                bias[self.suppress] = torch.finfo(dtype).min
+            self._text_bias[dtype] = bias
+        return self._text_bias[dtype]
+
+    # --- the two replaced forwards ---------------------------------------------------------------
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embedding of text and VRT ids ``[n, T]`` (the replaced ``forward`` of the input embedding)."""
+        fused = None if torch.is_grad_enabled() or ids.dim() != 2 else self.fused(ids.shape[0])
+        if fused is not None:
+            return F.embedding(ids if fused.offsets is None else ids + fused.offsets, fused.table)
+        if self.width == 0 or ids.dim() != 2:
+            return self.text_embed(ids)
+        is_vrt = ids >= self.vocab
+        return embed_with_bank(self.text_embed(ids.masked_fill(is_vrt, 0)), ids, self.vocab, self.bank, is_vrt)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[n, T, V + P]`` logits (the replaced ``forward`` of ``lm_head``)."""
+        # Fused for decoding steps (one position): a longer teacher-forced pass keeps the general path, whose
+        # product has the plain classifier's shape and so its rounding, bit for bit.
+        one_step = hidden.dim() == 3 and hidden.shape[1] == 1 and not torch.is_grad_enabled()
+        fused = self.fused(hidden.shape[0]) if one_step else None
+        if fused is not None:
+            if fused.offsets is None:
+                return F.linear(hidden, fused.weight, fused.bias)
+            return torch.baddbmm(fused.bias, hidden, fused.weight)
+        if not self.suppress:
+            text = self.text_logits(hidden)
+        elif type(self.head) is nn.Linear and not torch.is_grad_enabled():  # the mask folded into the bias
+            text = F.linear(hidden, self.head.weight, self.text_bias(self.head.weight.dtype))
+        else:
+            ids = torch.tensor(self.suppress, device=hidden.device)
+            text = self.text_logits(hidden).index_fill(-1, ids, torch.finfo(hidden.dtype).min)
+        if self.width == 0:
+            return text
+        return extend_logits(text, hidden, self.bank)
