@@ -485,6 +485,8 @@ class PaDTModel(nn.Module):
         prompts: str | Sequence[str],
         batch_size: int = 8,
         progress: bool | None = None,
+        engine: str | Any = "hf",
+        engine_args: dict[str, Any] | None = None,
         **generation_kwargs: Any,
     ) -> list[Prediction]:
         """Answer ``prompts`` about ``images``; parse objects and decode their boxes/scores/masks.
@@ -492,7 +494,9 @@ class PaDTModel(nn.Module):
         A single prompt is used for every image. ``progress`` shows a bar (default: more than one batch).
         Images are paths, PIL images (any mode), numpy arrays or torch tensors (``HW``, ``HWC`` uint8,
         ``CHW`` float in ``[0, 1]``; a 4-d array or tensor is a batch of them), as
-        :func:`padt_core.data.image.load_image` reads them.
+        :func:`padt_core.data.image.load_image` reads them. ``engine``: ``"hf"`` (Hugging Face ``generate``),
+        the name of a ``padt.engines`` entry point (``"vllm"``: ``docs/vllm.md``) built once with ``engine_args``,
+        or an engine object; objects are decoded by this model's heads either way.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -502,6 +506,9 @@ class PaDTModel(nn.Module):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         if generation_kwargs.get("num_return_sequences", 1) != 1:
             raise ValueError("predict returns one completion per prompt; use generate for several")
+        if not (isinstance(engine, str) and engine == "hf"):  # generation elsewhere, objects from these heads
+            runner = self._engine(engine, engine_args)
+            return runner.predict(images, prompts, batch_size=batch_size, progress=progress, **generation_kwargs)
         starts = range(0, len(images), batch_size)
         show = progress if progress is not None else len(starts) > 1
         results: list[Prediction] = []
@@ -510,6 +517,26 @@ class PaDTModel(nn.Module):
                 images[start : start + batch_size], prompts[start : start + batch_size], generation_kwargs, start
             )
         return results
+
+    def _engine(self, engine: str | Any, engine_args: dict[str, Any] | None) -> Any:
+        """``engine`` itself if it is an engine object, else the ``padt.engines`` entry point of that name built
+        for this model (kept: an engine such as vLLM takes tens of seconds to start; new arguments replace it)."""
+        if not isinstance(engine, str):
+            return engine
+        from importlib.metadata import entry_points
+
+        args = dict(engine_args or {})
+        engines = self.__dict__.setdefault("_engines", {})
+        current = engines.get(engine)
+        if current is not None and current[0] == args:
+            return current[1]
+        found = {ep.name: ep for ep in entry_points(group="padt.engines")}
+        if engine not in found:
+            raise ValueError(f"unknown engine {engine!r}; installed: {', '.join(['hf', *sorted(found)])}")
+        if current is not None and hasattr(current[1], "close"):
+            current[1].close()
+        engines[engine] = (args, found[engine].load()(self, **args))
+        return engines[engine][1]
 
     def _predict_batch(self, images, prompts, generation_kwargs, first: int = 0) -> list[Prediction]:
         pil = [self._load_sample(first + b, im) for b, im in enumerate(images)]
