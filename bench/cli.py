@@ -1,4 +1,4 @@
-"""``padt bench generate | decoder | train | ablate | repro``: the command line of the benchmark package."""
+"""``padt bench generate | decoder | train | ablate | repro | serve``: the command line of the benchmark package."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
         overrides=args.overrides or None,
         image_size=args.image_size,
         vrt_mode=args.vrt_mode,
-        threads=args.threads,
+        threads=args.threads or None,
         clock=args.clock,
+        warmup=args.warmup,
     )
     write_result(result, args.output)
     return 0
@@ -76,13 +77,32 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_timing_options(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` and ``--clock`` with the defaults that give a steady ratio (``bench/timing.py``)."""
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default: 1, steadiest; 0: torch's choice)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["auto", "wall", "cpu"],
+        default="auto",
+        help="auto (default): this process's CPU time on a CPU (time waiting for a core is not counted), "
+        "wall time on an accelerator",
+    )
+
+
 def _configure_bench(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench_command", metavar="{generate,decoder,train,ablate,repro}", required=True)
+    sub = parser.add_subparsers(
+        dest="bench_command", metavar="{generate,decoder,train,ablate,repro,serve}", required=True
+    )
     gen = add_subcommand(sub, "generate", "PaDT vs plain backbone decode speed (ms per token)")
     gen.add_argument("--recipe", required=True, help="recipe path or bundled name")
     gen.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B")
     gen.add_argument("--new-tokens", type=int, default=32, metavar="N", help="tokens per timed generation")
-    gen.add_argument("--repeats", type=int, default=3, metavar="K", help="timed repeats (median)")
+    gen.add_argument(
+        "--repeats", type=int, default=15, metavar="K", help="timed PaDT/plain pairs, interleaved (default: 15)"
+    )
+    gen.add_argument("--warmup", type=int, default=2, metavar="K", help="untimed calls per side first (default: 2)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--image-size", type=int, default=224, metavar="PX", help="side of the noise images")
     gen.add_argument(
@@ -91,13 +111,7 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
         default="random",
         help="random: non-zero prototypes so VRTs are emitted (default); init: weights as built",
     )
-    gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    gen.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="wall time (default) or this process's CPU time (CPU only; steadier on a shared machine)",
-    )
+    _add_timing_options(gen)
     gen.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
     add_device(gen)
     add_overrides(gen)
@@ -123,6 +137,9 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     add_overrides(tr)
     tr.set_defaults(handler=cmd_bench_train)
     _configure_bench_sweeps(sub)
+    from .serve import add_serve_command  # bench/serve.py: the load test of padt serve
+
+    add_serve_command(sub)
 
 
 def _sweep_json(results: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:

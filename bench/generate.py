@@ -2,32 +2,32 @@
 
 Both sides run Hugging Face ``generate`` greedily on the same processed batch (random-noise images,
 one fixed prompt) and are forced to produce exactly ``N`` new tokens (``min_new_tokens =
-max_new_tokens = N``). The PaDT side is ``PaDTModel.generate`` with the vision features encoded
-beforehand (the VRT hooks of ``PaDTModel.vrt_io`` active); the plain side is
-``backbone.hf_model.generate`` with the raw pixel values. Per-token *decode* time excludes prefill
-and vision encoding, measured two ways:
+max_new_tokens = N``; checked on both sides after every call). The PaDT side is ``PaDTModel.generate``
+with the vision features encoded beforehand (the VRT input/output of ``padt_core/vrt_io.py``
+active); the plain side is ``backbone.hf_model.generate`` with the raw pixel values. Per-token
+*decode* time excludes prefill and vision encoding, measured two ways:
 
-- ``ms_per_token``: the median of every decode-step interval, timestamped by a pass-through logits
-  processor on both sides (robust on a busy machine: one slow step does not move a median of many);
-- ``ms_per_token_diff``: ``(median time(N tokens) - median time(1 token)) / (N - 1)``, a cross-check.
+- ``ms_per_token``: per call, the median of its decode-step intervals, timestamped by a pass-through
+  logits processor on both sides (one slow step does not move a median of many);
+- ``ms_per_token_diff``: per call pair, ``(time(N tokens) - time(1 token)) / (N - 1)``, a cross-check.
 
-Each batch size gets one warm-up, then ``repeats`` rounds with PaDT and plain runs interleaved so
-that machine drift hits both alike; the garbage collector is paused while timing.
+Timing (``bench/timing.py``): both sides warmed up, then ``repeats`` interleaved pairs (``AB BA …``);
+``ratio`` is the median of the per-pair PaDT / plain ratios, with its spread (quartiles, extremes,
+bootstrap 95 % interval) in ``ratio_spread``. On a CPU the default clock is process CPU time and
+one torch thread, which is what stays steady on a machine other jobs share.
 
 Prototypes start at exactly zero (zero-init LayerNorm), so an untrained model never emits a VRT.
 With ``vrt_mode="random"`` (the default) the projection's LayerNorm weight is set to one, which makes
-prototypes random and greedy decoding emits VRTs at (almost) every step: the slower, VRT-embedding
-path of the hooks, i.e. an upper bound on their cost. ``vrt_mode="init"`` keeps the built weights.
+prototypes random and greedy decoding emits VRTs at (almost) every step: the VRT-embedding path, an
+upper bound on PaDT's cost. ``vrt_mode="init"`` keeps the built weights.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -39,10 +39,14 @@ from PIL import Image
 from padt_core.dtypes import torch_dtype
 from padt_core.runtime import allocator_settings
 
+from .timing import CLOCKS, DEFAULT_THREADS, interleaved_pairs, paired_ratio, resolve_clock, spread, timer
+
 __all__ = ["bench_generate", "check_run_options", "machine_info", "model_summary", "torch_threads"]
 
 PROMPT = "Please locate every object in this image and answer with their labels and visual reference tokens."
-_CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_CLOCKS = CLOCKS  # the name train.py and older callers import
+#: Timed pairs per batch size by default: the spread of the median ratio is then about ±1 % here.
+DEFAULT_REPEATS = 15
 
 
 def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -70,13 +74,14 @@ def check_run_options(device: str, dtype: str | None, clock: str) -> torch.devic
     Args:
         device: torch device string; ``cuda`` must be available.
         dtype: ``None`` (the recipe's) or a name of :data:`padt_core.dtypes.DTYPES`.
-        clock: ``wall`` or ``cpu`` (host CPU time: only for a CPU device).
+        clock: ``wall``, ``cpu`` (host CPU time: only for a CPU device) or ``auto`` (``cpu`` on a CPU).
     """
     if dtype is not None:
         torch_dtype(dtype)  # a miss names the choices
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    clock = resolve_clock(clock, dev)
     if clock not in _CLOCKS:
         raise ValueError(f"clock {clock!r} is not one of {', '.join(_CLOCKS)}")
     if clock == "cpu" and dev.type != "cpu":
@@ -123,24 +128,11 @@ def _noise_images(count: int, size: int, seed: int) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
 
 
-def _timer(device: torch.device, clock: Callable[[], float]) -> Callable[[Callable[[], Any]], tuple[float, Any]]:
-    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = clock()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # kernels are async: wait before reading the clock
-        return clock() - start, out
-
-    return timed
-
-
 def bench_generate(
     recipe: Any,
     batch_sizes: Sequence[int] = (1, 8),
     new_tokens: int = 32,
-    repeats: int = 3,
+    repeats: int = DEFAULT_REPEATS,
     device: str = "cpu",
     dtype: str | None = None,
     seed: int = 0,
@@ -148,17 +140,34 @@ def bench_generate(
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
     image_size: int = 224,
     vrt_mode: Literal["random", "init"] = "random",
-    threads: int | None = None,
-    clock: Literal["wall", "cpu"] = "wall",
+    threads: int | None = DEFAULT_THREADS,
+    clock: Literal["auto", "wall", "cpu"] = "auto",
+    warmup: int = 2,
 ) -> dict[str, Any]:
     """Per-token decode time of PaDT generation vs the plain backbone; a JSON-serialisable dict.
 
-    ``recipe`` is anything ``padt_core.build`` accepts (path, bundled name, mapping, ``Recipe``), with
-    dotted ``overrides``. ``dtype`` (``float32``/``bfloat16``/``float16``) casts the built model;
-    ``None`` keeps the recipe's. ``threads`` sets torch's CPU thread count for the run (default: torch's).
-    ``clock="cpu"`` times CPU seconds of this process instead of wall time (CPU device only): on a
-    machine shared with other jobs it measures the work done, not the wait for a core; use it with
-    ``threads=1``. The result's top-level ``ratio`` is the worst PaDT/plain ratio over ``batch_sizes``.
+    Args:
+        recipe: anything ``padt_core.build`` accepts (path, bundled name, mapping, ``Recipe``).
+        batch_sizes: one row of the result per batch size.
+        new_tokens: tokens per timed generation (both sides are forced to exactly this many).
+        repeats: timed PaDT / plain pairs per batch size (interleaved ``AB BA …``).
+        device: torch device.
+        dtype: ``float32``/``bfloat16``/``float16`` casts the built model; ``None`` keeps the recipe's.
+        seed: weights and noise images.
+        overrides: dotted recipe overrides.
+        image_size: side of the noise images.
+        vrt_mode: ``random`` (VRTs emitted at every step) or ``init`` (weights as built: text only).
+        threads: torch's CPU thread count for the run (default 1; ``None``: torch's own).
+        clock: ``cpu`` (this process's CPU seconds: the work done, not the wait for a core), ``wall``,
+            or ``auto`` (``cpu`` on a CPU device, ``wall`` on an accelerator).
+        warmup: untimed calls per side and batch size before the timed pairs.
+
+    The result's top-level ``ratio`` is the worst PaDT / plain ratio over ``batch_sizes`` and
+    ``ratio_ci95`` its bootstrap interval.
+
+    Example:
+        >>> result = bench_generate("tiny_qwen", batch_sizes=(1,), repeats=5)  # doctest: +SKIP
+        >>> result["ratio"], result["ratio_ci95"]  # doctest: +SKIP
     """
     import padt_core
 
@@ -166,11 +175,14 @@ def bench_generate(
         raise ValueError(f"new_tokens must be at least 2 (decode time is a difference), got {new_tokens}")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch sizes must be positive, got {list(batch_sizes)}")
     if vrt_mode not in ("random", "init"):
         raise ValueError(f"vrt_mode {vrt_mode!r} is not one of random, init")
     dev = check_run_options(device, dtype, clock)
+    clock = resolve_clock(clock, dev)
 
     with torch_threads(threads):
         torch.manual_seed(seed)
@@ -181,11 +193,12 @@ def bench_generate(
             with torch.no_grad():
                 model.projection.norm.weight.fill_(1.0)  # non-zero prototypes: VRTs win greedy decoding
         results = {
-            str(bs): _bench_batch(model, bs, new_tokens, repeats, image_size, seed, _CLOCKS[clock])
+            str(bs): _bench_batch(model, bs, new_tokens, repeats, warmup, image_size, seed, _CLOCKS[clock])
             for bs in batch_sizes
         }
         info = machine_info(dev, model.dtype)
 
+    worst = max(results.values(), key=lambda r: r["ratio"])
     return {
         "benchmark": "generate",
         "recipe": model.recipe.name,
@@ -195,15 +208,20 @@ def bench_generate(
         "settings": {
             "new_tokens": new_tokens,
             "repeats": repeats,
+            "warmup": warmup,
             "image_size": image_size,
             "seed": seed,
             "vrt_mode": vrt_mode,
             "clock": clock,
-            "method": "median decode-step interval over repeats (ratio); (median t(N) - median t(1)) / (N - 1) "
-            "as a cross-check (ratio_diff); greedy, exactly N new tokens",
+            "threads": threads,
+            "method": "repeats interleaved PaDT/plain pairs (AB BA ...) after warmup calls per side; per call the "
+            "median decode-step interval; ratio = median of the per-pair ratios (ratio_spread: quartiles, "
+            "extremes, bootstrap 95% interval); ratio_diff the same of (t(N) - t(1)) / (N - 1); greedy, exactly "
+            "N new tokens on both sides",
         },
         "batch_sizes": results,
-        "ratio": max(r["ratio"] for r in results.values()),
+        "ratio": worst["ratio"],
+        "ratio_ci95": worst["ratio_spread"]["ci95"],
     }
 
 
@@ -231,9 +249,16 @@ class _StepClock:
 
 @torch.no_grad()
 def _bench_batch(
-    model: Any, batch_size: int, new_tokens: int, repeats: int, image_size: int, seed: int, clock: Callable[[], float]
+    model: Any,
+    batch_size: int,
+    new_tokens: int,
+    repeats: int,
+    warmup: int,
+    image_size: int,
+    seed: int,
+    clock: Callable[[], float],
 ) -> dict:
-    """Time both generators on one processed batch of ``batch_size`` noise images."""
+    """Time both generators on one processed batch of ``batch_size`` noise images, in interleaved pairs."""
     from transformers import LogitsProcessorList
 
     dev = model.device
@@ -241,72 +266,73 @@ def _bench_batch(
     batch = model.prepare(_noise_images(batch_size, image_size, seed), [PROMPT] * batch_size)
     batch = type(batch)({k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
     encoded = model.encode(batch)
+    prompt_len = batch["input_ids"].shape[1]
     # The backbone's own inputs with raw pixels: plain HF generate encodes the images inside its prefill.
     plain_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if batch.get("pixel_values") is not None:
         plain_inputs["pixel_values"] = batch["pixel_values"]
     plain_inputs.update(model.backbone.model_inputs(batch))
 
-    def padt(n: int, clock: _StepClock) -> torch.Tensor:
+    def padt(n: int, steps: _StepClock) -> torch.Tensor:
         return model.generate(
             batch,
             encoded=encoded,
             max_new_tokens=n,
             min_new_tokens=n,
             do_sample=False,
-            logits_processor=LogitsProcessorList([clock]),
+            logits_processor=LogitsProcessorList([steps]),
         )
 
-    def plain(n: int, clock: _StepClock) -> torch.Tensor:
+    def plain(n: int, steps: _StepClock) -> torch.Tensor:
         config = model.generation_config(max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        return hf.generate(**plain_inputs, generation_config=config, logits_processor=LogitsProcessorList([clock]))
+        out = hf.generate(**plain_inputs, generation_config=config, logits_processor=LogitsProcessorList([steps]))
+        return out[:, prompt_len:]
 
-    runs: dict[str, Callable[[int, _StepClock], torch.Tensor]] = {"padt": padt, "plain": plain}
-    for run in runs.values():  # warm-up: allocator, kernels, lazy initialisation
-        run(new_tokens, _StepClock(dev, clock))
-        run(1, _StepClock(dev, clock))
-    timed = _timer(dev, clock)
-    long_ms: dict[str, list[float]] = {name: [] for name in runs}
-    one_ms: dict[str, list[float]] = {name: [] for name in runs}
-    step_ms: dict[str, list[float]] = {name: [] for name in runs}
+    timed = timer(dev, clock)
     last: dict[str, torch.Tensor] = {}
-    gc.collect()
-    gc.disable()  # as timeit does: a collection inside one run would be charged to it
-    try:
-        for _ in range(repeats):
-            for name, run in runs.items():  # interleaved, so drift hits both sides alike
-                steps = _StepClock(dev, clock)
-                t_long, last[name] = timed(lambda r=run, c=steps: r(new_tokens, c))
-                t_one, _ = timed(lambda r=run: r(1, _StepClock(dev, clock)))
-                long_ms[name].append(t_long * 1e3)
-                one_ms[name].append(t_one * 1e3)
-                step_ms[name] += steps.step_ms()
-    finally:
-        gc.enable()
-    padt_ids = last["padt"]
-    if padt_ids.shape[1] != new_tokens:  # min_new_tokens should make this impossible; fail rather than mislead
-        raise RuntimeError(f"PaDT generation produced {padt_ids.shape[1]} tokens instead of {new_tokens}")
 
-    # Primary: the median of all (N - 1) x repeats decode-step intervals, robust to a busy machine.
-    # Cross-check: (median t(N tokens) - median t(1 token)) / (N - 1), prefill cancelled out.
-    padt_ms, plain_ms = statistics.median(step_ms["padt"]), statistics.median(step_ms["plain"])
-    diff = {
-        name: (statistics.median(long_ms[name]) - statistics.median(one_ms[name])) / (new_tokens - 1) for name in runs
-    }
+    def call(name: str, run: Callable[[int, _StepClock], torch.Tensor]) -> Callable[[], dict[str, Any]]:
+        def one_pair_member() -> dict[str, Any]:
+            steps = _StepClock(dev, clock)
+            t_long, ids = timed(lambda: run(new_tokens, steps))
+            t_one, _ = timed(lambda: run(1, _StepClock(dev, clock)))
+            if ids.shape[1] != new_tokens:  # min_new_tokens makes this impossible; fail rather than mislead
+                raise RuntimeError(f"{name} generation produced {ids.shape[1]} tokens instead of {new_tokens}")
+            last[name] = ids
+            diff_ms = (t_long - t_one) * 1e3 / (new_tokens - 1)
+            step_ms = statistics.median(steps.step_ms())
+            return {"step": step_ms, "diff": diff_ms, "long": t_long * 1e3, "one": t_one * 1e3}
+
+        return one_pair_member
+
+    runs = interleaved_pairs({"padt": call("padt", padt), "plain": call("plain", plain)}, repeats, warmup)
+
+    def column(name: str, key: str) -> list[float]:
+        return [r[key] for r in runs[name]]
+
+    ratio = paired_ratio(column("padt", "step"), column("plain", "step"))
+    ratio_diff = paired_ratio(column("padt", "diff"), column("plain", "diff"))
+    padt_ids = last["padt"]
     return {
-        "padt_ms_per_token": round(padt_ms, 4),
-        "plain_ms_per_token": round(plain_ms, 4),
-        "ratio": round(padt_ms / plain_ms, 4),
-        "padt_ms_per_token_diff": round(diff["padt"], 4),
-        "plain_ms_per_token_diff": round(diff["plain"], 4),
-        "ratio_diff": round(diff["padt"] / diff["plain"], 4),
-        "padt_first_token_ms": round(statistics.median(one_ms["padt"]), 3),
-        "plain_first_token_ms": round(statistics.median(one_ms["plain"]), 3),
+        "padt_ms_per_token": round(statistics.median(column("padt", "step")), 4),
+        "plain_ms_per_token": round(statistics.median(column("plain", "step")), 4),
+        "ratio": ratio["median"],
+        "ratio_spread": ratio,
+        "ratio_pairs": [round(a / b, 4) for a, b in zip(column("padt", "step"), column("plain", "step"))],
+        "padt_ms_per_token_spread": spread(column("padt", "step")),
+        "plain_ms_per_token_spread": spread(column("plain", "step")),
+        "padt_ms_per_token_diff": round(statistics.median(column("padt", "diff")), 4),
+        "plain_ms_per_token_diff": round(statistics.median(column("plain", "diff")), 4),
+        "ratio_diff": ratio_diff["median"],
+        "ratio_diff_ci95": ratio_diff["ci95"],
+        "padt_first_token_ms": round(statistics.median(column("padt", "one")), 3),
+        "plain_first_token_ms": round(statistics.median(column("plain", "one")), 3),
+        "new_tokens_each_side": [int(padt_ids.shape[1]), int(last["plain"].shape[1])],
         "padt_vrt_fraction": round(float((padt_ids >= model.backbone.vocab_rows).float().mean()), 4),
-        "prompt_tokens": int(batch["input_ids"].shape[1]),
+        "prompt_tokens": int(prompt_len),
         "image_cells": encoded.cells(0),
-        "padt_total_ms_runs": [round(x, 3) for x in long_ms["padt"]],
-        "plain_total_ms_runs": [round(x, 3) for x in long_ms["plain"]],
+        "padt_total_ms_runs": [round(x, 3) for x in column("padt", "long")],
+        "plain_total_ms_runs": [round(x, 3) for x in column("plain", "long")],
     }
 
 
