@@ -1,4 +1,4 @@
-"""``padt bench generate | decoder | train | ablate | repro | serve``: the command line of the benchmark package."""
+"""``padt bench generate | decoder | train | engine | ablate | repro | serve``: the benchmarks' command line."""
 
 from __future__ import annotations
 
@@ -58,6 +58,29 @@ def cmd_bench_decoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_engine(args: argparse.Namespace) -> int:
+    """HF generate vs vLLM requests/s and tokens/s (``padt_bench.engine``)."""
+    from padt_core.cli.predict import parse_engine_args
+
+    from .engine import bench_engine
+
+    result = bench_engine(
+        args.recipe,
+        prompts=args.prompts,
+        new_tokens=args.new_tokens,
+        batch_size=args.batch_size,
+        image_sizes=tuple(args.image_sizes),
+        repeats=args.repeats,
+        device=args.device,
+        seed=args.seed,
+        overrides=args.overrides or None,
+        engine_args=parse_engine_args(args.engine_arg),
+        threads=args.threads or None,
+    )
+    write_result(result, args.output)
+    return 0
+
+
 def cmd_bench_train(args: argparse.Namespace) -> int:
     """PaDT training step vs a plain next-token SFT step of the same backbone (``padt_bench.train``)."""
     from .train import bench_train
@@ -93,7 +116,7 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
 
 def _configure_bench(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(
-        dest="bench_command", metavar="{generate,decoder,train,ablate,repro,serve}", required=True
+        dest="bench_command", metavar="{generate,decoder,train,engine,ablate,repro,serve}", required=True
     )
     gen = add_subcommand(sub, "generate", "PaDT vs plain backbone decode speed (ms per token)")
     gen.add_argument("--recipe", required=True, help="recipe path or bundled name")
@@ -136,6 +159,20 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     add_device(tr)
     add_overrides(tr)
     tr.set_defaults(handler=cmd_bench_train)
+    eng = add_subcommand(sub, "engine", "HF generate vs vLLM on the same model and prompts (requests/s, tokens/s)")
+    eng.add_argument("--recipe", default="tiny_qwen", help="recipe path or bundled name (default: tiny_qwen)")
+    eng.add_argument("--prompts", type=int, default=16, metavar="N", help="requests per timed run (default: 16)")
+    eng.add_argument("--new-tokens", type=int, default=32, metavar="N", help="tokens generated per request")
+    eng.add_argument("--batch-size", type=int, default=8, metavar="B", help="HF batch size (vLLM batches itself)")
+    eng.add_argument("--image-sizes", type=int, nargs="+", default=[112, 168, 224], metavar="PX")
+    eng.add_argument("--repeats", type=int, default=1, help="timed runs per engine (best reported)")
+    eng.add_argument("--seed", type=int, default=0)
+    eng.add_argument("--threads", type=int, default=1, help="torch CPU threads of this process (0: torch's choice)")
+    eng.add_argument("--engine-arg", action="append", metavar="KEY=VALUE", help="vllm.LLM option, repeatable")
+    eng.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
+    add_device(eng)
+    add_overrides(eng)
+    eng.set_defaults(handler=cmd_bench_engine)
     _configure_bench_sweeps(sub)
     from .serve import add_serve_command  # bench/serve.py: the load test of padt serve
 

