@@ -96,6 +96,10 @@ def cnn_feature_maps(vision: nn.Module, pixels: torch.Tensor, stages: CnnStages)
         >>> tokens, fine = cnn_feature_maps(tower, torch.zeros(1, 3, 224, 224), stages)  # doctest: +SKIP
     """
     index = stages.indices
+    # Channels-last input sends every convolution to oneDNN (NCHW 1x1 convs take the slow im2col path):
+    # EfficientNet-Lite0 to stage 3, 16 images at 224 px, one thread: 0.70 s against 1.0 s. The maps
+    # keep their logical NCHW shape (flattening is raster order either way); values agree to ~1e-5.
+    pixels = pixels.contiguous(memory_format=torch.channels_last)
     maps = vision.forward_intermediates(pixels, indices=index, intermediates_only=True)
     by_stage = dict(zip(index, maps))
     h, w = pixels.shape[-2:]
