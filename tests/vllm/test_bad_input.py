@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("vllm", reason="needs vLLM: bash tools/vllm_env.sh && .venv-vllm/bin/pytest -q tests/vllm")
+pytest.importorskip(
+    "vllm.sampling_params", reason="needs vLLM: bash tools/vllm_env.sh && .venv-vllm/bin/pytest -q tests/vllm"
+)
 
-from conftest import ENGINE_ARGS, padt_vrt_model
 from padt_plugins.engines.vllm import VLLMEngine
 from padt_plugins.engines.vllm.export import UnsupportedBackboneError, export_for_vllm
+from vllm_helpers import ENGINE_ARGS, padt_vrt_model
 
 import padt_core
 

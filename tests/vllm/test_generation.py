@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("vllm", reason="needs vLLM: bash tools/vllm_env.sh && .venv-vllm/bin/pytest -q tests/vllm")
+pytest.importorskip(
+    "vllm.sampling_params", reason="needs vLLM: bash tools/vllm_env.sh && .venv-vllm/bin/pytest -q tests/vllm"
+)
 
 import torch
-from conftest import ENGINE_ARGS, padt_vrt_model
 from helpers import noise_image
+from vllm_helpers import ENGINE_ARGS, padt_vrt_model
 
 SIZES = [(56, 84), (224, 224), (140, 56), (84, 168), (200, 120), (60, 300)]
 PROMPTS = ["Where is the red square?", "Find <|VRT_1|> again.", "Describe.", "Count the shapes",

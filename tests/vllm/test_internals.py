@@ -9,7 +9,9 @@ import inspect
 
 import pytest
 
-pytest.importorskip("vllm", reason="needs vLLM: bash tools/vllm_env.sh && .venv-vllm/bin/pytest -q tests/vllm")
+pytest.importorskip(
+    "vllm.sampling_params", reason="needs vLLM: bash tools/vllm_env.sh && .venv-vllm/bin/pytest -q tests/vllm"
+)
 
 from padt_plugins.engines.vllm import _runner
 
