@@ -332,7 +332,11 @@ class PaDTModel(nn.Module):
         if self.projection is None:  # answer format without VRTs
             prototypes, bank = [], None
         else:
-            prototypes = self.projection.project_all([f.tokens for f in features], [f.grid for f in features])
+            places = [0] * len(features)  # each image's place in its sample (vrt.max_images embeds it)
+            for own in sample_images:
+                for place, i in enumerate(own):
+                    places[i] = place
+            prototypes = self.projection.project_all([f.tokens for f in features], [f.grid for f in features], places)
             # A sample's bank row is its images' prototypes back to back: VRT k of a multi-image sample
             # numbers the concatenation of their cells.
             rows = [own[0] if len(own) == 1 else (own or -1) for own in sample_images]

@@ -116,6 +116,13 @@ class VRTConfig(_Section):
         "none", description="2-D position embedding added to prototypes (beyond the reference)"
     )
     max_grid: tuple[int, int] = Field((64, 64), description="(rows, cols) of the learned position tables")
+    max_images: int = Field(
+        0,
+        ge=0,
+        description="a learned embedding of the image's place in its sample (0, 1, ...) added to its prototypes, "
+        "for this many images (0: none): without it, like cells of two images have like prototypes "
+        "(docs/multi-image.md)",
+    )
 
 
 class DecoderConfig(_Section):

@@ -77,6 +77,8 @@ class ObjectAnn:
             convention the head that reads the key documents (positions normalised like ``box`` by
             default). The collator hands them to the decoder as ``ObjectTargets.extras[key]``; a
             head lists the keys it needs in ``target_keys``. ``box`` and ``mask`` are not extras.
+        image: which of the sample's images the object is in (``0`` for a single-image sample); its
+            box and mask are that image's.
     """
 
     label: str
@@ -87,8 +89,13 @@ class ObjectAnn:
     category_id: int | None = None
     ann_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    image: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.image, bool) or not isinstance(self.image, int) or self.image < 0:
+            raise ValueError(
+                f"{self.describe()}: image must be the index of one of the sample's images, got {self.image!r}"
+            )
         if len(self.box) != 4:
             raise ValueError(f"{self.describe()}: box must have 4 numbers (x1, y1, x2, y2), got {self.box!r}")
         x1, y1, x2, y2 = (float(v) for v in self.box)
@@ -115,11 +122,11 @@ class ObjectAnn:
 
 @dataclass
 class Sample:
-    """One training/evaluation example: an image, a prompt and an answer template.
+    """One training/evaluation example: an image (or several), a prompt and an answer template.
 
     Attributes:
         id: unique id within its dataset (``"<dataset>/<record>"``).
-        image: path of the image file.
+        image: path of the image file (the first one of a multi-image sample).
         task: a task a registered dataset plugin declares (PaDT's: ``rec``, ``res``, ``ovd``, ``ric``).
         prompt: user text (the image is added by the chat template).
         answer: target text with ``<|Obj_k|>`` placeholders; every object is referenced, and no
@@ -127,6 +134,10 @@ class Sample:
         objects: the objects the placeholders refer to.
         image_size: ``(height, width)`` of the original image, when the reader knows it.
         meta: free-form provenance (source file, reference patch ids, ...).
+        images: every image of a sample with several, in prompt order (``images[0] == image``; the
+            prompt's ``<|img|>`` slots place them, else they come first; ``docs/multi-image.md``).
+            Empty for a single-image sample. Objects say which image they are in (``ObjectAnn.image``).
+        image_sizes: ``(height, width)`` of each of ``images``, when the reader knows them.
     """
 
     id: str
@@ -137,9 +148,33 @@ class Sample:
     objects: list[ObjectAnn]
     image_size: tuple[int, int] | None = None
     meta: dict = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)
+    image_sizes: list[tuple[int, int]] | None = None
+
+    @property
+    def image_paths(self) -> list[str]:
+        """Every image of the sample, in order (one for a single-image sample)."""
+        return list(self.images) if self.images else [self.image]
 
     def __post_init__(self) -> None:
         check_tasks([self.task], f"sample {self.id}")
+        if self.images:
+            self.images = [str(p) for p in self.images]
+            if self.image != self.images[0]:
+                raise ValueError(f"sample {self.id}: image {self.image!r} is not the first of images {self.images}")
+        beyond = [k for k, o in enumerate(self.objects) if o.image >= len(self.image_paths)]
+        if beyond:
+            k = beyond[0]
+            raise ValueError(
+                f"sample {self.id}: object {k} is in image {self.objects[k].image} but the sample has "
+                f"{len(self.image_paths)} image(s)"
+            )
+        if self.image_sizes is not None:
+            self.image_sizes = [(int(h), int(w)) for h, w in self.image_sizes]
+            if len(self.image_sizes) != len(self.image_paths):
+                raise ValueError(
+                    f"sample {self.id}: {len(self.image_sizes)} image sizes for {len(self.image_paths)} images"
+                )
         used = set(placeholder_indices(self.answer))
         n = len(self.objects)
         missing = sorted(set(range(n)) - used)
@@ -162,6 +197,12 @@ class Sample:
         out["image_size"] = None if self.image_size is None else list(self.image_size)
         for obj in out["objects"]:
             obj["box"] = list(obj["box"])
+            if not obj["image"]:
+                del obj["image"]  # single-image records stay as they were written before multi-image samples
+        if not self.images:
+            del out["images"], out["image_sizes"]
+        else:
+            out["image_sizes"] = None if self.image_sizes is None else [list(s) for s in self.image_sizes]
         return out
 
     @classmethod
@@ -170,6 +211,8 @@ class Sample:
         data["objects"] = [ObjectAnn(**{**o, "box": tuple(o["box"])}) for o in data["objects"]]
         if data.get("image_size") is not None:
             data["image_size"] = tuple(data["image_size"])
+        if data.get("image_sizes") is not None:
+            data["image_sizes"] = [tuple(s) for s in data["image_sizes"]]
         return cls(**data)
 
 

@@ -110,14 +110,20 @@ class PaDTCollator:
         self.skipped[reason] += 1
         logger.warning("skipping sample %s (%s): %s", sample.id, sample.image, detail)
 
-    def _load(self, sample: Sample) -> Image.Image | None:
-        try:
-            return load_image(sample.image)
-        except ImageError as err:  # missing, a directory, truncated, too large (padt_core/data/image.py)
-            self._skip(sample, err.reason, str(err))
-            return None
+    def _load(self, sample: Sample) -> Image.Image | list[Image.Image] | None:
+        """The sample's image, or the list of its images (a multi-image sample); ``None``: skipped."""
+        paths = sample.image_paths
+        loaded = []
+        for j, path in enumerate(paths):
+            try:
+                loaded.append(load_image(path))
+            except ImageError as err:  # missing, a directory, truncated, too large (padt_core/data/image.py)
+                where = f"image {j} of {len(paths)}: " if len(paths) > 1 else ""
+                self._skip(sample, err.reason, where + str(err))
+                return None
+        return loaded if sample.images else loaded[0]
 
-    def _processable(self, sample: Sample, image: Image.Image) -> bool:
+    def _processable(self, sample: Sample, image: Image.Image | list[Image.Image]) -> bool:
         """Whether the model takes this sample alone; a refused one is skipped (``image_rejected``, ``bad_prompt``)."""
         try:
             self.prepare([image], [sample.prompt])
@@ -125,7 +131,8 @@ class PaDTCollator:
             self._skip(sample, "bad_prompt", str(err))
             return False
         except ValueError as err:
-            self._skip(sample, "image_rejected", f"{image.width}x{image.height} (w x h): {err}")
+            sizes = ", ".join(f"{im.width}x{im.height}" for im in _images(image))
+            self._skip(sample, "image_rejected", f"{sizes} (w x h): {err}")
             return False
         return True
 
@@ -133,12 +140,26 @@ class PaDTCollator:
         return self.backbone.tokenizer.encode(text, add_special_tokens=False) if text else []
 
     def encode_vrt_answer(
-        self, sample: Sample, grid: tuple[int, int], size: tuple[int, int], rng: np.random.Generator
+        self,
+        sample: Sample,
+        grid: tuple[int, int] | list[tuple[int, int]],
+        size: tuple[int, int] | list[tuple[int, int]],
+        rng: np.random.Generator,
     ) -> _Encoded | None:
-        """``K`` VRT ids per ``<|Obj_k|>`` drawn from the object's cells, their robust-CE masks and decoder targets."""
+        """``K`` VRT ids per ``<|Obj_k|>`` drawn from the object's cells, their robust-CE masks and decoder targets.
+
+        A multi-image sample gives a list of grids and sizes, one per image: each object's cells are drawn on
+        its own image's grid and its VRT ids are offset by the cells of the images before it.
+        """
         vocab = self.backbone.vocab_rows
+        grids = list(grid) if isinstance(grid, list) else [grid]
+        sizes = list(size) if isinstance(size, list) else [size]
+        offsets = np.cumsum([0] + [h * w for h, w in grids]).tolist()
         try:
-            cells_of = [object_cells(o, grid, size, self.coverage, self.relative_coverage) for o in sample.objects]
+            cells_of = [
+                object_cells(o, grids[o.image], sizes[o.image], self.coverage, self.relative_coverage)
+                for o in sample.objects
+            ]
         except ValueError as err:
             self._skip(sample, "bad_mask", f"bad mask: {err}")
             return None
@@ -161,23 +182,24 @@ class PaDTCollator:
                 return None
             obj, cells = sample.objects[index], cells_of[index]
             try:
-                mask = decode_mask(obj, size) if obj.mask is not None else None
+                mask = decode_mask(obj, sizes[obj.image]) if obj.mask is not None else None
             except ValueError as err:
                 self._skip(sample, "bad_mask", f"bad mask: {err}")
                 return None
             if self.sampling == "five_point" and self.k != -1:
-                targets = five_point_cells(cells, grid[1], rng)
+                targets = five_point_cells(cells, grids[obj.image][1], rng)
             else:
                 targets = pick_vrt_targets(cells, self.k, rng)
-            start = len(enc.completion)
+            start, offset = len(enc.completion), offsets[obj.image]
             cellset = set(cells)
             for j, cell in enumerate(targets):
-                enc.ignore.append((start + j, sorted(cellset - {cell})))
-            enc.completion += [vocab + c for c in targets]
+                enc.ignore.append((start + j, [offset + c for c in sorted(cellset - {cell})]))
+            enc.completion += [vocab + offset + c for c in targets]
             enc.objects.append(
                 {
                     "positions": list(range(start, start + len(targets))),
-                    "cells": targets,
+                    "cells": targets,  # in the object's own image
+                    "image": obj.image,
                     "box": obj.box,
                     "mask": None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)),
                     "extra": {key: _extra_tensor(value) for key, value in obj.extra.items()},
@@ -221,8 +243,13 @@ class PaDTCollator:
                 raise ValueError(f"every sample of the batch was skipped ({dict(self.skipped)})") from None
             prompt = self.prepare([im for _, im in kept], [s.prompt for s, _ in kept])
         encoded, rows = [], []
-        for b, ((sample, image), grid) in enumerate(zip(kept, prompt["image_grids"])):
-            enc = self.answer_format.encode_answer(self, sample, tuple(grid), (image.height, image.width), rngs[b])
+        for b, ((sample, image), own) in enumerate(zip(kept, prompt["sample_images"])):
+            if isinstance(image, list):  # a multi-image sample: grids and sizes of each of its images
+                grid: Any = [tuple(prompt["image_grids"][i]) for i in own]
+                size: Any = [(im.height, im.width) for im in image]
+            else:
+                grid, size = tuple(prompt["image_grids"][own[0]]), (image.height, image.width)
+            enc = self.answer_format.encode_answer(self, sample, grid, size, rngs[b])
             if enc is not None:
                 # How many of each object's VRTs the decoder sees when trained on cell subsets
                 # (train.decoder_cell_subsets): drawn per sample too, from its own stream, so data-parallel
@@ -237,17 +264,20 @@ class PaDTCollator:
         if len(rows) < len(kept):  # re-process without the dropped samples so tensors stay aligned
             kept = [kept[b] for b in rows]
             prompt = self.prepare([im for _, im in kept], [s.prompt for s, _ in kept])
-        return self._assemble(prompt, encoded, [(im.height, im.width) for _, im in kept])
+        sizes = [(im.height, im.width) for _, image in kept for im in _images(image)]  # per batch image
+        return self._assemble(prompt, encoded, sizes)
 
     def _assemble(self, prompt, encoded: list[_Encoded], sizes: list[tuple[int, int]]) -> TrainBatch:
         pad = self.backbone.pad_token_id
         length = max(len(e.completion) for e in encoded)
-        width = max(h * w for h, w in prompt["image_grids"])
+        grids = prompt["image_grids"]
+        # A sample's VRT vocabulary: the cells of all its images (the bank's row width).
+        width = max(sum(grids[i][0] * grids[i][1] for i in own) for own in prompt["sample_images"])
         batch = len(encoded)
         completion = torch.full((batch, length), pad, dtype=torch.long)
         completion_mask = torch.zeros(batch, length, dtype=torch.long)
         ignore = torch.zeros(batch, length, width, dtype=torch.bool)
-        sample, counts, positions, cells, keep = [], [], [], [], []
+        sample, counts, positions, cells, keep, image = [], [], [], [], [], []
         objects: list[dict[str, Any]] = []
         for b, enc in enumerate(encoded):
             completion[b, : len(enc.completion)] = torch.tensor(enc.completion)
@@ -260,6 +290,7 @@ class PaDTCollator:
                 positions += obj["positions"]
                 cells += obj["cells"]
                 keep.append(obj.get("keep", len(obj["cells"])))
+                image.append(obj.get("image", 0))
                 objects.append(obj)
         # Every extra key any object of the batch carries; objects without it hold None (a head that
         # needs the key leaves them out of its loss and counts them).
@@ -285,9 +316,14 @@ class PaDTCollator:
                 cells=long(cells),
                 keep=long(keep),  # VRTs the decoder sees with cell subsets
                 targets=targets,
+                image=long(image) if any(image) else None,  # None: every object in its sample's first image
             ),
             original_sizes=sizes,
         )
+
+
+def _images(image: Image.Image | list[Image.Image]) -> list[Image.Image]:
+    return image if isinstance(image, list) else [image]
 
 
 def _extra_tensor(value: Any) -> Any:

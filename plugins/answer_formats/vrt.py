@@ -51,7 +51,12 @@ class VRTFormat(AnswerFormat):
         """The prototype projection of the recipe's ``vrt`` section on the backbone's merged tokens."""
         vrt = recipe.vrt
         return PrototypeProjection(
-            backbone.hidden_size, vrt.rank, vrt.projection, position=vrt.position, max_grid=vrt.max_grid
+            backbone.hidden_size,
+            vrt.rank,
+            vrt.projection,
+            position=vrt.position,
+            max_grid=vrt.max_grid,
+            max_images=vrt.max_images,
         )
 
     def encode_answer(

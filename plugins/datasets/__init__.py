@@ -1,8 +1,9 @@
 """Dataset plugins: on-disk formats → :class:`padt_core.data.Sample` lists.
 
 ``coco`` (OVD), ``refcoco`` (REC/RES), ``vlm_r1`` (VLM-R1's RefCOCO split files, REC/RES), ``ric``
-(captions with object markers), ``padt_json`` (the published PaDT files) and ``shapes`` (synthetic,
-generated on first use and read back through the three real readers). Registered through the
+(captions with object markers), ``padt_json`` (the published PaDT files), ``shapes`` (synthetic,
+generated on first use and read back through the three real readers) and ``shapes_pairs`` (two shapes
+images per sample, ``docs/multi-image.md``). Registered through the
 ``padt`` entry-point group like any third-party plugin.
 """
 
@@ -64,6 +65,7 @@ def padt_datasets() -> list[type]:
     from .refcoco import RefCocoDataset
     from .ric import RicDataset
     from .shapes import ShapesDataset
+    from .shapes.pairs import ShapesPairsDataset
     from .vlm_r1 import VlmR1Dataset
 
-    return [CocoDataset, RefCocoDataset, RicDataset, PaDTJsonDataset, ShapesDataset, VlmR1Dataset]
+    return [CocoDataset, RefCocoDataset, RicDataset, PaDTJsonDataset, ShapesDataset, ShapesPairsDataset, VlmR1Dataset]

@@ -9,6 +9,11 @@ One record per sample (a json list, or one json object per line)::
                   "label": "person", "iscrowd": 0, "area": 123.4,
                   "extra": {"keypoints": [...]}}]}     (optional: further targets by key, ObjectAnn.extra)
 
+Several images in one conversation (``docs/multi-image.md``): ``"images": ["a.jpg", "b.jpg"]`` in place of
+``"image"``, and each object's ``"image": j`` (default 0) says which one it is in (its ``bbox`` and
+``rle`` are that image's). ``<|img|>`` in the prompt places each image (so does one ``<image>`` per
+image); without slots they come first.
+
 ``<image>`` strings are removed from the prompt, as the reference's ``sft_train.py`` does. The
 ``patches`` stored in the file were computed on a ``round(h/28) × round(w/28)`` grid of the original
 image (§6.2); they are kept in ``meta["patches"]`` for inspection, while training recomputes cells
@@ -24,6 +29,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from padt_core.backbone import IMAGE_SLOT
 from padt_core.data.reader import DatasetReader, ImageCheck, read_json
 from padt_core.data.sample import ObjectAnn, Sample, rle_area
 from padt_core.plugins import PluginConfig
@@ -97,17 +103,31 @@ class PaDTJsonDataset(DatasetReader):
         if task is None:
             raise ValueError(f"unknown task {record['task']!r}")
         prompt = next(t["value"] for t in record["conversations"] if t.get("from") == "human")
-        prompt = prompt.replace("<image>", "").strip()
-        image = Path(self.config.image_dir) / record["image"]
+        names = record["images"] if "images" in record else [record["image"]]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"`images` must be a non-empty list of file names, got {names!r}")
+        # One <image> per image of a multi-image record marks where each goes; otherwise they are dropped.
+        slots = len(names) > 1 and prompt.count("<image>") == len(names)
+        prompt = prompt.replace("<image>", IMAGE_SLOT if slots else "").strip()
+        paths = [Path(self.config.image_dir) / name for name in names]
         raw_objects = record.get("objects") or []
-        rle_sizes = {tuple(o["rle"]["size"]) for o in raw_objects if o.get("rle")}
-        if len(rle_sizes) > 1:
-            self.skip("rle_size", where, f"objects' RLEs disagree on the image size: {sorted(rle_sizes)}")
-            return None
-        expected = next(iter(rle_sizes)) if rle_sizes else None
-        size = self.check_image(image, where, expected)
-        if size is None and (expected is not None or self.config.check_images != "none"):
-            return None  # skipped (missing/corrupt image, or RLE size != image size)
+        places = [int(o.get("image", 0)) for o in raw_objects]
+        beyond = [k for k, j in enumerate(places) if not 0 <= j < len(paths)]
+        if beyond:
+            k = beyond[0]
+            raise ValueError(f"object {k} is in image {places[k]} but the record has {len(paths)} image(s)")
+        sizes = []
+        for j, image in enumerate(paths):
+            rle_sizes = {tuple(o["rle"]["size"]) for o, at in zip(raw_objects, places) if o.get("rle") and at == j}
+            if len(rle_sizes) > 1:
+                self.skip("rle_size", where, f"objects' RLEs disagree on the size of {image}: {sorted(rle_sizes)}")
+                return None
+            expected = next(iter(rle_sizes)) if rle_sizes else None
+            size = self.check_image(image, where, expected)
+            if size is None and (expected is not None or self.config.check_images != "none"):
+                return None  # skipped (missing/corrupt image, or RLE size != image size)
+            sizes.append(size)
+        image, size = paths[0], sizes[0]
         objects = []
         for k, o in enumerate(raw_objects):
             mask = o.get("rle")
@@ -122,11 +142,15 @@ class PaDTJsonDataset(DatasetReader):
                     iscrowd=bool(o.get("iscrowd", 0)),
                     area=None if o.get("area") is None else float(o["area"]),
                     extra=dict(o.get("extra") or {}),
+                    image=places[k],
                 )
             )
+        several = "images" in record and len(paths) > 1
         return Sample(
             id=f"{self.name}/{record['id']}",
             image=str(image),
+            images=[str(p) for p in paths] if several else [],
+            image_sizes=sizes if several and all(s is not None for s in sizes) else None,
             task=task,
             prompt=prompt,
             answer=record["answer_template"],

@@ -2,8 +2,10 @@
 
 One object answers the query (:func:`select_object`: highest score, else first); it is a hit when its
 box overlaps the ground-truth box (normalised xyxy × original image size) with IoU ≥ 0.5. No object,
-or no usable box, is a miss. Unlike the reference, the prediction is matched to its sample by id, so
-a model need not repeat the query sentence inside the quotes to be scored.
+or no usable box, is a miss. In a sample with several images the object must also be in the
+ground truth's image (``wrong_image`` counts those that are not; ``docs/multi-image.md``). Unlike the
+reference, the prediction is matched to its sample by id, so a model need not repeat the query
+sentence inside the quotes to be scored.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class RECMetric(Metric):
         super().reset()
         self.hits = 0
         self.no_box = 0
+        self.wrong_image = 0
         self.per_sample: dict[str, float] = {}
 
     def _update(self, sample: Any, prediction: Any, objects: list[Any]) -> None:
@@ -67,9 +70,19 @@ class RECMetric(Metric):
         box = valid_box(getattr(chosen, "box", None)) if chosen is not None else None
         if chosen is not None and box is None:
             self.no_box += 1
-        iou = box_iou(box, gt_box_pixels(gt, image_size_of(sample))) if box is not None else 0.0
+        size = image_size_of(sample)
+        if getattr(sample, "images", None):  # several images: the box is in the pixels of the object's image
+            image = getattr(gt, "image", 0)
+            size = sample.image_sizes[image] if getattr(sample, "image_sizes", None) else size
+            if box is not None and getattr(chosen, "image", 0) != image:
+                self.wrong_image += 1
+                box = None
+        iou = box_iou(box, gt_box_pixels(gt, size)) if box is not None else 0.0
         self.per_sample[str(sample.id)] = iou
         self.hits += int(iou >= IOU_THRESHOLD)
 
     def _compute(self) -> dict[str, float | int | dict]:
-        return {"rec_acc50": ratio(self.hits, self._counts["samples"]), "hits": self.hits, "no_box": self.no_box}
+        out = {"rec_acc50": ratio(self.hits, self._counts["samples"]), "hits": self.hits, "no_box": self.no_box}
+        if self.wrong_image:
+            out["wrong_image"] = self.wrong_image
+        return out

@@ -18,12 +18,14 @@ from padt_core.lazy import lazy_attributes
 if TYPE_CHECKING:
     from .dataset import ShapesDataset, ShapesDatasetConfig
     from .generate import MANIFEST, ShapesMismatchError, ShapesParams, ensure_shapes, write_shapes
+    from .pairs import ShapesPairsDataset
 
 # Loaded on first use (PEP 562): the command line imports `.cli` at every start, and the reader and the
 # generator need numpy, pycocotools and (through the real readers) torch.
 _LAZY: dict[str, str] = {
     "ShapesDataset": "dataset",
     "ShapesDatasetConfig": "dataset",
+    "ShapesPairsDataset": "pairs",
     **dict.fromkeys(("MANIFEST", "ShapesMismatchError", "ShapesParams", "ensure_shapes", "write_shapes"), "generate"),
 }
 
@@ -35,6 +37,7 @@ __all__ = [
     "ShapesDataset",
     "ShapesDatasetConfig",
     "ShapesMismatchError",
+    "ShapesPairsDataset",
     "ShapesParams",
     "ensure_shapes",
     "write_shapes",
