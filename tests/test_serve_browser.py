@@ -67,11 +67,6 @@ def test_page_uploads_an_image_and_shows_the_answer(browser, page_url, tmp_path)
     assert page.get_attribute("#annotated", "src") != before and "masks=false" in page.get_attribute(
         "#annotated", "src"
     )
-    shot = os.environ.get("PADT_SERVE_SCREENSHOT")
-    if shot:  # docs/serve_screenshot.png: PADT_SERVE_SCREENSHOT=docs/serve_screenshot.png pytest this test
-        page.check("#masks")
-        page.wait_for_function("document.getElementById('annotated').complete")
-        page.screenshot(path=shot, full_page=True)
     page.close()
 
 
