@@ -8,17 +8,19 @@ per call and batch size (:class:`_Prepared`), so a decoding step adds no per-ste
 
 Two paths, the same values:
 
-- **fused** (inference, small tables; the classifier's only for one-position decoding steps, so a
-  teacher-forced pass rounds exactly as before): per batch size one table ``[n, V + P, D]`` = the embedding
-  rows followed by the sample's prototypes. A step's embedding is one ``F.embedding`` (ids offset
-  by ``b * (V + P)`` for ``n > 1``) and its logits one product with a bias that holds the ``lm_head``
-  bias, the never-generate mask and the padding mask: the same number of operations as the plain
-  backbone's step. It copies the embedding table ``n`` times per call, so it is taken only while
-  that copy stays within ``fused_bytes`` (tiny and small-vocabulary models; a 150 k-row vocabulary
-  never is) and for plain ``nn.Embedding`` / ``nn.Linear`` modules.
-- **general** (training, large tables, other module types): the module's own forward on the text
-  ids, one ``F.embedding`` into the flattened bank and a ``where``; text logits then
-  ``baddbmm`` VRT logits and a ``cat`` (``padt_core.embedding`` / ``padt_core.head``).
+- **fused** (inference, small tables, plain ``nn.Embedding`` / ``nn.Linear`` modules): per batch size
+  one table ``[n, V + P, D]`` = the embedding rows followed by the sample's prototypes, so a step's
+  embedding is one ``F.embedding`` (ids offset by ``b * (V + P)`` for ``n > 1``). At batch 1 the
+  classifier is one product too, over the same ``[V + P, D]`` rows, with a bias that holds the
+  ``lm_head`` bias, the never-generate mask and the padding mask: a step issues exactly the plain
+  backbone's operations. It copies the embedding table ``n`` times per call, so it is taken only
+  while that copy stays within ``fused_bytes`` (tiny and small-vocabulary models; a 150 k-row
+  vocabulary never is).
+- **general** (training, large tables, other module types; the classifier at ``n > 1`` and in any
+  pass over more than one position, which so rounds exactly like the plain classifier): the
+  module's own forward on the text ids, one ``F.embedding`` into the flattened bank and a ``where``;
+  the text logits (never-generate mask folded into the bias), ``baddbmm`` VRT logits and a ``cat``
+  (``padt_core.embedding`` / ``padt_core.head``).
 
 ``suppress`` ids (the backbone's :attr:`~padt_core.backbone.Backbone.never_generate_ids`: image
 placeholders, vision start/end) get the dtype's minimum as logit, folded into the same bias.
@@ -97,12 +99,12 @@ def _forward_replaced(module: nn.Module, forward: Callable[..., Any]) -> Iterato
 
 @dataclass(frozen=True)
 class _Fused:
-    """The fused path for one batch size ``n`` (``n = 1``: 2-d weight, 1-d bias, no offsets)."""
+    """The fused path for one batch size ``n``."""
 
-    table: torch.Tensor  # [n (V + P), D] embedding rows, sample after sample
-    offsets: torch.Tensor | None  # [n, 1] first row of each sample's block; None for n = 1
-    weight: torch.Tensor  # n = 1: [V + P, D] (F.linear); else [n, D, V + P] (baddbmm)
-    bias: torch.Tensor  # n = 1: [V + P]; else [n, 1, V + P]
+    table: torch.Tensor  # embedding rows [n (V + P), D], sample after sample (text rows, then its prototypes)
+    offsets: torch.Tensor | None  # [n, 1]: first row of each sample's block; None for n = 1
+    weight: torch.Tensor | None  # n = 1: classifier rows [V + P, D], text then VRT; None for n > 1
+    bias: torch.Tensor | None  # n = 1: [V + P] (lm_head bias, never-generate and padding minima); else None
 
 
 class _Prepared:
@@ -128,24 +130,28 @@ class _Prepared:
 
     # --- fused path ---------------------------------------------------------------------------
     def fused(self, n: int) -> _Fused | None:
-        """The fused path's tensors for ``n`` rows, or ``None`` where it does not apply (see the module doc)."""
+        """The fused path's tensors for ``n`` rows, or ``None`` where it does not apply (see the module doc).
+
+        The classifier is fused for ``n = 1`` only: ``n`` per-sample ``[V + P, D]`` weights would be read
+        at every step (8 × the classifier's memory traffic at batch 8, measured slower than the split
+        product + cat); the embedding reads only ``n`` rows of its table, so it is fused at any ``n``.
+        """
         if n in self._fused:
             return self._fused[n]
         weight = self.head.weight
         rows = self.vocab + self.width
         tied = self.emb.weight is weight
-        size = n * rows * weight.shape[1] * weight.element_size() * (1 if tied else 2)
-        if not self.plain_modules or size > self.fused_bytes or weight.shape[0] != self.vocab:
+        size = (n + (0 if tied else 1)) * rows * weight.shape[1] * weight.element_size()
+        if not self.plain_modules or size > self.fused_bytes:
             self._fused[n] = None
             return None
-        bias = self.logit_bias(n, weight.dtype)
-        head_table = self._table(weight, n)
-        emb_table = head_table if tied else self._table(self.emb.weight, n)
-        if n == 1:  # views taken here, not per step
-            fused = _Fused(emb_table[0], None, head_table[0], bias[0, 0])
+        table = self._table(self.emb.weight, n)
+        if n == 1 and weight.shape[0] == self.vocab:
+            head = table if tied else self._table(weight, 1)
+            fused = _Fused(table[0], None, head[0], self.logit_bias(1, weight.dtype)[0, 0])
         else:
-            offsets = (torch.arange(n, device=weight.device) * rows).unsqueeze(1)
-            fused = _Fused(emb_table.reshape(n * rows, -1), offsets, head_table.transpose(1, 2), bias)
+            offsets = None if n == 1 else (torch.arange(n, device=weight.device) * rows).unsqueeze(1)
+            fused = _Fused(table.reshape(n * rows, -1), offsets, None, None)
         self._fused[n] = fused
         return fused
 
@@ -195,10 +201,8 @@ class _Prepared:
         # product has the plain classifier's shape and so its rounding, bit for bit.
         one_step = hidden.dim() == 3 and hidden.shape[1] == 1 and not torch.is_grad_enabled()
         fused = self.fused(hidden.shape[0]) if one_step else None
-        if fused is not None:
-            if fused.offsets is None:
-                return F.linear(hidden, fused.weight, fused.bias)
-            return torch.baddbmm(fused.bias, hidden, fused.weight)
+        if fused is not None and fused.weight is not None:
+            return F.linear(hidden, fused.weight, fused.bias)
         if not self.suppress:
             text = self.text_logits(hidden)
         elif type(self.head) is nn.Linear and not torch.is_grad_enabled():  # the mask folded into the bias
