@@ -93,8 +93,9 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         seed=args.seed,
         overrides=args.overrides or None,
-        threads=args.threads,
+        threads=args.threads or None,
         clock=args.clock,
+        warmup=args.warmup,
     )
     write_result(result, args.output)
     return 0
@@ -151,10 +152,10 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     tr = add_subcommand(sub, "train", "PaDT training step vs plain SFT step (samples/s, peak memory, ratio)")
     tr.add_argument("--recipe", default="recipes/tiny_qwen_shapes.yaml", help="recipe path or bundled name")
     tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--steps", type=int, default=5, help="timed steps")
+    tr.add_argument("--steps", type=int, default=11, help="timed PaDT/plain step pairs, interleaved (default: 11)")
+    tr.add_argument("--warmup", type=int, default=2, help="untimed steps per side first (default: 2)")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    tr.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall or this process's CPU time")
+    _add_timing_options(tr)
     tr.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
     add_device(tr)
     add_overrides(tr)

@@ -13,9 +13,12 @@ mix, ``batch_size`` samples) and are timed as one optimiser step each: forward, 
   completion tokens (logits for the same ``L + 1`` positions as PaDT), AdamW over the backbone's
   parameters. No hooks, no bank, no decoder.
 
-Timing: warm-up steps, then ``repeats`` rounds with PaDT and plain steps interleaved (machine drift hits
-both alike), the garbage collector paused; the median per side. ``ratio`` = PaDT step time / plain
-step time. Collation (the PaDT collator, and the processor alone for the plain side) is timed apart.
+Timing (``bench/timing.py``): ``warmup`` untimed steps per side, then ``steps`` interleaved pairs
+(``AB BA …``: drift and slow spells hit both members of a pair), the garbage collector paused.
+``ratio`` = the median of the per-pair PaDT / plain step-time ratios, with its spread
+(``ratio_spread``: quartiles, extremes, bootstrap 95 % interval); ``padt.step_ms`` / ``plain.step_ms``
+are each side's median. Defaults: one torch thread, this process's CPU time on a CPU. Collation (the
+PaDT collator, and the processor alone for the plain side) is timed apart.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over one step (above the memory held
 before it: weights, optimiser state). On CPU torch's allocations are invisible to ``tracemalloc``, so
@@ -42,14 +45,8 @@ import torch.nn.functional as F
 from padt_core.dtypes import torch_dtype
 from padt_core.runtime import release_free_memory
 
-from .generate import (
-    _CLOCKS,
-    _jsonable_overrides,
-    check_run_options,
-    machine_info,
-    model_summary,
-    torch_threads,
-)
+from .generate import _jsonable_overrides, check_run_options, machine_info, model_summary, torch_threads
+from .timing import CLOCKS, DEFAULT_THREADS, interleaved_pairs, paired_ratio, resolve_clock, timer
 
 __all__ = ["bench_train"]
 
@@ -59,7 +56,7 @@ DEFAULT_RECIPE = "recipes/tiny_qwen_shapes.yaml"
 def bench_train(
     recipe: Any = DEFAULT_RECIPE,
     batch_size: int = 8,
-    steps: int = 5,
+    steps: int = 11,
     device: str = "cpu",
     dtype: str | None = None,
     seed: int = 0,
@@ -69,8 +66,8 @@ def bench_train(
     step: Literal["main", "warmup"] = "main",
     data_root: str | os.PathLike | None = None,
     n_images: int | None = None,
-    threads: int | None = None,
-    clock: Literal["wall", "cpu"] = "wall",
+    threads: int | None = DEFAULT_THREADS,
+    clock: Literal["auto", "wall", "cpu"] = "auto",
     memory: bool = True,
 ) -> dict[str, Any]:
     """Samples/s and peak memory of a PaDT training step vs a plain SFT step; a JSON-serialisable dict.
@@ -78,8 +75,10 @@ def bench_train(
     ``recipe`` is anything ``padt_core.build`` accepts, with dotted ``overrides``; its first
     ``data.train`` section must be a ``shapes`` section (its tasks and image size are used). The data
     is generated into ``data_root`` (default: a temporary folder) with ``n_images`` train images
-    (default: enough for one batch). ``steps`` timed steps per side after ``warmup`` untimed ones.
-    ``threads`` and ``clock`` as in :func:`padt_bench.generate.bench_generate`.
+    (default: enough for one batch). ``steps`` timed pairs (one step per side each, interleaved) after
+    ``warmup`` untimed steps per side. ``threads`` (default 1; ``None``: torch's) and ``clock``
+    (default ``auto``: CPU time on a CPU, wall time on an accelerator) as in
+    :func:`padt_bench.generate.bench_generate`.
     """
     import padt_core
     from padt_core.recipe import load_recipe
@@ -93,6 +92,7 @@ def bench_train(
     if step not in ("main", "warmup"):
         raise ValueError(f"step {step!r} is not one of main, warmup")
     dev = check_run_options(device, dtype, clock)
+    clock = resolve_clock(clock, dev)
 
     spec = load_recipe(recipe, overrides)
     if spec.decoder is None:
@@ -103,7 +103,7 @@ def bench_train(
         model = padt_core.build(spec)
         model.to(device=dev, dtype=torch_dtype(dtype) if dtype else None)
         model.train()
-        result = _bench(model, items, steps, warmup, step, _CLOCKS[clock], memory)
+        result = _bench(model, items, steps, warmup, step, CLOCKS[clock], memory)
         info = machine_info(dev, model.dtype)
 
     return {
@@ -119,8 +119,11 @@ def bench_train(
             "step": step,
             "seed": seed,
             "clock": clock,
+            "threads": threads,
             "optimizer": "AdamW fused (the Trainer's adamw_torch_fused), lr 1e-5",
-            "method": "median of interleaved PaDT / plain optimiser steps (forward + backward + AdamW step)",
+            "method": "steps interleaved PaDT/plain pairs (AB BA ...) of optimiser steps (forward + backward + "
+            "AdamW step) after warmup steps per side; ratio = median of the per-pair ratios (ratio_spread: "
+            "quartiles, extremes, bootstrap 95% interval)",
         },
         **result,
     }
@@ -152,7 +155,7 @@ def _bench(model: Any, items: list, steps: int, warmup: int, phase: str, clock: 
     cfg = model.recipe.train
     collator = make_collator(model)
     dev = model.device
-    timed = _timer(dev, clock)
+    timed = timer(dev, clock)
     collate_ms = [timed(lambda: collator(items))[0] * 1e3 for _ in range(3)]
     samples = [it["sample"] for it in items]
     prepare_ms = [
@@ -164,19 +167,12 @@ def _bench(model: Any, items: list, steps: int, warmup: int, phase: str, clock: 
         raise ValueError("step='warmup' but the recipe's train.prototype_warmup_steps is 0")
     losses: dict[str, float] = {}
     runs = train_steps(model, batch, phase, losses)
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
+    if warmup:  # both sides, alternating: lazy set-up and allocator growth land on neither side's timing
+        interleaved_pairs(runs, pairs=warmup, warmup=0, collect=False)
     peak = {name: _peak_memory(run, dev) for name, run in runs.items()} if memory else {}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    gc.collect()
-    gc.disable()  # as timeit does: a collection inside one step would be charged to it
-    try:
-        for _ in range(steps):
-            for name, run in runs.items():  # interleaved, so drift hits both sides alike
-                times[name].append(timed(run)[0] * 1e3)
-    finally:
-        gc.enable()
+    sides = {name: (lambda run=run: timed(run)[0] * 1e3) for name, run in runs.items()}
+    times = interleaved_pairs(sides, pairs=steps, warmup=0)
+    ratio = paired_ratio(times["padt"], times["plain"])
 
     bs = batch["completion_ids"].shape[0]
     padt_ms, plain_ms = statistics.median(times["padt"]), statistics.median(times["plain"])
@@ -193,7 +189,9 @@ def _bench(model: Any, items: list, steps: int, warmup: int, phase: str, clock: 
             "step_ms_runs": [round(t, 2) for t in times["plain"]],
             "loss": round(losses["plain"], 4),
         },
-        "ratio": round(padt_ms / plain_ms, 4),
+        "ratio": ratio["median"],
+        "ratio_spread": ratio,
+        "ratio_of_medians": round(padt_ms / plain_ms, 4),
         "collate_ms": round(statistics.median(collate_ms), 2),
         "prepare_ms": round(statistics.median(prepare_ms), 2),
         "batch": {
@@ -284,22 +282,6 @@ def _plain_inputs(model: Any, batch: dict[str, Any]) -> tuple[dict[str, Any], to
 
 def _to_device(batch: Any, dev: torch.device) -> Any:
     return batch.to(dev)  # a TrainBatch moves itself (objects and targets included)
-
-
-def _timer(device: torch.device, clock: Callable[[], float]) -> Callable[[Callable[[], Any]], tuple[float, Any]]:
-    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = clock()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return clock() - start, out
-
-    return timed
-
-
-# --- memory ------------------------------------------------------------------------------------------------
 
 
 def _peak_memory(run: Callable[[], None], device: torch.device) -> float | None:
