@@ -156,3 +156,15 @@ def test_bad_input_names_the_sample_and_the_image(decoded_model, images, tmp_pat
     monkeypatch.setattr(type(model.backbone), "max_context", property(lambda self: 60))
     with pytest.raises(PromptError, match="sample 0 takes .* than the LLM's context of 60; image 1 .* passes it"):
         model.prepare([[c, a, b]], ["too many"])
+
+
+def test_no_repeat_vrt_holds_over_the_concatenated_vocabulary():
+    """The processor is id-based: inside a run, a VRT of either image is not emitted twice."""
+    from padt_plugins.generation.no_repeat_vrt import NoRepeatVRT
+
+    vocab, cells = 10, 12  # two images of 8 and 4 cells
+    processor = NoRepeatVRT(vocab)
+    ids = torch.tensor([[1, 2, vocab + 9, vocab + 3], [1, vocab + 9, 2, vocab + 11]])
+    scores = processor(ids, torch.zeros(2, vocab + cells))
+    forbidden = (scores[:, vocab:] == -float("inf")).nonzero().tolist()
+    assert forbidden == [[0, 3], [0, 9], [1, 11]]  # row 1's VRT 9 ended its run at the text token 2
