@@ -501,6 +501,10 @@ class PaDTModel(nn.Module):
         :func:`padt_core.data.image.load_image` reads them. ``engine``: ``"hf"`` (Hugging Face ``generate``),
         the name of a ``padt.engines`` entry point (``"vllm"``: ``docs/vllm.md``) built once with ``engine_args``,
         or an engine object; objects are decoded by this model's heads either way.
+
+        A list inside ``images`` is one sample with several images, one conversation
+        (``docs/multi-image.md``): ``predict(images=[[a, b], [c]], prompts=[...])``; its objects say which
+        image they are in (``obj.image``, ``obj.cells``) and are in that image's pixels.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
