@@ -1,6 +1,7 @@
-"""vLLM PaDT generation equals Hugging Face PaDT generation: ids (greedy) and decoded boxes.
+"""vLLM PaDT generation equals Hugging Face PaDT generation: ids (greedy) and decoded boxes, on the tiny
+Qwen2.5-VL and the tiny Qwen3-VL (DeepStack).
 
-One engine for the module (an ``LLM`` start is the expensive part). Prompts of different image sizes,
+One engine per recipe (an ``LLM`` start is the expensive part). Prompts of different image sizes,
 with prompt VRTs, under chunked prefill (64-token steps, prompts up to ~100 tokens), 3 sequences at once
 for 6 prompts, and staggered finishes; the recipe's ``no_repeat_vrt`` runs in both engines.
 """
@@ -23,9 +24,9 @@ PROMPTS = ["Where is the red square?", "Find <|VRT_1|> again.", "Describe.", "Co
 NEW = 20
 
 
-@pytest.fixture(scope="module")
-def model():
-    return padt_vrt_model()
+@pytest.fixture(scope="module", params=["tiny_qwen", "tiny_qwen3_vl"])
+def model(request):
+    return padt_vrt_model(recipe=request.param)
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,15 @@ ENGINE_ARGS = {
 }
 
 
-def padt_vrt_model(seed: int = 0):
-    """The tiny Qwen2.5-VL with box/score/mask heads and no_repeat_vrt, sharpened so it emits VRT runs."""
+def padt_vrt_model(seed: int = 0, recipe: str = "tiny_qwen"):
+    """A tiny recipe (Qwen2.5-VL by default) with box/score/mask heads and no_repeat_vrt, sharpened so it emits
+    VRT runs."""
     from helpers import sharpen
 
     import padt_core
 
     torch.manual_seed(seed)
     overrides = {"decoder": DECODER, "generation": {"logits_processors": ["no_repeat_vrt"]}}
-    model = padt_core.build("tiny_qwen", overrides).eval()
+    model = padt_core.build(recipe, overrides).eval()
     sharpen(model, seed)
     return model

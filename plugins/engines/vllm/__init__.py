@@ -18,6 +18,7 @@ __all__ = ["VLLMEngine", "register"]
 # vLLM architecture name -> "module:class" (imported by vLLM only when a model of that name is loaded)
 MODEL_CLASSES = {
     "PaDTQwen2_5_VLForConditionalGeneration": "padt_plugins.engines.vllm.model:PaDTQwen2_5_VLForConditionalGeneration",
+    "PaDTQwen3VLForConditionalGeneration": "padt_plugins.engines.vllm.model:PaDTQwen3VLForConditionalGeneration",
 }
 
 

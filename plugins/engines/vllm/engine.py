@@ -11,6 +11,7 @@ the path training and ``engine="hf"`` use, so boxes agree exactly whenever the i
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -125,14 +126,13 @@ class VLLMEngine:
         backbone hands it to its processor."""
         backbone = self.model.backbone
         image_token = backbone.hf_model.config.image_token_id
-        prepare = getattr(backbone, "_prepare_image", lambda im: im)
         out = []
-        for row, mask, image in zip(batch["input_ids"], batch["attention_mask"], images):
+        for b, (row, mask, image) in enumerate(zip(batch["input_ids"], batch["attention_mask"], images)):
             ids = row[mask.bool()].tolist()
             collapsed = [t for i, t in enumerate(ids) if t != image_token or i == 0 or ids[i - 1] != image_token]
             request: dict[str, Any] = {"prompt_token_ids": collapsed}
             if image is not None:
-                request["multi_modal_data"] = {"image": prepare(image)}
+                request["multi_modal_data"] = {"image": _prepared(backbone, b, image)}
             out.append((request, ids))
         return out
 
@@ -204,6 +204,16 @@ class VLLMEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _prepared(backbone: Any, index: int, image: Any) -> Any:
+    """The image as the backbone hands it to its processor (e.g. upscaled to one cell): what vLLM's copy of
+    the same processor must see for the grids to agree. The Qwen plugins' ``_prepare_image`` takes the image,
+    or (Qwen3-VL) its index and the image."""
+    prepare = getattr(backbone, "_prepare_image", None)
+    if prepare is None:
+        return image
+    return prepare(index, image) if len(inspect.signature(prepare).parameters) == 2 else prepare(image)
 
 
 _NO_REPEAT = "padt_plugins.engines.vllm.logits:NoRepeatVRTProcessor"

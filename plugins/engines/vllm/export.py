@@ -24,7 +24,10 @@ from padt_core.atomic import atomic_directory
 __all__ = ["SUPPORTED_BACKBONES", "UnsupportedBackboneError", "export_for_vllm", "max_cells"]
 
 # padt backbone plugin -> padt's vLLM architecture of it
-SUPPORTED_BACKBONES: dict[str, str] = {"qwen2_5_vl": "PaDTQwen2_5_VLForConditionalGeneration"}
+SUPPORTED_BACKBONES: dict[str, str] = {
+    "qwen2_5_vl": "PaDTQwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "PaDTQwen3VLForConditionalGeneration",
+}
 WEIGHTS = "model.safetensors"
 MARKER = "config.json"
 

@@ -21,13 +21,14 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
 from padt_core.embedding import PrototypeBank, PrototypeProjection
 from padt_core.head import vrt_logits
 
 from . import _runner
 
-__all__ = ["PaDTQwen2_5_VLForConditionalGeneration", "VRTVocabulary"]
+__all__ = ["PaDTQwen2_5_VLForConditionalGeneration", "PaDTQwen3VLForConditionalGeneration", "VRTVocabulary"]
 
 _runner.patch_runner()
 
@@ -54,6 +55,7 @@ class VRTVocabulary:
         self.padt_vocab = int(section["vocab_rows"])
         self.padt_max_cells = int(section["max_cells"])
         self.padt_merge = int(self.config.vision_config.spatial_merge_size)
+        self.padt_hidden = int(section["hidden_size"])
         self.padt_suppress = torch.tensor(section.get("suppress", []), dtype=torch.long)
         self.padt_projection = None
         if section.get("prototypes", True):
@@ -80,7 +82,9 @@ class VRTVocabulary:
             encoded, (_, h, w) = items[0]
             grid = (h // self.padt_merge, w // self.padt_merge)
             with torch.no_grad():
-                tokens = encoded.to(self.padt_projection_dtype)
+                # Qwen3-VL's encoder output is [merged tokens | DeepStack features] along channels: the
+                # prototypes are made from the merged tokens, as in padt's backbone (VisualFeatures.tokens).
+                tokens = encoded[:, : self.padt_hidden].to(self.padt_projection_dtype)
                 self.padt_prototypes[req_id] = self.padt_projection(tokens, grid)
         self.padt_step = (req_ids, counts)
 
@@ -151,6 +155,13 @@ class VRTVocabulary:
             )
         return step
 
+    def load_weights(self, weights):
+        """vLLM's loader, the projection's weights (``padt.projection.*``) routed to :attr:`padt_projection`."""
+        self._padt_loaded: set[str] = set()
+        loaded = super().load_weights(self._padt_split_weights(weights))
+        own = self.padt_projection.named_parameters() if self.padt_projection is not None else ()
+        return set(loaded) | {f"padt_projection.{n}" for n, _ in own}
+
     def _padt_split_weights(self, weights):
         """vLLM's weights, with the projection's own routed to :attr:`padt_projection`."""
         own = dict(self.padt_projection.named_parameters()) if self.padt_projection is not None else {}
@@ -170,8 +181,10 @@ class PaDTQwen2_5_VLForConditionalGeneration(VRTVocabulary, Qwen2_5_VLForConditi
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._padt_init(vllm_config)
 
-    def load_weights(self, weights):
-        self._padt_loaded: set[str] = set()
-        loaded = super().load_weights(self._padt_split_weights(weights))
-        own = self.padt_projection.named_parameters() if self.padt_projection is not None else ()
-        return set(loaded) | {f"padt_projection.{n}" for n, _ in own}
+
+class PaDTQwen3VLForConditionalGeneration(VRTVocabulary, Qwen3VLForConditionalGeneration):
+    """vLLM's Qwen3-VL with PaDT's per-request VRT vocabulary (DeepStack features stay at image positions)."""
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._padt_init(vllm_config)
