@@ -22,7 +22,9 @@ def model():
 
 def test_backbone_without_a_vllm_class_names_the_supported_ones(tmp_path):
     llava = padt_core.build("tiny_llava")
-    with pytest.raises(UnsupportedBackboneError, match=r"backbone 'llava'.*supported with engine='vllm': qwen2_5_vl, qwen3_vl"):
+    with pytest.raises(
+        UnsupportedBackboneError, match=r"backbone 'llava'.*supported with engine='vllm': qwen2_5_vl, qwen3_vl"
+    ):
         VLLMEngine(llava)
     with pytest.raises(UnsupportedBackboneError, match="'llava'"):
         export_for_vllm(llava, tmp_path / "out")
