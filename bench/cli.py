@@ -45,7 +45,8 @@ def cmd_bench_decoder(args: argparse.Namespace) -> int:
         ) from None
     kwargs: dict[str, Any] = {
         "device": args.device,
-        "threads": args.threads,
+        "threads": args.threads or None,
+        "clock": args.clock,
         "repeats": args.repeats,
         "memory": args.memory,
         "object_counts": tuple(args.objects),
@@ -141,8 +142,10 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     add_overrides(gen)
     gen.set_defaults(handler=cmd_bench_generate)
     dec = add_subcommand(sub, "decoder", "decoder trunk + heads speed")
-    dec.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    dec.add_argument("--repeats", type=int, default=1, help="timed calls per mode and case (median)")
+    _add_timing_options(dec)
+    dec.add_argument(
+        "--repeats", type=int, default=3, help="timed (one-by-one, packed) pairs per case, interleaved (default: 3)"
+    )
     dec.add_argument("--memory", choices=["factored", "dense", "auto"], default="factored", help="trunk memory kind")
     dec.add_argument("--objects", type=int, nargs="+", default=[1, 10, 100], help="object counts on one image")
     dec.add_argument("--no-one-by-one", action="store_true", help="skip the one-object-at-a-time baseline")

@@ -6,12 +6,16 @@ Qwen2.5-VL image: a 17x23 VRT grid and a 34x46 fine grid (reference §0), 5 VRTs
 width 2048 (Qwen2.5-VL-3B). "One by one" calls the same decoder once per object with only that
 object's image, which is what a decoder without packing (the reference, §12.4) must do.
 
-Reported per case: median wall and CPU time of each mode, ``speedup`` = one-by-one / packed wall
-time (``speedup_cpu``: the same from CPU time, steadier when other processes share the machine),
-and the peak memory above the starting point during each mode (CUDA: allocator peak; CPU: peak
-resident set size sampled every millisecond; memory the C allocator kept from earlier calls is reused
-unseen, so small one-object peaks can read near 0). Top level: ``speedup_100`` (and ``_cpu``) and
-``growth_100_over_10`` = packed time at 100 objects / at 10 (≤ 10: no worse than linear).
+Timing (``bench/timing.py``): per case, one untimed call of each mode first (warm-up, and the one
+whose peak memory is read, so the memory sampler never runs during a timed call), then ``repeats``
+interleaved pairs (one-by-one, packed; ``AB BA …``). Reported per case: median wall and CPU time of
+each mode, ``speedup`` = the median of the per-pair one-by-one / packed ratios on ``clock``
+(default: CPU time on a CPU, wall time on an accelerator) with its spread in ``speedup_spread``,
+``speedup_wall`` / ``speedup_cpu`` the same on either clock, and the peak memory above the starting
+point of each mode (CUDA: allocator peak; CPU: peak resident set size sampled every millisecond;
+memory the C allocator kept from earlier calls is reused unseen, so small one-object peaks can read
+near 0). Top level: ``speedup_100`` (and ``_cpu``, ``_wall``, ``_ci95``) and ``growth_100_over_10``
+= packed time at 100 objects / at 10 (≤ 10: no worse than linear).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +39,7 @@ from padt_core.recipe import DecoderConfig
 from padt_core.runtime import release_free_memory, tune_cpu_allocator
 
 from .generate import machine_info
+from .timing import DEFAULT_THREADS, interleaved_pairs, paired_ratio, resolve_clock
 
 __all__ = ["bench_decoder"]
 
@@ -57,21 +61,29 @@ def bench_decoder(
     objects_per_image: int = 5,
     heads: Sequence[str] = ("box", "score", "mask"),
     memory: str = "factored",
-    repeats: int = 1,
+    repeats: int = 3,
     one_by_one: bool = True,
     seed: int = 0,
-    threads: int | None = None,
+    threads: int | None = DEFAULT_THREADS,
+    clock: str = "auto",
 ) -> dict[str, Any]:
     """Time the decoder forward, packed and one object at a time; returns a JSON-serialisable dict.
 
-    ``threads`` sets torch's CPU threads for the run (``None``: leave as is); one thread gives the
-    steadiest ratios on a machine shared with other work.
+    ``repeats`` interleaved (one-by-one, packed) pairs per case after one untimed call of each.
+    ``threads`` sets torch's CPU threads for the run (default 1, the steadiest ratios on a machine
+    shared with other work; ``None``: leave as is). ``clock`` (``auto``, ``cpu``, ``wall``) is the one
+    ``speedup`` is read on; ``auto`` is CPU time on a CPU, wall time on an accelerator.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         dev, torch_dtype = torch.device(device), dtypes.torch_dtype(dtype)
+        clock = resolve_clock(clock, dev)
+        if clock not in ("cpu", "wall"):
+            raise ValueError(f"clock {clock!r} is not one of auto, cpu, wall")
         torch.manual_seed(seed)
         config = DecoderConfig(
             trunk={
@@ -95,15 +107,30 @@ def bench_decoder(
             for name, per_image in cases:
                 inputs = make(per_image, seed)
                 row: dict[str, Any] = {"case": name, "images": len(per_image), "objects": sum(per_image)}
-                if one_by_one:  # first, so that neither mode runs in memory the other one left behind
+                modes = {"packed": lambda inputs=inputs: _run(decoder, inputs)}
+                if one_by_one:  # one-object calls are all alike: the first one's peak (and warm-up) is every one's
                     singles = [_single(inputs, o) for o in range(inputs.num_objects)]
-                    single = _measure(lambda s=singles: [_run(decoder, x) for x in s], repeats, dev)
-                    row.update(one_by_one_s=single.wall, one_by_one_cpu_s=single.cpu, one_by_one_peak_mem_mb=single.mem)
-                packed = _measure(lambda inputs=inputs: _run(decoder, inputs), repeats, dev)
-                row.update(packed_s=packed.wall, packed_cpu_s=packed.cpu, packed_peak_mem_mb=packed.mem)
+                    modes = {"one_by_one": lambda s=singles: [_run(decoder, x) for x in s], **modes}
+                    row["one_by_one_peak_mem_mb"] = _peak_mb(lambda s=singles: _run(decoder, s[0]), dev)
+                row["packed_peak_mem_mb"] = _peak_mb(modes["packed"], dev)  # also the packed warm-up
                 if one_by_one:
-                    row["speedup"] = round(single.wall / packed.wall, 2)
-                    row["speedup_cpu"] = round(single.cpu / packed.cpu, 2)
+                    runs = interleaved_pairs({k: _timed(f, dev) for k, f in modes.items()}, repeats, warmup=0)
+                else:
+                    runs = {"packed": [_timed(modes["packed"], dev)() for _ in range(repeats)]}
+                for mode, key in (("one_by_one", "one_by_one"), ("packed", "packed")):
+                    if mode in runs:
+                        row[f"{key}_s"] = round(statistics.median(t[0] for t in runs[mode]), 4)
+                        row[f"{key}_cpu_s"] = round(statistics.median(t[1] for t in runs[mode]), 4)
+                        row[f"{key}_s_runs"] = [round(t[0], 4) for t in runs[mode]]
+                if one_by_one:
+                    ratios = {
+                        name: paired_ratio([t[i] for t in runs["one_by_one"]], [t[i] for t in runs["packed"]])
+                        for i, name in enumerate(("wall", "cpu"))
+                    }
+                    row["speedup"] = round(ratios[clock]["median"], 2)
+                    row["speedup_spread"] = ratios[clock]
+                    row["speedup_wall"] = round(ratios["wall"]["median"], 2)
+                    row["speedup_cpu"] = round(ratios["cpu"]["median"], 2)
                 results.append(row)
                 del inputs
                 gc.collect()
@@ -124,6 +151,10 @@ def bench_decoder(
                 "memory": memory,
                 "parameters_m": round(sum(p.numel() for p in decoder.parameters()) / 1e6, 2),
                 "repeats": repeats,
+                "clock": clock,
+                "threads": threads,
+                "method": "per case one untimed call per mode (warm-up + peak memory), then repeats interleaved "
+                "(one-by-one, packed) pairs; speedup = median of the per-pair ratios on clock",
             },
             "machine": machine_info(dev, torch_dtype),
             "cases": results,
@@ -131,7 +162,9 @@ def bench_decoder(
         }
         if 100 in by_count and "speedup" in by_count[100]:
             out["speedup_100"] = by_count[100]["speedup"]
+            out["speedup_100_ci95"] = by_count[100]["speedup_spread"]["ci95"]
             out["speedup_100_cpu"] = by_count[100]["speedup_cpu"]
+            out["speedup_100_wall"] = by_count[100]["speedup_wall"]
         if 100 in by_count and 10 in by_count:
             out["growth_100_over_10"] = round(by_count[100]["packed_s"] / by_count[10]["packed_s"], 2)
         return out
@@ -201,25 +234,27 @@ def _run(decoder: PaDTDecoder, inputs: DecoderInputs) -> Any:
     return dict(decoder(inputs))
 
 
-@dataclass
-class _Timing:
-    wall: float  # median wall-clock seconds
-    cpu: float  # median CPU seconds of this process (all threads): steadier than wall time on a shared machine
-    mem: float  # peak memory (MiB) above the level before the calls
+def _timed(fn: Callable[[], Any], device: torch.device) -> Callable[[], tuple[float, float]]:
+    """``fn`` as a call returning ``(wall seconds, CPU seconds of this process)``."""
+
+    def call() -> tuple[float, float]:
+        _sync(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        _sync(device)
+        out = time.perf_counter() - wall, time.process_time() - cpu
+        del result
+        return out
+
+    return call
 
 
-def _measure(fn: Callable[[], Any], repeats: int, device: torch.device) -> _Timing:
-    walls, cpus = [], []
+def _peak_mb(fn: Callable[[], Any], device: torch.device) -> float:
+    """Peak memory (MiB) above the level before one untimed call of ``fn``."""
     with _PeakMemory(device) as peak:
-        for _ in range(repeats):
-            _sync(device)
-            wall, cpu = time.perf_counter(), time.process_time()
-            result = fn()
-            _sync(device)
-            walls.append(time.perf_counter() - wall)
-            cpus.append(time.process_time() - cpu)
-            del result
-    return _Timing(round(statistics.median(walls), 4), round(statistics.median(cpus), 4), round(peak.bytes / 2**20, 1))
+        result = fn()
+        del result
+    return round(peak.bytes / 2**20, 1)
 
 
 def _sync(device: torch.device) -> None:
@@ -272,10 +307,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(dtypes.DTYPES))
     parser.add_argument("--memory", default="factored", choices=["factored", "dense"])
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--no-one-by-one", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: unchanged)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; 0: unchanged)")
     args = parser.parse_args(argv)
     tune_cpu_allocator()  # as `padt bench decoder` does
     result = bench_decoder(
@@ -285,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         repeats=args.repeats,
         object_counts=tuple(args.objects),
         one_by_one=not args.no_one_by_one,
-        threads=args.threads,
+        threads=args.threads or None,
     )
     print(json.dumps(result, indent=2))
 
