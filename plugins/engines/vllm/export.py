@@ -96,6 +96,7 @@ def export_for_vllm(model: Any, directory: str | os.PathLike, overwrite: bool = 
         "projection": vrt.projection,
         "position": vrt.position,
         "max_grid": list(vrt.max_grid),
+        "max_images": int(getattr(vrt, "max_images", 0) or 0),  # the image-place embedding (multi-image recipes)
         # text ids padt's generate never emits (image pads, vision start/end), masked as there
         "suppress": list(getattr(model.backbone, "never_generate_ids", [])),
     }

@@ -65,6 +65,7 @@ class VRTVocabulary:
                 bool(section["projection"]),
                 position=section["position"],
                 max_grid=tuple(section["max_grid"]),
+                **({"max_images": int(section["max_images"])} if section.get("max_images") else {}),
             )
         self.padt_prototypes: dict[str, torch.Tensor] = {}  # request id -> [cells, D]
         self.padt_step: tuple[list[str], list[int]] | None = None  # request order and token counts of the step
