@@ -50,8 +50,27 @@ def examples():
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model):
-    return PaDTEngine(tiny_model, max_new_tokens=TOKENS)
+def decoder_model():
+    """The tiny Qwen2.5-VL with a decoder whose boxes depend on the last bits of the hidden states: random
+    heads are flat enough to hide the differences a left-padded batch makes, trained ones are not."""
+    import torch
+    from helpers import sharpen
+
+    import padt_core
+
+    torch.manual_seed(0)
+    model = padt_core.build(recipe="tiny_qwen_shapes").eval()
+    sharpen(model)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def engine(decoder_model):
+    return PaDTEngine(decoder_model, max_new_tokens=TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +111,29 @@ def test_batched_answers_equal_sequential_answers(server, jobs):
     grown = {size: n - before.get(size, 0) for size, n in after.items() if n != before.get(size, 0)}
     assert any(int(size) > 1 for size in grown), f"no request shared a batch: {grown}"
     assert together == sequential
-    assert any(obj["vrt"] for record in sequential for obj in record["objects"]), "the tiny model should point"
+    objects = [obj for record in sequential for obj in record["objects"]]
+    assert any(obj["vrt"] for obj in objects), "the tiny model should point"
+    assert all(obj["box"] and obj["mask"]["counts"] for obj in objects), "every object decoded"
     assert {record["image"] for record in together} == {"a.png", "b.png", "c.png", "d.png", "e.png", "f.png"}
 
 
-def test_answer_is_what_padt_predict_out_writes(server, jobs, tiny_model, tmp_path):
+def test_engine_batch_equals_model_predict_alone(engine, decoder_model, jobs):
+    """Straight through the engine, eight images of different sizes with prompts of different lengths."""
+    from padt_core.cli.predict import _prediction_json
+
+    images = [noise_image(56 + 37 * k, 300 - 29 * k, k) for k in range(8)]
+    prompts = [" ".join(["where is the object"] * (1 + k % 4)) for k in range(8)]
+    alone = [decoder_model.predict([im], [p], max_new_tokens=TOKENS)[0] for im, p in zip(images, prompts)]
+    batched = engine.predict(images, prompts)
+    assert [_prediction_json(p, rle=True) for p in batched] == [_prediction_json(p, rle=True) for p in alone]
+    assert all(obj.box is not None for p in alone for obj in p.objects)
+
+
+def test_answer_is_what_padt_predict_out_writes(server, jobs, decoder_model, tmp_path):
     from padt_core.cli import main
 
     model_dir, out = tmp_path / "model", tmp_path / "out"
-    tiny_model.save_pretrained(model_dir)
+    decoder_model.save_pretrained(model_dir)
     image = tmp_path / "a.png"
     image.write_bytes(jobs[0]["image"])
     argv = ["predict", str(model_dir), "--image", str(image), "--task", "rec", "--prompt", jobs[0]["prompt"]]
@@ -276,10 +309,10 @@ def test_batcher_queue_is_bounded_and_a_crashing_batch_fails_only_its_items():
         batcher.close()
 
 
-def test_task_prompts_and_limits(tiny_model):
+def test_task_prompts_and_limits(decoder_model):
     from padt_core.data.templates import ovd_prompt, rec_prompt
 
-    templates, limits = tiny_model.recipe.data.templates, ServeLimits(max_prompt_chars=200, max_labels=2)
+    templates, limits = decoder_model.recipe.data.templates, ServeLimits(max_prompt_chars=200, max_labels=2)
     assert task_prompt("rec", " the red star ", None, templates, limits) == rec_prompt("the red star", templates)
     assert task_prompt("ovd", None, "star, , circle", templates, limits) == ovd_prompt(["star", "circle"], templates)
     assert task_prompt(None, "what is here?", None, templates, limits) == "what is here?"
