@@ -142,7 +142,7 @@ class _Prepared:
         rows = self.vocab + self.width
         tied = self.emb.weight is weight
         size = (n + (0 if tied else 1)) * rows * weight.shape[1] * weight.element_size()
-        if not self.plain_modules or size > self.fused_bytes:
+        if not self.width or not self.plain_modules or size > self.fused_bytes:  # no VRTs: the modules' own
             self._fused[n] = None
             return None
         table = self._table(self.emb.weight, n)
