@@ -90,21 +90,32 @@ class VRTVocabulary:
         self.padt_step = (req_ids, counts)
 
     def padt_release(self, finished: Iterable[str]) -> None:
+        finished = [r for r in finished if r in self.padt_prototypes]
         for req_id in finished:
-            self.padt_prototypes.pop(req_id, None)
+            del self.padt_prototypes[req_id]
+        if finished:
+            self.__dict__.pop("_padt_bank_cache", None)  # it may hold a finished request's prototypes
 
     @property
     def padt_projection_dtype(self) -> torch.dtype:
         return next(self.padt_projection.parameters(), torch.empty(0)).dtype
 
     def _padt_bank(self, req_ids: Sequence[str], like: torch.Tensor) -> PrototypeBank:
+        """The step's requests' prototypes as padt's padded bank (row ``i``: request ``i`` of the step); kept
+        while the batch stays the same (every decoding step between two arrivals or finishes)."""
+        key = (tuple((r, r in self.padt_prototypes) for r in req_ids), like.dtype, like.device)
+        cached = self.__dict__.get("_padt_bank_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         prototypes, index = [], []
         for req_id in req_ids:
             proto = self.padt_prototypes.get(req_id)
             index.append(len(prototypes) if proto is not None else -1)
             if proto is not None:
                 prototypes.append(proto)
-        return PrototypeBank.from_prototypes(prototypes, index, like.shape[-1], like.device, like.dtype)
+        bank = PrototypeBank.from_prototypes(prototypes, index, like.shape[-1], like.device, like.dtype)
+        self.__dict__["_padt_bank_cache"] = (key, bank)
+        return bank
 
     # --- the two model methods VRTs change -----------------------------------------------------
     def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None):
@@ -158,7 +169,6 @@ class VRTVocabulary:
 
     def load_weights(self, weights):
         """vLLM's loader, the projection's weights (``padt.projection.*``) routed to :attr:`padt_projection`."""
-        self._padt_loaded: set[str] = set()
         loaded = super().load_weights(self._padt_split_weights(weights))
         own = self.padt_projection.named_parameters() if self.padt_projection is not None else ()
         return set(loaded) | {f"padt_projection.{n}" for n, _ in own}
@@ -170,7 +180,6 @@ class VRTVocabulary:
             if name.startswith(PROJECTION_PREFIX):
                 with torch.no_grad():
                     own[name[len(PROJECTION_PREFIX) :]].copy_(tensor)
-                self._padt_loaded.add(name)
                 continue
             yield name, tensor
 
