@@ -132,12 +132,14 @@ def test_bench_decoder_passes_its_options(capsys, monkeypatch):
     code, out, _ = run(capsys, "bench", "decoder", "--dtype", "bfloat16")
     assert code == 0
     assert json.loads(out) == {"ok": True}
-    defaults = {"threads": None, "repeats": 1, "memory": "factored", "object_counts": (1, 10, 100), "one_by_one": True}
+    defaults = {"threads": 1, "clock": "auto", "repeats": 3, "memory": "factored", "object_counts": (1, 10, 100)}
+    defaults["one_by_one"] = True
     assert calls == [{"device": "cpu", "dtype": "bfloat16", **defaults}]
-    args = ("--threads", "1", "--repeats", "3", "--memory", "auto", "--objects", "5", "50", "--no-one-by-one")
-    code, _, _ = run(capsys, "bench", "decoder", *args)
+    args = ("--threads", "2", "--clock", "wall", "--repeats", "1", "--memory", "auto", "--objects", "5", "50")
+    code, _, _ = run(capsys, "bench", "decoder", *args, "--no-one-by-one")
     assert code == 0
-    chosen = {"threads": 1, "repeats": 3, "memory": "auto", "object_counts": (5, 50), "one_by_one": False}
+    chosen = {"threads": 2, "clock": "wall", "repeats": 1, "memory": "auto", "object_counts": (5, 50)}
+    chosen["one_by_one"] = False
     assert calls[1] == {"device": "cpu", **chosen}
 
 
