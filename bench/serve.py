@@ -126,6 +126,7 @@ def bench_serve(
     vrt_mode: str = "random",
     timeout: float = 300.0,
     overrides: list[str] | None = None,
+    batch_read: bool = False,
 ) -> dict[str, Any]:
     """Load-test ``padt serve`` on loopback: one-at-a-time reference, then batched; the JSON result.
 
@@ -144,6 +145,7 @@ def bench_serve(
             at cells, as ``padt bench generate`` does), or ``init`` (weights as built or saved).
         timeout: seconds per request.
         overrides: recipe overrides (``key.sub=value``) for a recipe source.
+        batch_read: the batched server decodes boxes in one pass per batch (``padt serve --batch-read``).
 
     Example:
         >>> result = bench_serve("tiny_qwen", clients=16, requests=8)
@@ -170,13 +172,16 @@ def bench_serve(
                 with torch.no_grad():
                     loaded.projection.norm.weight.fill_(1.0)  # non-zero prototypes: the answers emit VRTs
         loaded.to(device=torch.device(device), dtype=torch_dtype(dtype) if dtype else None).eval()
-        engine = PaDTEngine(loaded, max_new_tokens=max_new_tokens)
+        engines = {
+            "one_at_a_time": PaDTEngine(loaded, max_new_tokens=max_new_tokens),
+            "batched": PaDTEngine(loaded, max_new_tokens=max_new_tokens, batch_read=batch_read),
+        }
         jobs = load_jobs(distinct, shapes_examples(3))
         # room for every client: this load test measures batching, not refusals (tests/test_serve.py does those)
         runs = {}
         for name, batch in (("one_at_a_time", 1), ("batched", max_batch_size)):
             limits = ServeLimits(max_batch_size=batch, max_wait_ms=max_wait_ms, max_queue=clients, timeout_s=timeout)
-            with start_server(create_app(engine, limits)) as running:
+            with start_server(create_app(engines[name], limits)) as running:
                 runs[name] = _load(running.url, jobs, clients, requests, timeout)
     reference: dict[int, str] = {}
     inconsistent = 0  # repeats of one job that the one-at-a-time server answered differently
@@ -202,6 +207,7 @@ def bench_serve(
             "max_wait_ms": max_wait_ms,
             "max_new_tokens": max_new_tokens,
             "threads": threads,
+            "batch_read": batch_read,
             "clock": "wall",
         },
         "one_at_a_time": one,
@@ -239,6 +245,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         vrt_mode=args.vrt_mode,
         timeout=args.timeout,
         overrides=args.overrides or None,
+        batch_read=args.batch_read,
     )
     write_result(result, args.output)
     return 0 if result["mismatches"] == 0 and not result["batched"]["errors"] and not result["batched"]["lost"] else 1
@@ -264,6 +271,7 @@ def add_serve_command(sub: Any) -> None:
         help="random: a recipe's model gets non-zero prototypes so answers point (default); init: as built",
     )
     sv.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    sv.add_argument("--batch-read", action="store_true", help="the batched server as padt serve --batch-read")
     sv.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
     add_device(sv)
     add_overrides(sv)

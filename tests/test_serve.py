@@ -127,6 +127,8 @@ def test_engine_batch_equals_model_predict_alone(engine, decoder_model, jobs):
     batched = engine.predict(images, prompts)
     assert [_prediction_json(p, rle=True) for p in batched] == [_prediction_json(p, rle=True) for p in alone]
     assert all(obj.box is not None for p in alone for obj in p.objects)
+    fast = PaDTEngine(decoder_model, max_new_tokens=TOKENS, batch_read=True).predict(images, prompts)
+    assert [(p.text, [o.vrt for o in p.objects]) for p in fast] == [(p.text, [o.vrt for o in p.objects]) for p in alone]
 
 
 def test_answer_is_what_padt_predict_out_writes(server, jobs, decoder_model, tmp_path):

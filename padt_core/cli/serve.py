@@ -36,7 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model.to(device=device)
     model.eval()
     examples = [] if args.no_examples else shapes_examples()
-    app = create_app(PaDTEngine(model, max_new_tokens=args.max_new_tokens), limits, examples)
+    engine = PaDTEngine(model, max_new_tokens=args.max_new_tokens, batch_read=args.batch_read)
+    app = create_app(engine, limits, examples)
     if not is_loopback(args.host):
         print(
             f"padt serve: listening on {args.host}, not only on this machine: anyone who can reach this port can "
@@ -111,6 +112,12 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         default=d.timeout_s,
         metavar="S",
         help=f"seconds per request (default: {d.timeout_s:g})",
+    )
+    parser.add_argument(
+        "--batch-read",
+        action="store_true",
+        help="decode a batch's boxes/scores/masks in one pass too: faster, but they may differ from the "
+        "one-at-a-time answer in the last float bit (default: each answer read alone, identical)",
     )
     parser.add_argument("--no-examples", action="store_true", help="do not preload the shapes example images")
     parser.add_argument(
