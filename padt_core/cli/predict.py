@@ -89,11 +89,37 @@ def _predict_multi(
     """``--multi``: every ``--image`` in one conversation (``docs/multi-image.md``); one JSON record (each
     object with its ``image`` and its ``cells`` in that image's grid, boxes in that image's pixels) and,
     with ``--out``, one drawing per image of the objects in it."""
-    from ..objects import PredictedObject
     from ..viz import draw_prediction
 
     prediction = model.predict([list(images)], prompt, **kwargs)[0]
     grids = [_vrt_grid(model, image) for image in images]
+    record = multi_prediction_record(sources, images, grids, prompt, prediction, rle=files is not None)
+    if files is None:
+        print_json(record)
+        return 0
+    json_file, pngs = files
+    json_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json_file, json.dumps(record, indent=2) + "\n")
+    heads = model.decoder.heads.values() if model.decoder is not None else ()
+    for j, (image, grid, png_file) in enumerate(zip(images, grids, pngs)):
+        own = objects_in_image(prediction, j)
+        drawing = draw_prediction(image, own, grid, heads=heads, prompt=prompt)
+        with atomic_path(png_file) as tmp:
+            drawing.save(tmp, format="PNG")
+    print_json({"json": str(json_file), "png": [str(p) for p in pngs], "objects": len(prediction.objects)})
+    return 0
+
+
+def multi_prediction_record(
+    sources: Sequence[str],
+    images: Sequence[Any],
+    grids: Sequence[tuple[int, int]],
+    prompt: str,
+    prediction: Any,
+    rle: bool = True,
+) -> dict[str, Any]:
+    """The JSON ``padt predict --multi`` writes (``padt serve`` answers the same for several images): each
+    image's name, size and VRT grid, the prompt, then the prediction (objects with their ``image``)."""
     record = {
         "images": [
             {"image": source, "width": image.width, "height": image.height, "vrt_grid": list(grid)}
@@ -101,26 +127,21 @@ def _predict_multi(
         ],
         "prompt": prompt,
     }
-    record.update(_prediction_json(prediction, rle=files is not None))
-    if files is None:
-        print_json(_strict_json(record))
-        return 0
-    json_file, pngs = files
-    json_file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json_file, json.dumps(_strict_json(record), indent=2) + "\n")
-    heads = model.decoder.heads.values() if model.decoder is not None else ()
-    for j, (image, grid, png_file) in enumerate(zip(images, grids, pngs)):
-        # The objects of image j, their VRTs as cells of its own grid (what the drawing marks).
-        own = [
-            PredictedObject(obj.label, obj.cells if obj.cells is not None else obj.vrt, outputs=obj.outputs)
-            for obj in prediction.objects
-            if (obj.image or 0) == j
-        ]
-        drawing = draw_prediction(image, replace(prediction, objects=own), grid, heads=heads, prompt=prompt)
-        with atomic_path(png_file) as tmp:
-            drawing.save(tmp, format="PNG")
-    print_json({"json": str(json_file), "png": [str(p) for p in pngs], "objects": len(prediction.objects)})
-    return 0
+    record.update(_prediction_json(prediction, rle=rle))
+    return _strict_json(record)
+
+
+def objects_in_image(prediction: Any, image: int) -> Any:
+    """``prediction`` with only the objects of its ``image``-th image, their VRTs as cells of that image's
+    own grid (what a drawing of that image marks)."""
+    from ..objects import PredictedObject
+
+    own = [
+        PredictedObject(obj.label, obj.cells if obj.cells is not None else obj.vrt, outputs=obj.outputs)
+        for obj in prediction.objects
+        if (obj.image or 0) == image
+    ]
+    return replace(prediction, objects=own)
 
 
 def parse_engine_args(pairs: Sequence[str] | None) -> dict[str, Any]:
