@@ -172,9 +172,35 @@ def test_multipart_upload_as_the_page_sends_it(server, jobs):
         with urllib.request.urlopen(f"{server.url}/api/render/{key}{query}") as response:
             drawing = Image.open(io.BytesIO(response.read()))
             assert drawing.size == (record["width"], record["height"])
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(f"{server.url}/api/render/nope")
-    assert err.value.code == 404 and "no kept result" in json.loads(err.value.read())["error"]
+    for path, message in (("nope", "no kept result"), (f"{key}?image=1", "the result has 1 image(s)")):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{server.url}/api/render/{path}")
+        assert err.value.code == 404 and message in json.loads(err.value.read())["error"]
+
+
+def test_several_images_in_one_request_as_predict_multi_answers(server, engine, decoder_model, examples, jobs):
+    from padt_core.cli.predict import _vrt_grid, multi_prediction_record
+    from padt_core.serve.inputs import decode_image
+
+    pngs, prompt = [examples[0].png, examples[1].png], "Where is the blue diamond in the second image?"
+    images = [decode_image(png, "x", ServeLimits()) for png in pngs]
+    alone = decoder_model.predict([images], [prompt], max_new_tokens=TOKENS)[0]
+    grids = [_vrt_grid(decoder_model, image) for image in images]
+    expected = multi_prediction_record(["upload", "upload"], images, grids, prompt, alone)
+    client = Client(server.url)
+    assert client.predict(pngs, prompt) == expected
+    assert [entry["vrt_grid"] for entry in expected["images"]] == [[8, 8], [8, 8]]
+    # in a batch beside a one-image request, still the answer it gets alone
+    single = Job(decode_image(jobs[2]["image"], "c.png", ServeLimits()), "c.png", "hi")
+    both = engine.answer([Job(images, ["upload", "upload"], prompt), single])
+    assert both[0].record == expected and both[1].record == engine.answer([single])[0].record
+    drawing = Image.open(io.BytesIO(engine.draw(both[0], image=1)))
+    assert drawing.size == images[1].size
+    with pytest.raises(IndexError, match="has 2 image"):
+        engine.draw(both[0], image=2)
+    with pytest.raises(ServeError) as err:
+        client.predict([pngs[0]] * 5, prompt)
+    assert err.value.status == 413 and "5 images, more than the server's limit of 4" in err.value.message
 
 
 def _post(url: str, body: bytes, kind: str = "application/json") -> tuple[int, dict]:

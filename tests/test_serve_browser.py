@@ -91,6 +91,28 @@ def test_page_shows_a_bad_upload_as_an_error(browser, page_url, tmp_path):
     page.close()
 
 
+def test_page_asks_about_two_images_at_once(browser, page_url, tmp_path):
+    page = browser.new_page()
+    page.goto(page_url)
+    page.wait_for_selector("#examples button img")
+    first = _example_file(page_url, tmp_path)
+    second = tmp_path / "other.png"
+    second.write_bytes(first.read_bytes())
+    page.set_input_files("#image-input", [str(first), str(second)])
+    assert page.text_content("#chosen-count") == "2 images, asked about together"
+    page.select_option("#task", "prompt")
+    page.fill("#prompt", "Which image shows the yellow diamond?")
+    page.click("#run")
+    page.wait_for_function(
+        "document.querySelectorAll('#drawings img').length === 2 && "
+        "[...document.querySelectorAll('#drawings img')].every((img) => img.complete && img.naturalWidth > 0)"
+    )
+    record = json.loads(page.text_content("#json"))
+    assert [entry["image"] for entry in record["images"]] == ["scene.png", "other.png"]
+    assert page.get_attribute("#drawings img:nth-child(2)", "src").endswith("&image=1")
+    page.close()
+
+
 def _example_file(url: str, tmp_path: Path) -> Path:
     import urllib.request
 

@@ -4,8 +4,9 @@ Routes:
     ``GET /``                          the page (one HTML file, no outside resources)
     ``GET /api/info``                  model, tasks, limits, examples, batch sizes run so far
     ``GET /api/examples/{name}``       an example image (PNG)
-    ``POST /api/predict``              image + prompt -> the ``padt predict --out`` JSON record
-    ``GET /api/render/{id}``           a kept result drawn on its image (``?masks=0&cells=0`` hide them)
+    ``POST /api/predict``              image(s) + prompt -> the ``padt predict --out`` (``--multi``) JSON record
+    ``GET /api/render/{id}``           a kept result drawn on its image (``?masks=false&cells=false`` hide
+                                       them, ``?image=1`` the second image of several)
 
 Every error is JSON ``{"error": message, "status": code}``: 4xx for a bad request (the message names the
 field and the limit), 503 when the server already holds as many requests as it may (retry after
@@ -29,12 +30,12 @@ from typing import Any
 from .batcher import Batcher, QueueFull
 from .engine import Answer, Job, PaDTEngine
 from .examples import Example
-from .inputs import TASKS, RequestError, decode_image, task_prompt
+from .inputs import TASKS, RequestError, decode_images, task_prompt
 from .limits import ServeLimits
 
 __all__ = ["create_app"]
 
-_JSON_FIELDS = ("image", "image_name", "task", "prompt", "labels")
+_JSON_FIELDS = ("image", "image_name", "images", "image_names", "task", "prompt", "labels")
 
 
 def create_app(engine: PaDTEngine, limits: ServeLimits | None = None, examples: list[Example] | None = None) -> Any:
@@ -125,10 +126,12 @@ def create_app(engine: PaDTEngine, limits: ServeLimits | None = None, examples: 
         state["in_flight"] += 1
         try:
             fields = await _read_fields(request, limits, body_limit)
-            image = await run_in_threadpool(decode_image, fields["image"], fields["image_name"], limits)
+            images = await run_in_threadpool(decode_images, fields["files"], limits)
             prompt = task_prompt(fields["task"], fields["prompt"], fields["labels"], engine.templates, limits)
+            names = [name for _, name in fields["files"]]
+            job = Job(images[0], names[0], prompt) if len(images) == 1 else Job(images, names, prompt)
             try:
-                future = batcher.submit(Job(image, fields["image_name"], prompt))
+                future = batcher.submit(job)
             except QueueFull as err:
                 raise RequestError(503, f"{err}; retry in a moment") from None
             try:
@@ -149,18 +152,20 @@ def create_app(engine: PaDTEngine, limits: ServeLimits | None = None, examples: 
         return Response(json.dumps(answer.record), media_type="application/json", headers=headers)
 
     @app.get("/api/render/{key}")
-    async def _render(key: str, masks: bool = True, cells: bool = True) -> Response:
+    async def _render(key: str, masks: bool = True, cells: bool = True, image: int = 0) -> Response:
         answer = kept.get(key)
         if answer is None:
             raise RequestError(404, f"no kept result {key!r} (the server keeps the last {limits.result_cache})")
-        png = await run_in_threadpool(engine.draw, answer, masks, cells)
+        if not 0 <= image < len(answer.job.images):
+            raise RequestError(404, f"image {image}: the result has {len(answer.job.images)} image(s)")
+        png = await run_in_threadpool(engine.draw, answer, masks, cells, image)
         return Response(png, media_type="image/png")
 
     return app
 
 
 async def _read_fields(request: Any, limits: ServeLimits, body_limit: int) -> dict[str, Any]:
-    """``image`` (bytes), ``image_name``, ``task``, ``prompt``, ``labels`` of a JSON or multipart request."""
+    """``files`` (``(bytes, name)`` per image), ``task``, ``prompt``, ``labels`` of a JSON or multipart request."""
     length = request.headers.get("content-length")
     if length is None or not length.isdigit():
         raise RequestError(411, "send a Content-Length header (the server bounds request sizes)")
@@ -172,13 +177,13 @@ async def _read_fields(request: Any, limits: ServeLimits, body_limit: int) -> di
     if kind == "multipart/form-data":
         return await _multipart_fields(request, limits)
     if kind == "application/json":
-        return _json_fields(await request.body())
+        return _json_fields(await request.body(), limits)
     raise RequestError(
         415, f"content type {kind or 'none'!r}: send application/json (image as base64) or multipart/form-data"
     )
 
 
-def _json_fields(body: bytes) -> dict[str, Any]:
+def _json_fields(body: bytes, limits: ServeLimits) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -196,36 +201,52 @@ def _json_fields(body: bytes) -> dict[str, Any]:
         isinstance(labels, str) or (isinstance(labels, list) and all(isinstance(x, str) for x in labels))
     ):
         raise RequestError(422, "field labels must be a list of strings or one comma-separated string")
-    if not data.get("image"):
+    for name in ("images", "image_names"):
+        value = data.get(name)
+        if value is not None and not (isinstance(value, list) and all(isinstance(x, str) for x in value)):
+            raise RequestError(422, f"field {name} must be a list of strings")
+    if data.get("image") and data.get("images"):
+        raise RequestError(422, "send either image (one) or images (several in one conversation), not both")
+    if data.get("images"):
+        texts, names = data["images"], data.get("image_names") or []
+        if len(texts) > limits.max_images:
+            raise RequestError(413, f"{len(texts)} images, more than the server's limit of {limits.max_images}")
+        if names and len(names) != len(texts):
+            raise RequestError(422, f"{len(texts)} images but {len(names)} image_names")
+        names = names or [f"upload{i}" for i in range(len(texts))]
+    elif data.get("image"):
+        texts, names = [data["image"]], [data.get("image_name") or "upload"]
+    else:
         raise RequestError(422, "field image is missing: send the image file's bytes as base64")
-    text = data["image"]
-    if text.startswith("data:") and "," in text:  # a data URL, as a browser's FileReader gives it
-        text = text.split(",", 1)[1]
-    try:
-        image = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(422, "field image is not valid base64") from None
     return {
-        "image": image,
-        "image_name": data.get("image_name") or "upload",
+        "files": [(_base64(text, name), name) for text, name in zip(texts, names)],
         "task": data.get("task"),
         "prompt": data.get("prompt"),
         "labels": labels,
     }
 
 
+def _base64(text: str, name: str) -> bytes:
+    if text.startswith("data:") and "," in text:  # a data URL, as a browser's FileReader gives it
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(422, f"image {name!r} is not valid base64") from None
+
+
 async def _multipart_fields(request: Any, limits: ServeLimits) -> dict[str, Any]:
     try:
         # parts up to the whole body's size: the prompt's own limit below gives the clearer message
-        form = await request.form(max_files=1, max_fields=8, max_part_size=limits.max_upload_bytes)
+        form = await request.form(max_files=limits.max_images, max_fields=8, max_part_size=limits.max_upload_bytes)
     except Exception as err:  # python-multipart's parse errors, a field over max_part_size
         raise RequestError(400, f"cannot read the multipart form: {getattr(err, 'detail', err)}") from None
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
+    uploads = form.getlist("image")
+    if not uploads or any(isinstance(upload, str) for upload in uploads):
         raise RequestError(422, "field image is missing: send the image file as the form's 'image' part")
-    data = await upload.read(limits.max_upload_bytes + 1)
+    files = [(await upload.read(limits.max_upload_bytes + 1), upload.filename or "upload") for upload in uploads]
     values = {name: form.get(name) or None for name in ("task", "prompt", "labels")}  # a form sends "" for unset
     for name, value in values.items():
         if value is not None and not isinstance(value, str):
             raise RequestError(422, f"field {name} must be text, not a file")
-    return {"image": data, "image_name": upload.filename or "upload", **values}
+    return {"files": files, **values}

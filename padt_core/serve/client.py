@@ -48,27 +48,35 @@ class Client:
 
     def predict(
         self,
-        image: str | os.PathLike | bytes | Any,
+        image: str | os.PathLike | bytes | Any | Sequence[Any],
         prompt: str | None = None,
         *,
         task: str | None = None,
         labels: Sequence[str] | str | None = None,
         image_name: str | None = None,
     ) -> dict[str, Any]:
-        """The ``padt predict --out`` record for one image (``POST /api/predict``).
+        """The ``padt predict --out`` record for one image, or ``--multi``'s for a list (``POST /api/predict``).
 
         Args:
-            image: a file path, the file's bytes, or a PIL image (sent as PNG).
+            image: a file path, the file's bytes, or a PIL image (sent as PNG); a list of them: one
+                conversation about several images (``docs/multi-image.md``).
             prompt: the text sent as it is, or with ``task="rec"`` the referring sentence.
             task: ``rec``, ``ovd`` (with ``labels``), ``ric``, or ``None`` / ``prompt`` for ``prompt`` verbatim.
             labels: the categories of ``task="ovd"``.
-            image_name: how the record names the image (default: the file name, else ``upload``).
+            image_name: how the record names the image (default: the file name, else ``upload``); one image only.
 
         Raises:
             ServeError: the server's 4xx/5xx answer (its message names what was wrong).
         """
-        data, name = _image_bytes(image)
-        fields = {"image": base64.b64encode(data).decode("ascii"), "image_name": image_name or name}
+        if isinstance(image, (list, tuple)):
+            files = [_image_bytes(one) for one in image]
+            fields: dict[str, Any] = {
+                "images": [base64.b64encode(data).decode("ascii") for data, _ in files],
+                "image_names": [name for _, name in files],
+            }
+        else:
+            data, name = _image_bytes(image)
+            fields = {"image": base64.b64encode(data).decode("ascii"), "image_name": image_name or name}
         fields.update({k: v for k, v in (("task", task), ("prompt", prompt), ("labels", labels)) if v is not None})
         if isinstance(fields.get("labels"), (list, tuple)):
             fields["labels"] = list(fields["labels"])

@@ -1,4 +1,4 @@
-"""The one place ``padt serve`` calls the model: a batch of (image, prompt) jobs in, ``predict --out`` records out.
+"""The one place ``padt serve`` calls the model: a batch of (image(s), prompt) jobs in, ``predict --out`` records out.
 
 Another engine (a vLLM one, say) only needs :meth:`PaDTEngine.predict`'s contract: PIL images and
 prompts in, one ``Prediction`` per job out, greedy and in order.
@@ -20,23 +20,28 @@ class Job:
     """One request as the model sees it.
 
     Attributes:
-        image: the decoded 8-bit RGB image.
-        name: how the answer names the image (the upload's file name).
+        image: the decoded 8-bit RGB image, or a list of them (one conversation, ``docs/multi-image.md``).
+        name: how the answer names the image (the upload's file name); a list for a list of images.
         prompt: the prompt sent to the model (the task template already applied).
     """
 
-    image: Image.Image
-    name: str
+    image: Image.Image | list[Image.Image]
+    name: str | list[str]
     prompt: str
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The job's images as a list (one for a single image)."""
+        return list(self.image) if isinstance(self.image, list) else [self.image]
 
 
 @dataclass
 class Answer:
-    """A job's prediction and its ``padt predict --out`` JSON record."""
+    """A job's prediction, its images' VRT grids and its ``padt predict --out`` (or ``--multi``) JSON record."""
 
     job: Job
     prediction: Any
-    grid: tuple[int, int]
+    grids: list[tuple[int, int]]
     record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,8 +69,9 @@ class PaDTEngine:
         """The recipe's prompt templates (``TaskTemplates``)."""
         return self.model.recipe.data.templates
 
-    def predict(self, images: list[Image.Image], prompts: list[str]) -> list[Any]:
-        """The model's ``Prediction`` per image (one prompt each), each what ``model.predict`` gives it alone.
+    def predict(self, images: list[Any], prompts: list[str]) -> list[Any]:
+        """The model's ``Prediction`` per sample (an image or a list of images, one prompt each), each what
+        ``model.predict`` gives it alone.
 
         One ``generate`` call for the whole batch; then each answer's boxes, scores and masks from its own
         teacher-forced pass. That pass over a left-padded batch differs from the unpadded one in the last
@@ -84,7 +90,7 @@ class PaDTEngine:
             return model.answer_format.read_completions(model, batch, encoded, completions, list(images))
         return [self._read_alone(image, prompt, row) for image, prompt, row in zip(images, prompts, completions)]
 
-    def _read_alone(self, image: Image.Image, prompt: str, row: Any) -> Any:
+    def _read_alone(self, image: Any, prompt: str, row: Any) -> Any:
         """``Prediction`` of one batched completion, read as ``model.predict`` reads a batch of one."""
         model = self.model
         stops = set(model.backbone.eos_token_ids)
@@ -106,23 +112,35 @@ class PaDTEngine:
         return [self._answer(job, prediction) for job, prediction in zip(jobs, predictions)]
 
     def _answer(self, job: Job, prediction: Any) -> Answer:
-        from ..cli.predict import _vrt_grid, prediction_record
+        from ..cli.predict import _vrt_grid, multi_prediction_record, prediction_record
 
-        grid = _vrt_grid(self.model, job.image)
-        record = prediction_record(job.name, job.image, grid, job.prompt, prediction)
-        return Answer(job=job, prediction=prediction, grid=grid, record=record)
+        grids = [_vrt_grid(self.model, image) for image in job.images]
+        if isinstance(job.image, list):
+            record = multi_prediction_record(job.name, job.image, grids, job.prompt, prediction)
+        else:
+            record = prediction_record(job.name, job.image, grids[0], job.prompt, prediction)
+        return Answer(job=job, prediction=prediction, grids=grids, record=record)
 
-    def draw(self, answer: Answer, masks: bool = True, cells: bool = True) -> bytes:
-        """PNG of the answer drawn on its image (``padt_core.viz``): boxes, labels and scores always,
-        masks and VRT cells when asked."""
+    def draw(self, answer: Answer, masks: bool = True, cells: bool = True, image: int = 0) -> bytes:
+        """PNG of the answer drawn on its ``image``-th image (``padt_core.viz``): boxes, labels and scores
+        always, masks and VRT cells when asked; of several images, the objects in that one.
+
+        Raises:
+            IndexError: ``image`` is not one of the job's images.
+        """
+        from ..cli.predict import objects_in_image
         from ..viz import draw_prediction
 
+        images = answer.job.images
+        if not 0 <= image < len(images):
+            raise IndexError(f"image {image}: the answer has {len(images)} image(s)")
+        several = isinstance(answer.job.image, list)
         decoder = self.model.decoder
         heads = decoder.heads.values() if decoder is not None else ()
         picture = draw_prediction(
-            answer.job.image,
-            answer.prediction,
-            answer.grid if cells else None,
+            images[image],
+            objects_in_image(answer.prediction, image) if several else answer.prediction,
+            answer.grids[image] if cells else None,
             mask_alpha=0.45 if masks else 0.0,
             heads=heads,
         )

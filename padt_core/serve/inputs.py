@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .limits import ServeLimits
 
-__all__ = ["TASKS", "RequestError", "decode_image", "task_prompt"]
+__all__ = ["TASKS", "RequestError", "decode_image", "decode_images", "task_prompt"]
 
 #: what the ``task`` field takes: a task's prompt template, or ``prompt`` (the text sent verbatim)
 TASKS = ("rec", "ovd", "ric", "prompt")
@@ -29,11 +29,12 @@ class RequestError(ValueError):
         self.message = message
 
 
-def decode_image(data: bytes, name: str, limits: ServeLimits) -> Image.Image:
+def decode_image(data: bytes, name: str, limits: ServeLimits, pixels_used: int = 0) -> Image.Image:
     """An uploaded file as 8-bit RGB, through padt's image loader (``padt_core.data.image.load_image``).
 
-    The size is read from the header and checked against ``limits.max_image_pixels`` before any pixel
-    is decoded, so a 10000 × 10000 upload costs its header, not 300 MB.
+    The size is read from the header and checked against ``limits.max_image_pixels`` (less the
+    ``pixels_used`` by the request's earlier images) before any pixel is decoded, so a 10000 × 10000
+    upload costs its header, not 300 MB.
 
     Raises:
         RequestError: 413 (too many bytes or pixels), 415 (not an image), 422 (empty, truncated, corrupt).
@@ -61,11 +62,12 @@ def decode_image(data: bytes, name: str, limits: ServeLimits) -> Image.Image:
         raise RequestError(415, f"{name!r} is not an image (PIL recognises no image format in it)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise RequestError(422, f"cannot read image {name!r}: {err}") from None
-    if width * height > limits.max_image_pixels:
+    if pixels_used + width * height > limits.max_image_pixels:
+        also = f" after {pixels_used:,} in the request's other images" if pixels_used else ""
         raise RequestError(
             413,
-            f"image {name!r} is {width}x{height} = {width * height:,} pixels, more than the server's limit of "
-            f"{limits.max_image_pixels:,} (padt serve --max-image-pixels)",
+            f"image {name!r} is {width}x{height} = {width * height:,} pixels{also}, more than the server's limit "
+            f"of {limits.max_image_pixels:,} (padt serve --max-image-pixels)",
         )
     # load_image reads files: its checks (truncated data, odd modes) then apply to uploads word for word
     handle, path = tempfile.mkstemp(prefix="padt-serve-", suffix=".upload")
@@ -79,6 +81,22 @@ def decode_image(data: bytes, name: str, limits: ServeLimits) -> Image.Image:
         os.unlink(path)
     assert image is not None
     return image
+
+
+def decode_images(files: list[tuple[bytes, str]], limits: ServeLimits) -> list[Image.Image]:
+    """A request's ``(data, name)`` uploads decoded (:func:`decode_image`), their pixels counted together.
+
+    Raises:
+        RequestError: 422 (no image), 413 (more than ``limits.max_images``), or an image's own error.
+    """
+    if not files:
+        raise RequestError(422, "field image is missing: send the image file")
+    if len(files) > limits.max_images:
+        raise RequestError(413, f"{len(files)} images, more than the server's limit of {limits.max_images} per request")
+    images: list[Image.Image] = []
+    for data, name in files:
+        images.append(decode_image(data, name, limits, sum(im.width * im.height for im in images)))
+    return images
 
 
 def task_prompt(

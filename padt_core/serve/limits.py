@@ -13,7 +13,7 @@ class ServeLimits:
     """Bounds of a server; each is a ``padt serve`` flag (``--max-batch-size`` ...).
 
     Memory is bounded by them: at most ``max_queue`` waiting plus ``max_batch_size`` running requests,
-    each holding one decoded RGB image of at most ``max_image_pixels`` pixels (3 bytes each), so the
+    each holding decoded RGB images of at most ``max_image_pixels`` pixels in all (3 bytes each), so the
     defaults hold at most 40 × 16.8 M × 3 B ≈ 2 GB of pixels on top of the model, and only with 40
     clients sending 4096 × 4096 images at once; redrawn results keep ``result_cache`` more.
 
@@ -22,7 +22,9 @@ class ServeLimits:
         max_wait_ms: how long the first request of a batch waits for others to join it.
         max_queue: requests waiting for a batch; one more is answered ``503`` at once (retry later).
         max_upload_bytes: largest request body (an image file, or its base64 in JSON).
-        max_image_pixels: largest image (width × height), checked from the header before decoding.
+        max_image_pixels: most pixels (width × height) of a request's images together, checked from the
+            headers before decoding.
+        max_images: most images in one request (one conversation).
         max_prompt_chars: longest prompt (after the task template is applied).
         max_labels: most OVD categories in one request.
         timeout_s: a request not answered by then gets ``504`` (its batch still finishes).
@@ -35,6 +37,7 @@ class ServeLimits:
     max_queue: int = 32
     max_upload_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
+    max_images: int = 4
     max_prompt_chars: int = 4000
     max_labels: int = 100
     timeout_s: float = 300.0
