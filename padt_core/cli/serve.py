@@ -26,6 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         max_image_pixels=args.max_image_pixels,
+        max_images=args.max_images,
         max_prompt_chars=args.max_prompt_chars,
         timeout_s=args.timeout,
         max_new_tokens=args.max_new_tokens,
@@ -97,7 +98,14 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=d.max_image_pixels,
         metavar="N",
-        help=f"largest image, width x height (default: {d.max_image_pixels:,} = 4096 x 4096)",
+        help=f"most pixels of a request's images, width x height (default: {d.max_image_pixels:,} = 4096 x 4096)",
+    )
+    parser.add_argument(
+        "--max-images",
+        type=positive_int,
+        default=d.max_images,
+        metavar="N",
+        help=f"most images in one request, one conversation (default: {d.max_images})",
     )
     parser.add_argument(
         "--max-prompt-chars",
