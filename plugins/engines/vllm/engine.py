@@ -172,6 +172,9 @@ class VLLMEngine:
         """``PaDTModel.predict`` with vLLM generating: ``batch_size`` prompts go to vLLM at once (it batches
         them continuously); their objects are decoded by the model's heads."""
         model = self.model
+        several = next((i for i, im in enumerate(images) if isinstance(im, (list, tuple))), None)
+        if several is not None:
+            raise ValueError(f"sample {several} has several images; engine='vllm' takes one image per prompt")
         starts = range(0, len(images), batch_size)
         show = progress if progress is not None else len(starts) > 1
         results = []

@@ -49,6 +49,12 @@ class VRTVocabulary:
                 "PaDT on vLLM does not support prefix caching: a cached image prefix skips the vision encoder, "
                 "which the request's VRT prototypes are computed from; pass enable_prefix_caching=False"
             )
+        if getattr(vllm_config, "speculative_config", None) is not None:
+            raise ValueError(
+                "PaDT on vLLM does not support speculative decoding: VRT logits are laid out one row per request"
+            )
+        if vllm_config.parallel_config.pipeline_parallel_size > 1:
+            raise ValueError("PaDT on vLLM does not support pipeline parallelism (tensor parallelism is untested)")
         section = getattr(self.config, "padt_vrt", None)
         if not section:
             raise ValueError("the model config has no padt_vrt section: export the model with padt's export_for_vllm")
