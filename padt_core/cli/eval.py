@@ -49,6 +49,8 @@ def _write_predictions(path: Path, predictions: list[Any], samples: list[Any]) -
     with atomic_file(path) as f:
         for sample, prediction in zip(samples, predictions):
             record = {"id": sample.id, "task": sample.task, "image": str(sample.image), "prompt": sample.prompt}
+            if getattr(sample, "images", None):  # one conversation about several images (docs/multi-image.md)
+                record["images"] = [str(p) for p in sample.images]
             record.update(_prediction_json(prediction, rle=True))
             f.write(json.dumps(_strict_json(record)) + "\n")
 
