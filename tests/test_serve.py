@@ -372,3 +372,14 @@ def test_examples_are_shapes_scenes_with_queries(examples):
         image = Image.open(io.BytesIO(example.png))
         assert image.size == (224, 224)
         assert example.sentence.startswith("the ") and example.labels
+
+
+def test_bench_serve_checks_every_answer(decoder_model):
+    from padt_bench.serve import bench_serve
+
+    result = bench_serve(decoder_model, clients=3, requests=2, distinct=4, max_batch_size=3, max_new_tokens=6)
+    for side in ("one_at_a_time", "batched"):
+        assert (result[side]["answered"], result[side]["lost"], result[side]["errors"]) == (6, 0, 0)
+    assert result["one_at_a_time"]["batch_sizes"] == {"1": 6}
+    assert result["compared"] == 6 and result["mismatches"] == 0 and result["reference_inconsistent"] == 0
+    assert result["speedup"] > 0 and result["settings"]["clients"] == 3
