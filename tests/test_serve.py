@@ -131,6 +131,22 @@ def test_engine_batch_equals_model_predict_alone(engine, decoder_model, jobs):
     assert [(p.text, [o.vrt for o in p.objects]) for p in fast] == [(p.text, [o.vrt for o in p.objects]) for p in alone]
 
 
+def test_another_generation_engine_gets_each_batch_whole(decoder_model, jobs):
+    """``padt serve --engine vllm``'s path, with an engine object standing in for vLLM (not installed here)."""
+    calls = []
+
+    class Recording:  # the engine contract of PaDTModel.predict(engine=...)
+        def predict(self, images, prompts, batch_size=8, progress=None, **generation):
+            calls.append((len(images), batch_size, generation))
+            return decoder_model.predict(images, prompts, batch_size=batch_size, **generation)
+
+    engine = PaDTEngine(decoder_model, max_new_tokens=TOKENS, generation_engine=Recording())
+    images = [noise_image(60 + 20 * k, 80, k) for k in range(3)]
+    answers = engine.answer([Job(image, f"{k}.png", "hi") for k, image in enumerate(images)])
+    assert calls == [(3, 3, {"max_new_tokens": TOKENS})]
+    assert [a.record["image"] for a in answers] == ["0.png", "1.png", "2.png"]
+
+
 def test_answer_is_what_padt_predict_out_writes(server, jobs, decoder_model, tmp_path):
     from padt_core.cli import main
 

@@ -19,6 +19,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"padt: error: {_INSTALL}", file=sys.stderr)
         return EXIT_USAGE
     from ..serve import PaDTEngine, ServeLimits, create_app, is_loopback, shapes_examples
+    from .predict import parse_engine_args
 
     limits = ServeLimits(
         max_batch_size=args.max_batch_size,
@@ -31,13 +32,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         max_new_tokens=args.max_new_tokens,
     )
+    if args.engine_arg and args.engine == "hf":
+        raise ValueError("--engine-arg configures another engine than hf; add --engine vllm")
+    engine_args = parse_engine_args(args.engine_arg)
     device = check_device(args.device)
     _check_model_source(args.model, args.overrides)
     model = _build_or_load(args.model, args.overrides)
     model.to(device=device)
     model.eval()
     examples = [] if args.no_examples else shapes_examples()
-    engine = PaDTEngine(model, max_new_tokens=args.max_new_tokens, batch_read=args.batch_read)
+    engine = PaDTEngine(
+        model,
+        max_new_tokens=args.max_new_tokens,
+        batch_read=args.batch_read,
+        generation_engine=args.engine,
+        engine_args=engine_args,
+    )
     app = create_app(engine, limits, examples)
     if not is_loopback(args.host):
         print(
@@ -120,6 +130,18 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         default=d.timeout_s,
         metavar="S",
         help=f"seconds per request (default: {d.timeout_s:g})",
+    )
+    parser.add_argument(
+        "--engine",
+        default="hf",
+        help="generation engine: hf (default: Hugging Face generate, batched here) or vllm (docs/vllm.md; "
+        "it batches each batch itself)",
+    )
+    parser.add_argument(
+        "--engine-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="engine option, repeatable (vllm: max_num_batched_tokens=2048, dtype=bfloat16)",
     )
     parser.add_argument(
         "--batch-read",

@@ -53,15 +53,28 @@ class PaDTEngine:
         max_new_tokens: tokens per answer; ``None``: the recipe's ``generation.max_new_tokens``.
         batch_read: decode the batch's boxes, scores and masks in one pass too (faster; they may then
             differ from the one-at-a-time answer in the last float bit). Default: each answer read alone.
+        generation_engine: ``"hf"`` (Hugging Face ``generate``, above), or another engine for
+            ``model.predict(engine=...)``: a ``padt.engines`` name (``"vllm"``, ``docs/vllm.md``) or an engine
+            object; it gets each batch whole and batches as it does (its answers are its own).
+        engine_args: arguments that build the named engine (``model.predict(engine_args=...)``).
 
     Example:
         >>> engine = PaDTEngine(padt_core.load("runs/my_model").eval())
         >>> engine.answer([Job(image, "shapes.png", "Please describe this image.")])[0].record["text"]
     """
 
-    def __init__(self, model: Any, max_new_tokens: int | None = None, batch_read: bool = False) -> None:
+    def __init__(
+        self,
+        model: Any,
+        max_new_tokens: int | None = None,
+        batch_read: bool = False,
+        generation_engine: str | Any = "hf",
+        engine_args: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model
         self.batch_read = batch_read
+        self.generation_engine = generation_engine
+        self.engine_args = engine_args
         self.generation = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
 
     @property
@@ -81,6 +94,16 @@ class PaDTEngine:
         tie within rounding could flip one), which ``padt bench serve`` keeps checking.
         """
         model = self.model
+        if not (isinstance(self.generation_engine, str) and self.generation_engine == "hf"):
+            return model.predict(
+                images,
+                prompts,
+                batch_size=len(images),
+                progress=False,
+                engine=self.generation_engine,
+                engine_args=self.engine_args,
+                **self.generation,
+            )
         if len(images) == 1:
             return model.predict(images, prompts, batch_size=1, progress=False, **self.generation)
         batch = model.prepare(images, prompts)
