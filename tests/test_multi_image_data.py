@@ -184,3 +184,16 @@ def test_cli_predict_multi_writes_one_json_and_a_png_per_image(tmp_path, pair, c
     assert all(o["image"] in (0, 1) for o in record["objects"])
     assert sorted(p.name for p in out.iterdir()) == ["a+b.json", "a.png", "b.png"]
     assert np.asarray(Image.open(out / "b.png")).shape[:2] == (56, 112)
+
+
+def test_eval_predicts_each_pair_as_one_conversation(model, tmp_path):
+    from padt_core.eval.run import evaluate_model
+
+    config = ShapesPairsDatasetConfig(
+        root=str(tmp_path / "p"), split="val", n_pairs=3, questions=["which"], n_train=4, n_val=6
+    )
+    report, predictions, samples = evaluate_model(model.eval(), [config], max_new_tokens=6)
+    assert len(predictions) == len(samples) == 3 and all(len(s.images) == 2 for s in samples)
+    assert 0.0 <= report["rec_acc50"] <= 1.0 and report["counts"]["rec"]["samples"] == 3
+    for prediction in predictions:
+        assert all(o.image in (0, 1) for o in prediction.objects)
