@@ -66,10 +66,3 @@ def test_export_refuses_to_overwrite(model, tmp_path):
     export_for_vllm(model, tmp_path / "e")
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export_for_vllm(model, tmp_path / "e")
-
-
-def test_several_images_per_prompt_are_refused_before_generation(model):
-    engine = VLLMEngine.__new__(VLLMEngine)
-    engine.model = model
-    with pytest.raises(ValueError, match="sample 1 has several images; engine='vllm' takes one image per prompt"):
-        engine.predict([None, [None, None]], ["a", "b"])

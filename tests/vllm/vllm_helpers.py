@@ -19,7 +19,7 @@ ENGINE_ARGS = {
 }
 
 
-def padt_vrt_model(seed: int = 0, recipe: str = "tiny_qwen"):
+def padt_vrt_model(seed: int = 0, recipe: str = "tiny_qwen", **sections):
     """A tiny recipe (Qwen2.5-VL by default) with box/score/mask heads and no_repeat_vrt, sharpened so it emits
     VRT runs."""
     from helpers import sharpen
@@ -27,7 +27,7 @@ def padt_vrt_model(seed: int = 0, recipe: str = "tiny_qwen"):
     import padt_core
 
     torch.manual_seed(seed)
-    overrides = {"decoder": DECODER, "generation": {"logits_processors": ["no_repeat_vrt"]}}
+    overrides = {"decoder": DECODER, "generation": {"logits_processors": ["no_repeat_vrt"]}, **sections}
     model = padt_core.build(recipe, overrides).eval()
     sharpen(model, seed)
     return model

@@ -9,9 +9,10 @@ while decoding still needs them for every VRT logit. Two private methods of the 
 
 * ``_gather_mm_embeddings`` (called right before ``embed_input_ids``, after the encoder ran):
   publishes the step's request order and token counts (``input_batch.req_ids``,
-  ``scheduler_output.num_scheduled_tokens``) and hands over each request's image encoder output
-  (``encoder_cache[mm_feature.identifier]``) and grid (``mm_feature.data["image_grid_thw"]``) the
-  first time it is there, so the model can keep that request's prototypes until it finishes;
+  ``scheduler_output.num_scheduled_tokens``) and hands over each of a request's images' encoder output
+  (``encoder_cache[mm_feature.identifier]``, in prompt order ``mm_feature.mm_position.offset``) and grid
+  (``mm_feature.data["image_grid_thw"]``) the first time it is there, so the model can keep that
+  request's prototypes until it finishes;
 * ``_update_states``: ``scheduler_output.finished_req_ids`` release those prototypes.
 
 Only models that define ``padt_on_step`` are affected; every other model runs the original methods.
@@ -105,15 +106,18 @@ def patch_runner() -> None:
         if on_step is not None and shift_computed_tokens == 0:  # shifted: a drafter's look-ahead, not the step
             req_ids = list(self.input_batch.req_ids)
             counts = [int(scheduler_output.num_scheduled_tokens[r]) for r in req_ids]
-            images = {}
+            images: dict[str, list] = {}
             for r in req_ids:
-                if model.padt_has_image(r):
-                    continue
-                for feature in self.requests[r].mm_features:
-                    grid = _image_grid(feature)
-                    encoded = self.encoder_cache.get(feature.identifier) if grid is not None else None
-                    if encoded is not None:
-                        images.setdefault(r, []).append((encoded, grid))
+                taken = model.padt_images_taken(r)
+                features = sorted(
+                    (f for f in self.requests[r].mm_features if _image_grid(f) is not None),
+                    key=lambda f: f.mm_position.offset,
+                )
+                for j, feature in enumerate(features[taken:], start=taken):
+                    encoded = self.encoder_cache.get(feature.identifier)
+                    if encoded is None:
+                        break  # in prompt order: a later image waits for this one's encoder output
+                    images.setdefault(r, []).append((j, encoded, _image_grid(feature)))
             on_step(req_ids, counts, images)
         return out
 

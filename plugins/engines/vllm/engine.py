@@ -44,7 +44,6 @@ GENERATION_KEYS = (
 _ENGINE_DEFAULTS: dict[str, Any] = {
     "enable_prefix_caching": False,  # refused by the model class: see model.py
     "generation_config": "vllm",  # sampling comes from padt's recipe, not the exported generation_config.json
-    "limit_mm_per_prompt": {"image": 1, "video": 0},
 }
 
 
@@ -78,7 +77,10 @@ class VLLMEngine:
         self._own_dir = export_dir is None
         self.export_dir = Path(export_dir or tempfile.mkdtemp(prefix="padt-vllm-"))
         export_for_vllm(model, self.export_dir, overwrite=True)
-        args = {**_ENGINE_DEFAULTS, "dtype": model.dtype, **engine_args}  # vLLM's "auto" would take bf16 on CPU
+        # dtype: vLLM's "auto" would take bf16 on CPU; images per prompt: as many as the recipe places (vrt.max_images)
+        images = max(1, int(getattr(model.recipe.vrt, "max_images", 0) or 0))
+        limit = {"limit_mm_per_prompt": {"image": images, "video": 0}}
+        args = {**_ENGINE_DEFAULTS, "dtype": model.dtype, **limit, **engine_args}
         if model.projection is not None:
             args["logits_processors"] = [*args.get("logits_processors", []), _NO_REPEAT]
         self.engine_args = args
@@ -121,9 +123,9 @@ class VLLMEngine:
         )
 
     def requests(self, batch: Any, images: Sequence[Any]) -> list[dict[str, Any]]:
-        """vLLM prompts of a prepared padt batch: its token ids with the image placeholder run collapsed
-        to one token (vLLM's processor expands it again from the same image), and the image as the
-        backbone hands it to its processor."""
+        """vLLM prompts of a prepared padt batch: its token ids with each image placeholder run collapsed
+        to one token (vLLM's processor expands it again from the same image), and the image(s) as the
+        backbone hands them to its processor."""
         backbone = self.model.backbone
         image_token = backbone.hf_model.config.image_token_id
         out = []
@@ -131,7 +133,9 @@ class VLLMEngine:
             ids = row[mask.bool()].tolist()
             collapsed = [t for i, t in enumerate(ids) if t != image_token or i == 0 or ids[i - 1] != image_token]
             request: dict[str, Any] = {"prompt_token_ids": collapsed}
-            if image is not None:
+            if isinstance(image, (list, tuple)):  # several images in one conversation, in prompt order
+                request["multi_modal_data"] = {"image": [_prepared(backbone, j, im) for j, im in enumerate(image)]}
+            elif image is not None:
                 request["multi_modal_data"] = {"image": _prepared(backbone, b, image)}
             out.append((request, ids))
         return out
@@ -172,14 +176,11 @@ class VLLMEngine:
         """``PaDTModel.predict`` with vLLM generating: ``batch_size`` prompts go to vLLM at once (it batches
         them continuously); their objects are decoded by the model's heads."""
         model = self.model
-        several = next((i for i, im in enumerate(images) if isinstance(im, (list, tuple))), None)
-        if several is not None:
-            raise ValueError(f"sample {several} has several images; engine='vllm' takes one image per prompt")
         starts = range(0, len(images), batch_size)
         show = progress if progress is not None else len(starts) > 1
         results = []
         for start in tqdm(starts, desc="predict (vllm)", disable=not show, unit="batch"):
-            pil = [load_image(im) for im in images[start : start + batch_size]]
+            pil = [_load(im) for im in images[start : start + batch_size]]
             batch = model.prepare(pil, list(prompts[start : start + batch_size]))
             for key, value in batch.items():
                 if isinstance(value, torch.Tensor):
@@ -207,6 +208,13 @@ class VLLMEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _load(image: Any) -> Any:
+    """A sample's image(s) loaded: ``None``, one image, or a list of them (one conversation)."""
+    if isinstance(image, (list, tuple)):
+        return [load_image(im) for im in image]
+    return load_image(image)
 
 
 def _prepared(backbone: Any, index: int, image: Any) -> Any:

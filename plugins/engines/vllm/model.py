@@ -73,27 +73,35 @@ class VRTVocabulary:
                 max_grid=tuple(section["max_grid"]),
                 **({"max_images": int(section["max_images"])} if section.get("max_images") else {}),
             )
-        self.padt_prototypes: dict[str, torch.Tensor] = {}  # request id -> [cells, D]
+        self.padt_prototypes: dict[str, list[torch.Tensor]] = {}  # request id -> per image in prompt order [cells, D]
         self.padt_step: tuple[list[str], list[int]] | None = None  # request order and token counts of the step
 
     # --- what the runner hook calls (_runner.py) -----------------------------------------------
-    def padt_has_image(self, req_id: str) -> bool:
-        return req_id in self.padt_prototypes
+    def padt_images_taken(self, req_id: str) -> int:
+        """How many of the request's images already have prototypes (the next one handed over is that index)."""
+        return len(self.padt_prototypes.get(req_id, ()))
 
     def padt_on_step(self, req_ids: list[str], counts: list[int], images: dict[str, list]) -> None:
         if self.padt_projection is None:  # no VRTs: nothing to keep
             images = {}
         for req_id, items in images.items():
-            if len(items) != 1:
-                raise ValueError(f"request {req_id} has {len(items)} images; PaDT on vLLM takes one image per prompt")
-            encoded, (_, h, w) = items[0]
-            grid = (h // self.padt_merge, w // self.padt_merge)
-            with torch.no_grad():
-                # Qwen3-VL's encoder output is [merged tokens | DeepStack features] along channels: the
-                # prototypes are made from the merged tokens, as in padt's backbone (VisualFeatures.tokens).
-                tokens = encoded[:, : self.padt_hidden].to(self.padt_projection_dtype)
-                self.padt_prototypes[req_id] = self.padt_projection(tokens, grid)
+            kept = self.padt_prototypes.setdefault(req_id, [])
+            for place, encoded, (_, h, w) in items:
+                if place != len(kept):
+                    raise RuntimeError(f"request {req_id}: image {place} handed over before image {len(kept)}")
+                grid = (h // self.padt_merge, w // self.padt_merge)
+                with torch.no_grad():
+                    # Qwen3-VL's encoder output is [merged tokens | DeepStack features] along channels: the
+                    # prototypes are made from the merged tokens, as in padt's backbone (VisualFeatures.tokens).
+                    tokens = encoded[:, : self.padt_hidden].to(self.padt_projection_dtype)
+                    kept.append(self._padt_project(tokens, grid, place))
         self.padt_step = (req_ids, counts)
+
+    def _padt_project(self, tokens: torch.Tensor, grid: tuple[int, int], place: int) -> torch.Tensor:
+        """Prototypes of one image; ``place``: its position among the request's images (``vrt.max_images``)."""
+        if getattr(self.padt_projection, "max_images", 0):
+            return self.padt_projection(tokens, grid, place)
+        return self.padt_projection(tokens, grid)
 
     def padt_release(self, finished: Iterable[str]) -> None:
         finished = [r for r in finished if r in self.padt_prototypes]
@@ -109,16 +117,17 @@ class VRTVocabulary:
     def _padt_bank(self, req_ids: Sequence[str], like: torch.Tensor) -> PrototypeBank:
         """The step's requests' prototypes as padt's padded bank (row ``i``: request ``i`` of the step); kept
         while the batch stays the same (every decoding step between two arrivals or finishes)."""
-        key = (tuple((r, r in self.padt_prototypes) for r in req_ids), like.dtype, like.device)
+        key = (tuple((r, len(self.padt_prototypes.get(r, ()))) for r in req_ids), like.dtype, like.device)
         cached = self.__dict__.get("_padt_bank_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
+        # A request's bank row is its images' prototypes back to back, as padt's (multi-image samples).
         prototypes, index = [], []
         for req_id in req_ids:
-            proto = self.padt_prototypes.get(req_id)
-            index.append(len(prototypes) if proto is not None else -1)
-            if proto is not None:
-                prototypes.append(proto)
+            parts = self.padt_prototypes.get(req_id)
+            index.append(len(prototypes) if parts else -1)
+            if parts:
+                prototypes.append(parts[0] if len(parts) == 1 else torch.cat(parts))
         bank = PrototypeBank.from_prototypes(prototypes, index, like.shape[-1], like.device, like.dtype)
         self.__dict__["_padt_bank_cache"] = (key, bank)
         return bank
@@ -141,8 +150,8 @@ class VRTVocabulary:
         if bad.numel():
             i = int(bad[0])
             raise ValueError(
-                f"request {req_ids[int(request[i])]} holds <|VRT_{int(cells[i])}|> but its image has "
-                f"{int(available[i])} cells"
+                f"request {req_ids[int(request[i])]} holds <|VRT_{int(cells[i])}|> but its image(s) have "
+                f"{int(available[i])} cells (so far)"
             )
         embeds[where] = bank.bank[request.to(embeds.device), cells.to(embeds.device)].to(embeds.dtype)
         return embeds
