@@ -158,8 +158,6 @@ class _Prepared:
     def _table(self, weight: torch.Tensor, n: int) -> torch.Tensor:
         """``[n, V + P, D]``: the text rows, then sample ``b``'s prototypes (zero rows for padding)."""
         text = weight.detach().unsqueeze(0).expand(n, -1, -1)
-        if self.width == 0:
-            return text.contiguous()
         return torch.cat([text, self.bank.expand(n).bank.to(weight.dtype)], dim=1)
 
     def logit_bias(self, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -167,10 +165,7 @@ class _Prepared:
         text = self.text_bias(dtype)
         if text is None:
             text = torch.zeros(self.vocab, dtype=dtype, device=self.head.weight.device)
-        text = text.expand(n, 1, self.vocab)
-        if self.width == 0:
-            return text.contiguous()
-        return torch.cat([text, self.bank.view(n, dtype).bias], dim=-1)
+        return torch.cat([text.expand(n, 1, self.vocab), self.bank.view(n, dtype).bias], dim=-1)
 
     def text_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
         """The ``lm_head`` bias with the suppressed ids at the dtype's minimum; ``None`` if neither exists."""
