@@ -31,9 +31,17 @@ def images():
     return noise_image(140, 252, 1), noise_image(90, 60, 2), noise_image(64, 64, 3)
 
 
-@pytest.mark.parametrize("recipe", TINY_RECIPES)
-def test_two_image_generate_logits_equal_teacher_forced(tiny_models, recipe, images):
-    model = tiny_models(recipe)
+@pytest.fixture(scope="module")
+def hf_llava():
+    from test_llava_backbone import _build, hf_llava_recipe
+
+    return _build(hf_llava_recipe())
+
+
+@pytest.mark.parametrize("recipe", [*TINY_RECIPES, "hf_llava"])
+def test_two_image_generate_logits_equal_teacher_forced(tiny_models, recipe, images, request):
+    """Every backbone (LLaVA-style with its timm and Hugging Face LLaVA sources)."""
+    model = request.getfixturevalue("hf_llava") if recipe == "hf_llava" else tiny_models(recipe)
     a, b, c = images
     batch = model.prepare([[a, b], c], ["compare <|img|> and <|img|>: <|VRT_3|>", "hi"])
     assert batch["sample_images"] == [[0, 1], [2]]
