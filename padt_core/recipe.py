@@ -169,6 +169,14 @@ class TrainConfig(_Section):
     """Optimisation settings (defaults = the reference's)."""
 
     output_dir: str | None = None
+    init_from: str | None = Field(
+        None,
+        description="a padt model directory (save_pretrained / padt train output) whose weights fill the freshly "
+        "built model before training: every tensor of its model.safetensors must exist in this recipe's model "
+        "with the same shape; model tensors it lacks (tables this recipe adds, e.g. vrt.max_images) keep their "
+        "initialisation and are listed in the log and the summary's init_from.new. Ignored by --resume: a "
+        "resumed run restores its checkpoint's weights",
+    )
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_beta1: float = 0.9

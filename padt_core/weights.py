@@ -61,12 +61,14 @@ def load_weights(
     *,
     device: str | torch.device = "cpu",
     built_from: str | None = None,
-) -> None:
+    allow_missing: bool = False,
+) -> list[str]:
     """Load every tensor of ``module`` from the safetensors ``file``; nothing is loaded if anything does not fit.
 
     Each group of tied parameters needs one of its names in the file (a file holding several must hold
     equal tensors). Keys the module lacks, tensors it needs that are absent, and shape mismatches are
-    all reported in one :class:`WeightsError`.
+    all reported in one :class:`WeightsError`. Returns the module tensors the file did not fill (empty
+    unless ``allow_missing``).
 
     Args:
         module: the model to fill (its structure defines what is expected).
@@ -97,7 +99,7 @@ def load_weights(
     ]
     for title, items in (
         ("tensors do not fit (shape)", shapes),
-        ("model tensors are not in the file", missing),
+        ("model tensors are not in the file", [] if allow_missing else missing),
         ("file tensors are not in the model", unexpected),
     ):
         if items:
@@ -111,6 +113,7 @@ def load_weights(
         raise WeightsError(f"{path}: cannot read the tensors ({(str(err).splitlines() or [''])[0]})") from None
     _check_tied_copies(path, state, groups)
     module.load_state_dict(state, strict=False)
+    return missing
 
 
 def _check_tied_copies(path: Path, state: Mapping[str, torch.Tensor], groups: Mapping[str, list[str]]) -> None:

@@ -26,6 +26,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             output_dir=args.output_dir,
             overwrite=args.overwrite,
             resume=args.resume,
+            init_from=args.init_from,
         )
     if _is_main_process():
         if args.summary:
@@ -77,6 +78,12 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace a training run already in the output dir")
     mode.add_argument("--resume", action="store_true", help="continue from the output dir's latest checkpoint")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="DIR",
+        help="start from the weights of this padt model directory (train.init_from; ignored with --resume)",
+    )
     parser.add_argument(
         "--summary", default=None, metavar="FILE", help="also write the summary with the full log history"
     )

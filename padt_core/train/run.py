@@ -16,14 +16,15 @@ from transformers.trainer import TRAINER_STATE_NAME
 from ..atomic import DirectoryLock, atomic_path
 from ..data.reader import build_dataset
 from ..data.templates import TaskTemplates
-from ..model import PaDTModel
-from ..recipe import Recipe, load_recipe
+from ..model import WEIGHTS_NAME, PaDTModel
+from ..recipe import Recipe, load_recipe, parse_overrides
+from ..weights import WeightsError, load_weights
 from .checkpoints import checkpoint_dirs, delete_checkpoint, newest_complete, remove_staging
 from .collator import PaDTCollator
 from .dataset import SampleDataset
 from .trainer import PaDTTrainer, check_resumable, training_arguments
 
-__all__ = ["apply_freezing", "load_readers", "train"]
+__all__ = ["apply_freezing", "init_weights", "load_readers", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,34 @@ def apply_freezing(model: PaDTModel, recipe: Recipe) -> None:
         inject_adapter_in_model(lora, model.backbone.hf_model)
 
 
+def init_weights(model: PaDTModel, directory: str | os.PathLike) -> dict[str, Any]:
+    """Fill ``model`` with the weights of the padt model ``directory`` (``train.init_from``).
+
+    Every tensor of the directory's weights file must exist in ``model`` with the same shape (else one
+    ``WeightsError`` naming the directory and the first mismatches, nothing loaded); model tensors the
+    file lacks keep their initialisation and are returned (and logged) as ``new``.
+
+    Args:
+        model: the freshly built model of the recipe being trained.
+        directory: a model directory written by ``save_pretrained`` / ``padt train``.
+
+    Example:
+        >>> init_weights(model, "runs/tiny_shapes_pretrained")["new"]  # doctest: +SKIP
+        ['embedding.image_embed.weight']
+    """
+    path = Path(directory)
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"train.init_from: {path} is not a padt model directory (no {WEIGHTS_NAME})")
+    try:
+        new = load_weights(model, weights, built_from="this recipe (train.init_from)", allow_missing=True)
+    except WeightsError as err:
+        raise WeightsError(f"train.init_from={path}: {err}") from None
+    if new:
+        logger.warning("train.init_from %s: %d new tensor(s) keep their initialisation: %s", path, len(new), new)
+    return {"dir": str(path), "new": new}
+
+
 def train(
     recipe: str | os.PathLike | Mapping[str, Any] | Recipe,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
@@ -68,6 +97,7 @@ def train(
     output_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    init_from: str | os.PathLike | None = None,
     callbacks: Sequence[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """Train a recipe; returns a summary (output dir, steps, last logged losses, skipped samples).
@@ -78,7 +108,10 @@ def train(
     ``skipped_checkpoints``). One run at a time per output directory: a second one raises
     ``DirectoryLockedError`` (a ``FileExistsError``) while the first is alive. ``callbacks`` are
     Hugging Face ``TrainerCallback`` objects added to the Trainer (logging, early stopping, …).
+    ``init_from`` sets ``train.init_from`` (start from a trained model directory's weights).
     """
+    if init_from is not None:
+        overrides = {**parse_overrides(overrides), "train.init_from": str(init_from)}
     spec = load_recipe(recipe, overrides)
     out = Path(output_dir or spec.train.output_dir or Path("runs") / spec.name)
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -142,6 +175,11 @@ def _train(
     # seed it here: the same recipe and train.seed give the same initial weights (and resumable runs).
     set_seed(spec.train.seed)
     model = PaDTModel.from_recipe(spec)
+    init = None
+    if spec.train.init_from is not None and resume:
+        logger.warning("resume: train.init_from=%s ignored (the checkpoint restores the weights)", spec.train.init_from)
+    elif spec.train.init_from is not None:
+        init = init_weights(model, spec.train.init_from)  # before LoRA renames the LLM's modules
     apply_freezing(model, spec)
     collator = PaDTCollator(
         model,
@@ -173,6 +211,8 @@ def _train(
         "skipped": dict(skipped),
         "log_history": history,
     }
+    if init is not None:
+        summary["init_from"] = init
     if resume:
         summary["resumed_from"] = str(previous)
         summary["skipped_checkpoints"] = skipped_checkpoints
