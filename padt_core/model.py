@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,7 +434,9 @@ class PaDTModel(nn.Module):
         """The recipe's generation settings as a ``GenerationConfig`` (``overrides`` win)."""
         settings = self.recipe.generation
         base = self.backbone.hf_model.generation_config.to_dict() if settings.use_checkpoint_config else {}
-        fields = settings.model_dump(exclude={"use_checkpoint_config", "logits_processors"}, exclude_none=True)
+        fields = settings.model_dump(
+            exclude={"use_checkpoint_config", "logits_processors", "engine", "engine_args"}, exclude_none=True
+        )
         config = GenerationConfig(**{**base, **fields})
         config.eos_token_id = self.backbone.eos_token_ids
         config.pad_token_id = self.backbone.pad_token_id
@@ -489,7 +491,7 @@ class PaDTModel(nn.Module):
         prompts: str | Sequence[str],
         batch_size: int = 8,
         progress: bool | None = None,
-        engine: str | Any = "hf",
+        engine: str | Any | None = None,
         engine_args: dict[str, Any] | None = None,
         **generation_kwargs: Any,
     ) -> list[Prediction]:
@@ -500,7 +502,8 @@ class PaDTModel(nn.Module):
         ``CHW`` float in ``[0, 1]``; a 4-d array or tensor is a batch of them), as
         :func:`padt_core.data.image.load_image` reads them. ``engine``: ``"hf"`` (Hugging Face ``generate``),
         the name of a ``padt.engines`` entry point (``"vllm"``: ``docs/vllm.md``) built once with ``engine_args``,
-        or an engine object; objects are decoded by this model's heads either way.
+        or an engine object; objects are decoded by this model's heads either way. ``None`` (the default): the
+        recipe's ``generation.engine`` and ``generation.engine_args`` (:meth:`engine_choice`).
 
         A list inside ``images`` is one sample with several images, one conversation
         (``docs/multi-image.md``): ``predict(images=[[a, b], [c]], prompts=[...])``; its objects say which
@@ -514,6 +517,7 @@ class PaDTModel(nn.Module):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         if generation_kwargs.get("num_return_sequences", 1) != 1:
             raise ValueError("predict returns one completion per prompt; use generate for several")
+        engine, engine_args = self.engine_choice(engine, engine_args)
         if not (isinstance(engine, str) and engine == "hf"):  # generation elsewhere, objects from these heads
             runner = self._engine(engine, engine_args)
             return runner.predict(images, prompts, batch_size=batch_size, progress=progress, **generation_kwargs)
@@ -525,6 +529,30 @@ class PaDTModel(nn.Module):
                 images[start : start + batch_size], prompts[start : start + batch_size], generation_kwargs, start
             )
         return results
+
+    def engine_choice(
+        self, engine: str | Any | None = None, engine_args: Mapping[str, Any] | None = None
+    ) -> tuple[str | Any, dict[str, Any]]:
+        """The engine a call uses and its arguments: the call's, else the recipe's ``generation`` section.
+
+        ``engine=None`` takes ``generation.engine``; the recipe's ``generation.engine_args`` apply when the
+        engine is the recipe's, updated key by key by ``engine_args``. ``hf`` takes no arguments.
+
+        Args:
+            engine: ``"hf"``, a ``padt.engines`` name, an engine object, or ``None`` (the recipe's).
+            engine_args: arguments that build a named engine, on top of the recipe's.
+
+        Example:
+            >>> model.engine_choice(engine_args={"dtype": "bfloat16"})  # doctest: +SKIP
+            ('vllm', {'tensor_parallel_size': 2, 'dtype': 'bfloat16'})
+        """
+        settings = self.recipe.generation
+        name = settings.engine if engine is None else engine
+        args = dict(settings.engine_args) if isinstance(name, str) and name == settings.engine else {}
+        args.update(engine_args or {})
+        if isinstance(name, str) and name == "hf" and args:
+            raise ValueError(f"engine_args {sorted(args)} configure another engine than hf (e.g. engine='vllm')")
+        return name, args
 
     def _engine(self, engine: str | Any, engine_args: dict[str, Any] | None) -> Any:
         """``engine`` itself if it is an engine object, else the ``padt.engines`` entry point of that name built
@@ -540,7 +568,8 @@ class PaDTModel(nn.Module):
             return current[1]
         found = {ep.name: ep for ep in entry_points(group="padt.engines")}
         if engine not in found:
-            raise ValueError(f"unknown engine {engine!r}; installed: {', '.join(['hf', *sorted(found)])}")
+            where = " (generation.engine of the recipe)" if engine == self.recipe.generation.engine else ""
+            raise ValueError(f"unknown engine {engine!r}{where}; installed: {', '.join(['hf', *sorted(found)])}")
         if current is not None and hasattr(current[1], "close"):
             current[1].close()
         engines[engine] = (args, found[engine].load()(self, **args))

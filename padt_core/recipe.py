@@ -154,6 +154,26 @@ class GenerationConfig(_Section):
         False, description="start from the checkpoint's generation_config.json instead of plain defaults"
     )
     logits_processors: list[LogitsProcessorSection] = Field(default_factory=list)
+    engine: str = Field(
+        "hf",
+        min_length=1,
+        description="what generates for predict / padt predict / padt serve: hf (Hugging Face generate) or a "
+        "padt.engines entry point (vllm: docs/vllm.md); the call's engine= / --engine wins",
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="arguments that build the engine (vllm: tensor_parallel_size, max_num_batched_tokens, dtype, "
+        "...); the call's engine_args= / --engine-arg update them key by key. Empty for hf",
+    )
+
+    @model_validator(mode="after")
+    def _args_need_an_engine(self) -> GenerationConfig:
+        if self.engine == "hf" and self.engine_args:
+            raise ValueError(
+                f"engine_args {sorted(self.engine_args)} configure another engine than hf; set generation.engine "
+                "(e.g. vllm)"
+            )
+        return self
 
 
 class LoRAConfig(_Section):

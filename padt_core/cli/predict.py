@@ -43,7 +43,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _task_prompt(args, DEFAULT_TEMPLATES)  # bad flag combinations fail before the model loads
     if args.engine_arg and args.engine == "hf":
         raise ValueError("--engine-arg configures another engine than hf; add --engine vllm")
-    engine = {"engine": args.engine, "engine_args": parse_engine_args(args.engine_arg)} if args.engine != "hf" else {}
+    # None: the recipe's generation.engine / engine_args, which --engine-arg updates (model.engine_choice)
+    engine = {"engine": args.engine, "engine_args": parse_engine_args(args.engine_arg)}
     device = check_device(args.device)
     _check_model_source(args.model, args.overrides)
     images = [load_image(path) for path in args.image]  # one error naming the file (padt_core/data/image.py)
@@ -263,13 +264,17 @@ def _configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per batch (default: 8)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 … (default: cpu)")
     parser.add_argument(
-        "--engine", default="hf", help="generation engine: hf (default) or vllm (docs/vllm.md); objects by padt's heads"
+        "--engine",
+        default=None,
+        help="generation engine: hf or vllm (docs/vllm.md; objects by padt's heads either way); default: the "
+        "recipe's generation.engine (hf unless set)",
     )
     parser.add_argument(
         "--engine-arg",
         action="append",
         metavar="KEY=VALUE",
-        help="engine option, repeatable (vllm: tensor_parallel_size=2, max_num_batched_tokens=2048, dtype=bfloat16)",
+        help="engine option, repeatable, on top of the recipe's generation.engine_args "
+        "(vllm: tensor_parallel_size=2, max_num_batched_tokens=2048, dtype=bfloat16)",
     )
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="write <stem>.json (masks as COCO RLE) and <stem>.png per image"

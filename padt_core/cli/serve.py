@@ -41,11 +41,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model.to(device=device)
     model.eval()
     examples = [] if args.no_examples else shapes_examples()
+    generation_engine, engine_args = model.engine_choice(args.engine, engine_args)  # the recipe's by default
     engine = PaDTEngine(
         model,
         max_new_tokens=args.max_new_tokens,
         batch_read=args.batch_read,
-        generation_engine=args.engine,
+        generation_engine=generation_engine,
         engine_args=engine_args,
     )
     app = create_app(engine, limits, examples)
@@ -133,15 +134,16 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--engine",
-        default="hf",
-        help="generation engine: hf (default: Hugging Face generate, batched here) or vllm (docs/vllm.md; "
-        "it batches each batch itself)",
+        default=None,
+        help="generation engine: hf (Hugging Face generate, batched here) or vllm (docs/vllm.md; it batches each "
+        "batch itself); default: the recipe's generation.engine (hf unless set)",
     )
     parser.add_argument(
         "--engine-arg",
         action="append",
         metavar="KEY=VALUE",
-        help="engine option, repeatable (vllm: max_num_batched_tokens=2048, dtype=bfloat16)",
+        help="engine option, repeatable, on top of the recipe's generation.engine_args "
+        "(vllm: max_num_batched_tokens=2048, dtype=bfloat16)",
     )
     parser.add_argument(
         "--batch-read",
