@@ -35,8 +35,8 @@ METRIC_KEYS = (
 TASKS = ("rec", "res", "ovd", "ric")
 
 # Budgets: (train images, val images, optimiser steps). The default takes ~12 minutes on 2 idle CPU cores with
-# data and evaluation (11 min 44 s measured). 700 steps would fit 10 minutes but cost REC Acc@0.5 0.59 -> 0.47
-# on seed 1 (docs/results/demo.md, third pass): the demo keeps the steps.
+# data and evaluation (11 min 44 s measured). 700 steps would fit 10 minutes but cost REC Acc@0.5 0.68 -> 0.48
+# and 0.59 -> 0.47 on seeds 0 and 1 (docs/results/demo.md, third pass): the demo keeps the steps.
 BUDGETS = {"quick": (200, 24, 40), "default": (2000, 100, 900), "long": (4000, 200, 2700)}
 
 
