@@ -118,3 +118,6 @@ def test_padt_predict_engine_flags_over_the_recipe(fake_engine, tmp_path, capsys
     assert not json.loads(capsys.readouterr().out)[0]["text"].startswith("fake")
     assert main([*base, "--engine", "fake", "--engine-arg", "a=1"]) == 0
     assert fake_engine.built[-1] == {"a": 1}
+    capsys.readouterr()
+    assert main([*base, "--engine-arg", "a=1"]) != 0  # tiny_qwen's engine is hf: nothing to configure
+    assert "--engine-arg configures another engine than hf; add --engine vllm" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +42,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.templates import DEFAULT_TEMPLATES
 
     _task_prompt(args, DEFAULT_TEMPLATES)  # bad flag combinations fail before the model loads
+    # stdout is the JSON answer alone; vLLM logs to stdout unless told otherwise (read when it is imported)
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     if args.engine_arg and args.engine == "hf":
         raise ValueError("--engine-arg configures another engine than hf; add --engine vllm")
     # None: the recipe's generation.engine / engine_args, which --engine-arg updates (model.engine_choice)
@@ -53,6 +56,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outputs = _output_paths(args.image, Path(args.out), args.overwrite) if args.out and not args.multi else None
     model = _build_or_load(args.model, args.overrides)
     model.to(device=device)
+    check_engine_args(args, model)
     model.eval()
     prompt = _task_prompt(args, model.recipe.data.templates)
     kwargs = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
@@ -143,6 +147,14 @@ def objects_in_image(prediction: Any, image: int) -> Any:
         if (obj.image or 0) == image
     ]
     return replace(prediction, objects=own)
+
+
+def check_engine_args(args: argparse.Namespace, model: Any) -> None:
+    """``--engine-arg`` without ``--engine`` needs a recipe whose ``generation.engine`` is not hf."""
+    if args.engine_arg and args.engine is None and model.recipe.generation.engine == "hf":
+        raise ValueError(
+            "--engine-arg configures another engine than hf; add --engine vllm (or set generation.engine in the recipe)"
+        )
 
 
 def parse_engine_args(pairs: Sequence[str] | None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"padt: error: {_INSTALL}", file=sys.stderr)
         return EXIT_USAGE
     from ..serve import PaDTEngine, ServeLimits, create_app, is_loopback, shapes_examples
-    from .predict import parse_engine_args
+    from .predict import check_engine_args, parse_engine_args
 
     limits = ServeLimits(
         max_batch_size=args.max_batch_size,
@@ -39,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_model_source(args.model, args.overrides)
     model = _build_or_load(args.model, args.overrides)
     model.to(device=device)
+    check_engine_args(args, model)
     model.eval()
     examples = [] if args.no_examples else shapes_examples()
     generation_engine, engine_args = model.engine_choice(args.engine, engine_args)  # the recipe's by default

@@ -20,6 +20,7 @@ INSTALL = "needs vLLM: bash tools/vllm_env.sh && .venv-vllm/bin/pytest -q tests/
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # as padt predict sets: stdout is its JSON
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
 
 

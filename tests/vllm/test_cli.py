@@ -42,8 +42,12 @@ def test_predict_engine_vllm_equals_hf(tmp_path, capsys):
 
 
 def test_engine_arg_needs_an_engine(tmp_path, capsys):
-    code = main(["predict", "tiny_qwen", "--image", "x.png", "--prompt", "p", "--engine-arg", "dtype=float32"])
-    assert code != 0
+    # the recipe's generation.engine is hf: an --engine-arg without --engine has no engine to configure
+    noise_image(56, 56).save(tmp_path / "x.png")
+    argv = ["predict", "tiny_qwen", "--image", str(tmp_path / "x.png"), "--prompt", "p"]
+    assert main([*argv, "--engine-arg", "dtype=float32"]) != 0
+    assert "--engine-arg configures another engine than hf; add --engine vllm" in capsys.readouterr().err
+    assert main([*argv, "--engine", "hf", "--engine-arg", "dtype=float32"]) != 0
     assert "--engine-arg configures another engine than hf; add --engine vllm" in capsys.readouterr().err
 
 
