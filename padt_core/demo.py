@@ -123,7 +123,7 @@ def run_demo(
         "difficulty": difficulty,
         "train_images": n_train,
         "val_images": n_val,
-        "steps": steps,
+        "steps": recipe.train.max_steps,  # an override (train.max_steps=...) wins over the budget
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - started, 1),
     }
