@@ -18,7 +18,7 @@ while decoding still needs them for every VRT logit. Two private methods of the 
 Only models that define ``padt_on_step`` are affected; every other model runs the original methods.
 vLLM's Model Runner V2 (``vllm/v1/worker/gpu/``, the GPU default from 0.32) is not wrapped: the PaDT
 model refuses it at construction. The version range below is the one these internals were read from
-and tested on; ``tests/vllm/test_internals.py`` fails when an upgrade moves them.
+and tested on; ``tests/vllm/test_vllm_internals.py`` fails when an upgrade moves them.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _image_grid(feature: Any) -> tuple[int, int, int] | None:
     return t, h, w
 
 
-_ORIGINALS: dict[str, Any] = {}  # the runner's own methods, kept for tests/vllm/test_internals.py
+_ORIGINALS: dict[str, Any] = {}  # the runner's own methods, kept for tests/vllm/test_vllm_internals.py
 
 
 def patch_runner() -> None:
