@@ -9,6 +9,19 @@ from ._common import EXIT_USAGE, _build_or_load, _check_model_source, add_overri
 
 _INSTALL = 'padt serve needs the serve extra: pip install "padt[serve]" (from a checkout: pip install -e ".[serve]")'
 
+_MB = 1024 * 1024
+# (flag, ServeLimits field, type, metavar, flag unit in the field's unit, help): one flag per bound of the server.
+_LIMIT_FLAGS = (
+    ("--max-batch-size", "max_batch_size", positive_int, "N", 1, "requests per generate call"),
+    ("--max-wait-ms", "max_wait_ms", float, "MS", 1, "how long a batch waits for more requests"),
+    ("--max-queue", "max_queue", positive_int, "N", 1, "requests waiting before more are refused with 503"),
+    ("--max-upload-mb", "max_upload_bytes", positive_int, "MB", _MB, "largest image file"),
+    ("--max-image-pixels", "max_image_pixels", positive_int, "N", 1, "most pixels of a request's images, w x h"),
+    ("--max-images", "max_images", positive_int, "N", 1, "most images in one request, one conversation"),
+    ("--max-prompt-chars", "max_prompt_chars", positive_int, "N", 1, "longest prompt"),
+    ("--timeout", "timeout_s", float, "S", 1, "seconds per request"),
+)
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the model, then serve the page and ``/api/predict`` until interrupted."""
@@ -22,15 +35,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .predict import check_engine_args, parse_engine_args
 
     limits = ServeLimits(
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue,
-        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-        max_image_pixels=args.max_image_pixels,
-        max_images=args.max_images,
-        max_prompt_chars=args.max_prompt_chars,
-        timeout_s=args.timeout,
         max_new_tokens=args.max_new_tokens,
+        **{name: getattr(args, flag[2:].replace("-", "_")) * scale for flag, name, _, _, scale, _ in _LIMIT_FLAGS},
     )
     if args.engine_arg and args.engine == "hf":
         raise ValueError("--engine-arg configures another engine than hf; add --engine vllm")
@@ -77,62 +83,10 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 … (default: cpu)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N", help="default: the recipe's")
-    parser.add_argument(
-        "--max-batch-size",
-        type=positive_int,
-        default=d.max_batch_size,
-        metavar="N",
-        help=f"requests per generate call (default: {d.max_batch_size})",
-    )
-    parser.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=d.max_wait_ms,
-        metavar="MS",
-        help=f"how long a batch waits for more requests (default: {d.max_wait_ms:g})",
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=positive_int,
-        default=d.max_queue,
-        metavar="N",
-        help=f"requests waiting before more are refused with 503 (default: {d.max_queue})",
-    )
-    parser.add_argument(
-        "--max-upload-mb",
-        type=positive_int,
-        default=d.max_upload_bytes // (1024 * 1024),
-        metavar="MB",
-        help=f"largest image file (default: {d.max_upload_bytes // (1024 * 1024)})",
-    )
-    parser.add_argument(
-        "--max-image-pixels",
-        type=positive_int,
-        default=d.max_image_pixels,
-        metavar="N",
-        help=f"most pixels of a request's images, width x height (default: {d.max_image_pixels:,} = 4096 x 4096)",
-    )
-    parser.add_argument(
-        "--max-images",
-        type=positive_int,
-        default=d.max_images,
-        metavar="N",
-        help=f"most images in one request, one conversation (default: {d.max_images})",
-    )
-    parser.add_argument(
-        "--max-prompt-chars",
-        type=positive_int,
-        default=d.max_prompt_chars,
-        metavar="N",
-        help=f"longest prompt (default: {d.max_prompt_chars})",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=d.timeout_s,
-        metavar="S",
-        help=f"seconds per request (default: {d.timeout_s:g})",
-    )
+    for flag, name, kind, metavar, scale, text in _LIMIT_FLAGS:
+        default = getattr(d, name) // scale if scale > 1 else getattr(d, name)
+        shown = f"{default:g}" if isinstance(default, float) else f"{default:,}"
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{text} (default: {shown})")
     parser.add_argument(
         "--engine",
         default=None,
