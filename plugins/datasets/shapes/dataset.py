@@ -32,19 +32,21 @@ from ..refcoco import RefCocoDataset, RefCocoDatasetConfig
 from ..ric import RicDataset, RicDatasetConfig
 from .generate import ShapesParams, ensure_shapes
 
-__all__ = ["ShapesDataset", "ShapesDatasetConfig"]
+__all__ = ["ShapesDataset", "ShapesDatasetConfig", "ShapesImagesConfig"]
 
 
 ShapesTask = Literal["rec", "res", "ovd", "ric"]  # the tasks the generator writes
 
 
-class ShapesDatasetConfig(PluginConfig):
-    """Recipe section ``{name: shapes, ...}``. All generation parameters are recorded in the manifest."""
+class ShapesImagesConfig(PluginConfig):
+    """The generated images' parameters and where they live: what every shapes reader's section holds.
 
-    name: Literal["shapes"] = "shapes"
+    All generation parameters are recorded in the manifest; a root generated with others is refused
+    unless ``regenerate``.
+    """
+
     root: str = Field(description="dataset folder; generated there on first use")
     split: Literal["train", "val"] = "train"
-    tasks: list[ShapesTask] = Field(default_factory=lambda: ["rec"], min_length=1, description="rec, res, ovd, ric")
     n_train: int = Field(2000, ge=0, description="images of the train split")
     n_val: int = Field(200, ge=0, description="images of the val split")
     seed: int = Field(0, description="generation seed (also seeds the OVD category shuffling)")
@@ -59,9 +61,7 @@ class ShapesDatasetConfig(PluginConfig):
     check_images: ImageCheck = Field("header", description="none | header (size, format) | decode (pixels)")
 
     @model_validator(mode="after")
-    def _check(self) -> ShapesDatasetConfig:
-        if len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"tasks lists a task twice: {self.tasks}")
+    def _check_params(self) -> ShapesImagesConfig:
         self.params()  # raises ValueError with the offending values
         return self
 
@@ -76,6 +76,19 @@ class ShapesDatasetConfig(PluginConfig):
             min_objects=self.min_objects,
             max_objects=self.max_objects,
         )
+
+
+class ShapesDatasetConfig(ShapesImagesConfig):
+    """Recipe section ``{name: shapes, ...}``: one generated image per sample, for the tasks listed."""
+
+    name: Literal["shapes"] = "shapes"
+    tasks: list[ShapesTask] = Field(default_factory=lambda: ["rec"], min_length=1, description="rec, res, ovd, ric")
+
+    @model_validator(mode="after")
+    def _check(self) -> ShapesDatasetConfig:
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks lists a task twice: {self.tasks}")
+        return self
 
 
 class ShapesDataset(DatasetReader):

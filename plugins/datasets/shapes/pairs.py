@@ -37,11 +37,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from padt_core.data.reader import DatasetReader, ImageCheck
+from padt_core.data.reader import DatasetReader
 from padt_core.data.sample import ObjectAnn, Sample, box_from_xywh, segmentation_to_rle
 from padt_core.plugins import PluginConfig
 
-from .generate import ShapesParams, ensure_shapes
+from .dataset import ShapesImagesConfig
+from .generate import ensure_shapes
 from .text import SHAPES
 
 __all__ = ["ShapesPairsDataset", "ShapesPairsDatasetConfig", "pair_question"]
@@ -52,45 +53,26 @@ _SPLIT_CODE = {"train": 0, "val": 1}
 _TRIES = 50  # image pairs tried per sample before the question is given up (then counted in `skipped`)
 
 
-class ShapesPairsDatasetConfig(PluginConfig):
+class ShapesPairsDatasetConfig(ShapesImagesConfig):
     """Recipe section ``{name: shapes_pairs, ...}``: the image generation parameters as in ``shapes``, plus
     how many pairs and which questions."""
 
     name: Literal["shapes_pairs"] = "shapes_pairs"
-    root: str = Field(description="dataset folder of the images; generated there on first use")
-    split: Literal["train", "val"] = "train"
     n_pairs: int = Field(2000, ge=1, description="samples of this split (pairs drawn from its images)")
     questions: list[Question] = Field(
         default_factory=lambda: ["which", "ordinal", "both"], min_length=1, description="which, ordinal, both"
     )
+    # Defaults of their own: fewer, easier images than `shapes` (a pair already doubles the objects).
     n_train: int = Field(1000, ge=0, description="images of the train split")
-    n_val: int = Field(200, ge=0, description="images of the val split")
     seed: int = Field(0, description="generation seed of the images and of the pairs")
-    image_size: int | tuple[int, int] = Field(224, description="side in px, or [height, width]")
     difficulty: Literal["easy", "full"] = Field("easy", description="of the images (see the shapes section)")
-    min_objects: int = Field(1, ge=1, le=6)
     max_objects: int = Field(4, ge=1, le=6)
-    regenerate: bool = Field(False, description="replace a root generated with other parameters")
-    workers: int = Field(1, ge=0, description="processes used to generate (0 = all cores)")
-    check_images: ImageCheck = Field("header", description="none | header (size, format) | decode (pixels)")
 
     @model_validator(mode="after")
     def _check(self) -> ShapesPairsDatasetConfig:
         if len(set(self.questions)) != len(self.questions):
             raise ValueError(f"questions lists a question twice: {self.questions}")
-        self.params()
         return self
-
-    def params(self) -> ShapesParams:
-        return ShapesParams(
-            seed=self.seed,
-            n_train=self.n_train,
-            n_val=self.n_val,
-            image_size=self.image_size,
-            difficulty=self.difficulty,
-            min_objects=self.min_objects,
-            max_objects=self.max_objects,
-        )
 
 
 def _kinds(annotations: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
