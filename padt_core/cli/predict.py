@@ -44,10 +44,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _task_prompt(args, DEFAULT_TEMPLATES)  # bad flag combinations fail before the model loads
     # stdout is the JSON answer alone; vLLM logs to stdout unless told otherwise (read when it is imported)
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    if args.engine_arg and args.engine == "hf":
-        raise ValueError("--engine-arg configures another engine than hf; add --engine vllm")
     # None: the recipe's generation.engine / engine_args, which --engine-arg updates (model.engine_choice)
-    engine = {"engine": args.engine, "engine_args": parse_engine_args(args.engine_arg)}
+    engine = {"engine": args.engine, "engine_args": engine_flags(args)}
     device = check_device(args.device)
     _check_model_source(args.model, args.overrides)
     images = [load_image(path) for path in args.image]  # one error naming the file (padt_core/data/image.py)
@@ -147,6 +145,29 @@ def objects_in_image(prediction: Any, image: int) -> Any:
         if (obj.image or 0) == image
     ]
     return replace(prediction, objects=own)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, engines: str) -> None:
+    """``--engine`` (``engines`` says which, for this command) and the repeatable ``--engine-arg KEY=VALUE``."""
+    parser.add_argument(
+        "--engine",
+        default=None,
+        help=f"generation engine: {engines}; default: the recipe's generation.engine (hf unless set)",
+    )
+    parser.add_argument(
+        "--engine-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="engine option, repeatable, on top of the recipe's generation.engine_args "
+        "(vllm: tensor_parallel_size=2, max_num_batched_tokens=2048, dtype=bfloat16)",
+    )
+
+
+def engine_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """``--engine-arg`` as a mapping, refused before the model loads when ``--engine hf`` takes none."""
+    if args.engine_arg and args.engine == "hf":
+        raise ValueError("--engine-arg configures another engine than hf; add --engine vllm")
+    return parse_engine_args(args.engine_arg)
 
 
 def check_engine_args(args: argparse.Namespace, model: Any) -> None:
@@ -275,19 +296,7 @@ def _configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N", help="default: the recipe's")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per batch (default: 8)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 … (default: cpu)")
-    parser.add_argument(
-        "--engine",
-        default=None,
-        help="generation engine: hf or vllm (docs/vllm.md; objects by padt's heads either way); default: the "
-        "recipe's generation.engine (hf unless set)",
-    )
-    parser.add_argument(
-        "--engine-arg",
-        action="append",
-        metavar="KEY=VALUE",
-        help="engine option, repeatable, on top of the recipe's generation.engine_args "
-        "(vllm: tensor_parallel_size=2, max_num_batched_tokens=2048, dtype=bfloat16)",
-    )
+    add_engine_arguments(parser, "hf or vllm (docs/vllm.md; objects by padt's heads either way)")
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="write <stem>.json (masks as COCO RLE) and <stem>.png per image"
     )

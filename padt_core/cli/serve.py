@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ._common import EXIT_USAGE, _build_or_load, _check_model_source, add_overrides, check_device, positive_int
+from .predict import add_engine_arguments
 
 _INSTALL = 'padt serve needs the serve extra: pip install "padt[serve]" (from a checkout: pip install -e ".[serve]")'
 
@@ -32,15 +33,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"padt: error: {_INSTALL}", file=sys.stderr)
         return EXIT_USAGE
     from ..serve import PaDTEngine, ServeLimits, create_app, is_loopback, shapes_examples
-    from .predict import check_engine_args, parse_engine_args
+    from .predict import check_engine_args, engine_flags
 
     limits = ServeLimits(
         max_new_tokens=args.max_new_tokens,
         **{name: getattr(args, flag[2:].replace("-", "_")) * scale for flag, name, _, _, scale, _ in _LIMIT_FLAGS},
     )
-    if args.engine_arg and args.engine == "hf":
-        raise ValueError("--engine-arg configures another engine than hf; add --engine vllm")
-    engine_args = parse_engine_args(args.engine_arg)
+    engine_args = engine_flags(args)
     device = check_device(args.device)
     _check_model_source(args.model, args.overrides)
     model = _build_or_load(args.model, args.overrides)
@@ -87,18 +86,8 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         default = getattr(d, name) // scale if scale > 1 else getattr(d, name)
         shown = f"{default:g}" if isinstance(default, float) else f"{default:,}"
         parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{text} (default: {shown})")
-    parser.add_argument(
-        "--engine",
-        default=None,
-        help="generation engine: hf (Hugging Face generate, batched here) or vllm (docs/vllm.md; it batches each "
-        "batch itself); default: the recipe's generation.engine (hf unless set)",
-    )
-    parser.add_argument(
-        "--engine-arg",
-        action="append",
-        metavar="KEY=VALUE",
-        help="engine option, repeatable, on top of the recipe's generation.engine_args "
-        "(vllm: max_num_batched_tokens=2048, dtype=bfloat16)",
+    add_engine_arguments(
+        parser, "hf (Hugging Face generate, batched here) or vllm (docs/vllm.md; it batches each batch itself)"
     )
     parser.add_argument(
         "--batch-read",
