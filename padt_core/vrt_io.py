@@ -127,6 +127,7 @@ class _Prepared:
         self.plain_modules = type(emb) is nn.Embedding and emb.max_norm is None and type(head) is nn.Linear
         self._fused: dict[int, _Fused | None] = {}
         self._text_bias: dict[torch.dtype, torch.Tensor | None] = {}
+        self._suppress_ids: dict[torch.device, torch.Tensor] = {}
 
     # --- fused path ---------------------------------------------------------------------------
     def fused(self, n: int) -> _Fused | None:
@@ -179,6 +180,12 @@ class _Prepared:
             self._text_bias[dtype] = bias
         return self._text_bias[dtype]
 
+    def suppress_ids(self, device: torch.device) -> torch.Tensor:
+        """The never-generate ids as a tensor on ``device``, made once per call (not at every forward)."""
+        if device not in self._suppress_ids:
+            self._suppress_ids[device] = torch.tensor(self.suppress, device=device)
+        return self._suppress_ids[device]
+
     # --- the two replaced forwards ---------------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Embedding of text and VRT ids ``[n, T]`` (the replaced ``forward`` of the input embedding)."""
@@ -203,8 +210,8 @@ class _Prepared:
         elif type(self.head) is nn.Linear and not torch.is_grad_enabled():  # the mask folded into the bias
             text = F.linear(hidden, self.head.weight, self.text_bias(self.head.weight.dtype))
         else:
-            ids = torch.tensor(self.suppress, device=hidden.device)
-            text = self.text_logits(hidden).index_fill(-1, ids, torch.finfo(hidden.dtype).min)
+            lowest = torch.finfo(hidden.dtype).min
+            text = self.text_logits(hidden).index_fill(-1, self.suppress_ids(hidden.device), lowest)
         if self.width == 0:
             return text
         return extend_logits(text, hidden, self.bank)
