@@ -207,6 +207,11 @@ class TrainConfig(_Section):
     max_steps: int = Field(-1, description="> 0 overrides epochs")
     batch_size: int = Field(16, ge=1, description="per device")
     grad_accum: int = Field(1, ge=1)
+    sampling: Literal["random", "length"] = Field(
+        "random",
+        description="random: the Trainer's shuffle; length: batches of similar length, less padding "
+        "(padt_core/train/sampler.py)",
+    )
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     gradient_checkpointing: bool = True
     max_grad_norm: float = 1.0

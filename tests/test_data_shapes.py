@@ -176,6 +176,25 @@ def test_params_are_validated():
         ShapesParams(seed=0, n_train=1, n_val=1, min_objects=3, max_objects=2)
     with pytest.raises(ValueError, match="too small"):
         ShapesParams(seed=0, n_train=1, n_val=1, image_size=64)
+    with pytest.raises(ValueError, match=r"object_scale must be in \[0.5, 2.0\], got 3"):
+        ShapesParams(seed=0, n_train=1, n_val=1, object_scale=3)
+    with pytest.raises(ValueError, match="object_scale 1.9: large shapes would not fit"):
+        ShapesParams(seed=0, n_train=1, n_val=1, image_size=112, object_scale=1.9)
+
+
+def test_object_scale_grows_every_shape_and_is_recorded_only_when_set(tmp_path):
+    def extents(root, **kw):
+        manifest = write_shapes(root, n_train=30, n_val=0, seed=2, difficulty="easy", **kw)
+        instances = json.loads((root / "annotations" / "instances_train.json").read_text())
+        return manifest, np.array([max(a["bbox"][2:]) for a in instances["annotations"]])
+
+    plain_manifest, plain = extents(tmp_path / "plain")
+    big_manifest, big = extents(tmp_path / "big", object_scale=1.5, min_objects=2, max_objects=4)
+    assert "object_scale" not in plain_manifest["params"]  # older manifests (no key) still match the default
+    assert big_manifest["params"]["object_scale"] == 1.5
+    # SIZES at 224 px: small 30-46, large 66-90 (a rotated or pointed shape's box can be a little smaller)
+    assert plain.min() >= 20 and plain.max() <= 92
+    assert big.min() >= 30 and big.max() <= 137 and np.median(big) > 1.3 * np.median(plain)
 
 
 def test_plugin_reads_all_tasks_through_the_real_readers(full):

@@ -195,6 +195,7 @@ def _train(
         train_dataset=train_set,
         data_collator=collator,
         callbacks=list(callbacks) if callbacks else None,
+        sampling=spec.train.sampling,
     )
     result = trainer.train(resume_from_checkpoint=str(previous) if resume else None)
     if trainer.is_world_process_zero():

@@ -25,6 +25,8 @@ from ..recipe import Recipe, TrainConfig
 from ..weights import load_weights
 from .batch import TrainBatch
 from .checkpoints import publish_checkpoint, rotate, staging_dir
+from .dataset import SampleDataset
+from .sampler import LengthGroupedSampler
 from .step import compute_losses
 
 __all__ = ["DatasetEpochCallback", "PaDTTrainer", "check_resumable", "training_arguments"]
@@ -125,8 +127,9 @@ class DatasetEpochCallback(TrainerCallback):
 class PaDTTrainer(Trainer):
     """Trainer for :class:`~padt_core.model.PaDTModel`; the batch comes from ``PaDTCollator``."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, sampling: str = "random", **kwargs: Any):
         self._staging: str | None = None  # set while a checkpoint is being written (_save_checkpoint)
+        self._sampling = sampling  # recipe train.sampling
         super().__init__(*args, **kwargs)
         self.add_callback(DatasetEpochCallback())
         self._loss_sums: dict[str, float] = defaultdict(float)
@@ -149,6 +152,12 @@ class PaDTTrainer(Trainer):
             for group in sorted(groups, key=lambda g: g["lr_scale"] != 1.0):
                 optimizer.add_param_group(group)
         return optimizer
+
+    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self._sampling == "length" and isinstance(dataset, SampleDataset):
+            return LengthGroupedSampler(dataset, self.args.per_device_train_batch_size, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
 
     def _prepare_inputs(self, inputs: TrainBatch) -> TrainBatch:
         # Overridden -- the batch is a typed TrainBatch, which Trainer's generic rebuild of a mapping

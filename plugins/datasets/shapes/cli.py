@@ -24,6 +24,7 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
         difficulty=args.difficulty,
         min_objects=args.min_objects,
         max_objects=args.max_objects,
+        object_scale=args.object_scale,
     )
     root = Path(args.out_dir)
     previous = _read_json(root / MANIFEST)
@@ -76,6 +77,9 @@ def _configure_shapes(shapes: argparse.ArgumentParser) -> None:
     )
     shapes.add_argument("--min-objects", type=int, default=1, metavar="K", help="fewest objects per image (1-6)")
     shapes.add_argument("--max-objects", type=int, default=6, metavar="K", help="most objects per image (1-6)")
+    shapes.add_argument(
+        "--object-scale", type=float, default=1.0, metavar="X", help="multiplies every object size (0.5-2; default: 1)"
+    )
     shapes.add_argument(
         "--workers", type=int, default=1, metavar="K", help="processes that render images (0 = all cores; default: 1)"
     )

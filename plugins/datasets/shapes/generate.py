@@ -119,6 +119,7 @@ class ShapesParams:
     difficulty: Literal["easy", "full"] = "full"
     min_objects: int = 1
     max_objects: int = _MAX_OBJECTS
+    object_scale: float = 1.0  # multiplies SIZES (after the image-size scaling)
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -134,6 +135,10 @@ class ShapesParams:
             raise ValueError(f"image_size {size} is too small: shapes need at least 112 px per side")
         if self.n_train < 0 or self.n_val < 0:
             raise ValueError(f"image counts must be >= 0, got n_train={self.n_train}, n_val={self.n_val}")
+        if not 0.5 <= self.object_scale <= 2.0:
+            raise ValueError(f"object_scale must be in [0.5, 2.0], got {self.object_scale}")
+        if round(SIZES["large"][1] * self.object_scale * min(size) / 224) > min(size) * 0.75:
+            raise ValueError(f"object_scale {self.object_scale}: large shapes would not fit a {size} image")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -144,6 +149,8 @@ class ShapesParams:
             "difficulty": self.difficulty,
             "min_objects": self.min_objects,
             "max_objects": self.max_objects,
+            # Only when set: manifests written before the option existed still match the default.
+            **({"object_scale": self.object_scale} if self.object_scale != 1.0 else {}),
         }
 
 
@@ -251,7 +258,7 @@ def _attributes(rng: np.random.Generator, n: int, difficulty: str) -> list[tuple
 def _scene(rng: np.random.Generator, params: ShapesParams) -> tuple[np.ndarray, list[_Shape], str]:
     """One image ``[h, w, 3]`` uint8, its objects and its background kind."""
     height, width = params.image_size
-    scale = min(height, width) / 224  # SIZES are px at 224
+    scale = min(height, width) / 224 * params.object_scale  # SIZES are px at 224
     image, kind = _background(rng, height, width)
     n = int(rng.integers(params.min_objects, params.max_objects + 1))
     # Large shapes first: they are the hard ones to fit.
@@ -358,6 +365,7 @@ def write_shapes(
     *,
     min_objects: int = 1,
     max_objects: int = _MAX_OBJECTS,
+    object_scale: float = 1.0,
     workers: int = 1,
 ) -> dict[str, Any]:
     """Write a shapes dataset to ``out_dir`` (created; existing files of the same names are replaced).
@@ -371,12 +379,13 @@ def write_shapes(
         difficulty: ``full`` (distractors, size and spatial expressions) or ``easy`` (colour + shape).
         min_objects: fewest objects per image (1–6).
         max_objects: most objects per image (1–6); fewer when they do not fit.
+        object_scale: multiplies every object size (0.5–2); 1.5 makes the smallest shapes cover a 32-px cell.
         workers: processes that render images (the output does not depend on it); 0 = all CPU cores.
 
     Returns:
         The manifest written to ``out_dir/shapes_manifest.json``: parameters, per-split counts, files.
     """
-    params = ShapesParams(seed, n_train, n_val, image_size, difficulty, min_objects, max_objects)
+    params = ShapesParams(seed, n_train, n_val, image_size, difficulty, min_objects, max_objects, object_scale)
     root = Path(out_dir)
     for sub in ("images", "annotations", "refshapes"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -482,6 +491,7 @@ def _writer_kwargs(params: ShapesParams) -> dict[str, Any]:
         "difficulty": params.difficulty,
         "min_objects": params.min_objects,
         "max_objects": params.max_objects,
+        "object_scale": params.object_scale,
     }
 
 
