@@ -6,21 +6,25 @@ input embedding's and ``lm_head``'s ``forward`` are replaced for the duration of
 accelerate does for its hooks): no hook dispatch, and every tensor a step needs is prepared once
 per call and batch size (:class:`_Prepared`), so a decoding step adds no per-step tensor setup.
 
-Two paths, the same values:
+Three paths, the same values:
 
 - **fused** (inference, small tables, plain ``nn.Embedding`` / ``nn.Linear`` modules): per batch size
   one table ``[n, V + P, D]`` = the embedding rows followed by the sample's prototypes, so a step's
-  embedding is one ``F.embedding`` (ids offset by ``b * (V + P)`` for ``n > 1``). At batch 1 the
+  embedding is one ``torch.embedding`` (ids offset by ``b * (V + P)`` for ``n > 1``). At batch 1 the
   classifier is one product too, over the same ``[V + P, D]`` rows, with a bias that holds the
   ``lm_head`` bias, the never-generate mask and the padding mask: a step issues exactly the plain
   backbone's operations. It copies the embedding table ``n`` times per call, so it is taken only
   while that copy stays within ``fused_bytes`` (tiny and small-vocabulary models; a 150 k-row
   vocabulary never is).
-- **general** (training, large tables, other module types; the classifier at ``n > 1`` and in any
-  pass over more than one position, which so rounds exactly like the plain classifier): the
-  module's own forward on the text ids, one ``F.embedding`` into the flattened bank and a ``where``;
-  the text logits (never-generate mask folded into the bias), ``baddbmm`` VRT logits and a ``cat``
-  (``padt_core.embedding`` / ``padt_core.head``).
+- **split** (the classifier of a decoding step at ``n > 1``, or at any ``n`` without a fused table; a plain
+  ``nn.Linear``, no gradients): the plain text product (``addmm`` with the never-generate bias) and the
+  samples' VRT product (``bmm``; ``baddbmm`` with the padding bias if the bank has padding) written into
+  one ``[n, 1, V + P]`` buffer reused from step to step (:class:`_Split`): no ``cat``, no new logits
+  tensor per step.
+- **general** (training, other module types, and any pass over more than one position, which so
+  rounds exactly like the plain classifier): the module's own forward on the text ids, one
+  ``F.embedding`` into the flattened bank and a ``where``; the text logits (never-generate mask folded
+  into the bias), ``baddbmm`` VRT logits and a ``cat`` (``padt_core.embedding`` / ``padt_core.head``).
 
 ``suppress`` ids (the backbone's :attr:`~padt_core.backbone.Backbone.never_generate_ids`: image
 placeholders, vision start/end) get the dtype's minimum as logit, folded into the same bias.
@@ -28,9 +32,11 @@ placeholders, vision start/end) get the dtype's minimum as logit, folded into th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -44,6 +50,8 @@ __all__ = ["FUSED_TABLE_BYTES", "vrt_io"]
 
 #: Largest per-call fused table (``n × (V + P) × D`` elements) the fused path builds.
 FUSED_TABLE_BYTES = 32 * 2**20
+#: How many tensors share a storage (torch's own private counter; without it every step gets a new buffer).
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
 
 
 @contextmanager
@@ -75,11 +83,13 @@ def vrt_io(
     prepared = _Prepared(emb, head, bank, vocab_rows, suppress, limit)
 
     def head_forward(hidden: torch.Tensor) -> torch.Tensor:
-        if capture is not None:
-            capture.append(hidden)
+        capture.append(hidden)
         return prepared.logits(hidden)
 
-    with _forward_replaced(emb, prepared.embed), _forward_replaced(head, head_forward):
+    with (
+        _forward_replaced(emb, prepared.embed),
+        _forward_replaced(head, prepared.logits if capture is None else head_forward),
+    ):
         yield
 
 
@@ -107,6 +117,54 @@ class _Fused:
     bias: torch.Tensor | None  # n = 1: [V + P] (lm_head bias, never-generate and padding minima); else None
 
 
+class _Split:
+    """The decoding-step classifier for ``n`` rows without a fused weight: the plain text product and the
+    sample's VRT product, each written straight into its part of one ``[n, 1, V + P]`` logits buffer.
+
+    No ``cat`` and no fresh logits tensor per step: the buffer is reused while nobody else holds it (Hugging
+    Face ``generate`` copies a step's logits before processing them and drops its output before the next
+    step); a caller that keeps a step's logits (or any view of them) makes the next step use a new buffer.
+    """
+
+    def __init__(
+        self, weight: torch.Tensor, text_bias: torch.Tensor | None, bank_t: torch.Tensor, vrt_bias: torch.Tensor | None
+    ):
+        """``bank_t [n, D, P]``; ``vrt_bias [n, 1, P]`` (padding at the minimum), ``None`` for a bank without padding:
+        the bias is all zero then and plain ``bmm`` gives the same values as ``baddbmm``."""
+        self.weight_t = weight.detach().t()
+        self.text_bias, self.bank_t, self.vrt_bias = text_bias, bank_t, vrt_bias
+        n, rows, cells = bank_t.shape[0], weight.shape[0], bank_t.shape[2]
+        self.shape, self.rows, self.dtype, self.device = (n, 1, rows + cells), rows, weight.dtype, weight.device
+        self.scratch = torch.empty(n, 1, cells, dtype=weight.dtype, device=weight.device)  # never handed out
+        self._new_buffer()
+
+    def _new_buffer(self) -> None:
+        self.out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        self.text, self.vrt = self.out[:, 0, : self.rows], self.out[:, :, self.rows :]
+        self.storage = self.out.untyped_storage()
+        # Free = the buffer's own references only: the tensor's (a caller holding the result itself) and the
+        # storage's (a caller holding a view of it: our three tensors and this handle).
+        self.own_uses = None if _USE_COUNT is None else (sys.getrefcount(self.out), _USE_COUNT(self.storage._cdata))
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.own_uses is None or (sys.getrefcount(self.out), _USE_COUNT(self.storage._cdata)) != self.own_uses:
+            self._new_buffer()  # the last step's logits are still held somewhere
+        rows = hidden.view(hidden.shape[0], -1)
+        # The same kernels as F.linear (addmm / mm on the folded rows) and as extend_logits (baddbmm / bmm).
+        if self.text_bias is None:
+            torch.mm(rows, self.weight_t, out=self.text)
+        else:
+            torch.addmm(self.text_bias, rows, self.weight_t, out=self.text)
+        # The VRT product goes through a contiguous scratch: bmm straight into the strided part measured
+        # 2 x slower than bmm + copy_ (33 vs 15 µs at batch 8, tiny_llava).
+        if self.vrt_bias is None:
+            torch.bmm(hidden, self.bank_t, out=self.scratch)
+        else:
+            torch.baddbmm(self.vrt_bias, hidden, self.bank_t, out=self.scratch)
+        self.vrt.copy_(self.scratch)
+        return self.out
+
+
 class _Prepared:
     """Per-call tensors of the VRT input/output, built once per (batch size, grad mode) at first use."""
 
@@ -126,6 +184,9 @@ class _Prepared:
         self.fused_bytes = fused_bytes
         self.plain_modules = type(emb) is nn.Embedding and emb.max_norm is None and type(head) is nn.Linear
         self._fused: dict[int, _Fused | None] = {}
+        self._steps: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}
+        weight = getattr(head, "weight", None)
+        self.device_type = weight.device.type if isinstance(weight, torch.Tensor) else "cpu"  # autocast's key
         self._text_bias: dict[torch.dtype, torch.Tensor | None] = {}
         self._suppress_ids: dict[torch.device, torch.Tensor] = {}
 
@@ -134,8 +195,8 @@ class _Prepared:
         """The fused path's tensors for ``n`` rows, or ``None`` where it does not apply (see the module doc).
 
         The classifier is fused for ``n = 1`` only: ``n`` per-sample ``[V + P, D]`` weights would be read
-        at every step (8 × the classifier's memory traffic at batch 8, measured slower than the split
-        product + cat); the embedding reads only ``n`` rows of its table, so it is fused at any ``n``.
+        at every step (8 × the classifier's memory traffic at batch 8, measured 2-4 × slower than the
+        split products); the embedding reads only ``n`` rows of its table, so it is fused at any ``n``.
         """
         if n in self._fused:
             return self._fused[n]
@@ -190,21 +251,59 @@ class _Prepared:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Embedding of text and VRT ids ``[n, T]`` (the replaced ``forward`` of the input embedding)."""
         fused = None if torch.is_grad_enabled() or ids.dim() != 2 else self.fused(ids.shape[0])
-        if fused is not None:
-            return F.embedding(ids if fused.offsets is None else ids + fused.offsets, fused.table)
+        if fused is not None:  # torch.embedding: F.embedding's own op without its Python checks
+            return torch.embedding(fused.table, ids if fused.offsets is None else ids + fused.offsets)
         if self.width == 0 or ids.dim() != 2:
             return self.text_embed(ids)
         is_vrt = ids >= self.vocab
         return embed_with_bank(self.text_embed(ids.masked_fill(is_vrt, 0)), ids, self.vocab, self.bank, is_vrt)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[n, T, V + P]`` logits (the replaced ``forward`` of ``lm_head``)."""
-        # Fused for decoding steps (one position): a longer teacher-forced pass keeps the general path, whose
-        # product has the plain classifier's shape and so its rounding, bit for bit.
-        one_step = hidden.dim() == 3 and hidden.shape[1] == 1 and not torch.is_grad_enabled()
-        fused = self.fused(hidden.shape[0]) if one_step else None
+        """``[n, T, V + P]`` logits (the replaced ``forward`` of ``lm_head``).
+
+        A decoding step (one position) runs the classifier chosen for its key at the first such step (a
+        fused product, the buffered split, or the general path); a longer teacher-forced pass keeps the
+        general path, whose product has the plain classifier's shape and so its rounding, bit for bit.
+        """
+        if hidden.dim() != 3 or hidden.shape[1] != 1:
+            return self.general_logits(hidden)
+        key = (
+            hidden.shape[0],
+            hidden.dtype,
+            hidden.is_contiguous(),  # F.linear folds only contiguous rows into one addmm: the same kernel
+            torch.is_grad_enabled(),
+            torch.is_inference_mode_enabled(),  # a buffer made in inference mode stays in it
+            torch.is_autocast_enabled(self.device_type),
+        )
+        step = self._steps.get(key)
+        if step is None:
+            step = self._steps[key] = self.step_logits(key)
+        return step(hidden)
+
+    def step_logits(
+        self, key: tuple[int, torch.dtype, bool, bool, bool, bool]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The classifier of one-position passes with ``key`` = (rows, dtype, contiguous, grad, inference mode,
+        autocast): the fused product (batch 1), the buffered split (a plain ``nn.Linear``) or the general path."""
+        n, dtype, contiguous, grad, _, autocast = key
+        weight = self.head.weight
+        if grad or autocast or not self.width or (dtype, self.device_type) != (weight.dtype, weight.device.type):
+            return self.general_logits
+        fused = self.fused(n)
         if fused is not None and fused.weight is not None:
-            return F.linear(hidden, fused.weight, fused.bias)
+            return partial(F.linear, weight=fused.weight, bias=fused.bias)
+        if not contiguous or type(self.head) is not nn.Linear:
+            return self.general_logits
+        bank = self.bank.expand(n)
+        view = bank.view(n, dtype)
+        bank_t = view.bank_t
+        if fused is not None and fused.table.dtype == dtype:  # the table's own prototype rows: one copy in cache
+            bank_t = fused.table.view(n, -1, fused.table.shape[1])[:, self.vocab :].transpose(1, 2)
+        vrt_bias = None if bool(bank.valid.all()) else view.bias
+        return _Split(weight, self.text_bias(dtype), bank_t, vrt_bias)
+
+    def general_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Text logits (never-generate ids at the minimum), then ``extend_logits``'s VRT logits and ``cat``."""
         if not self.suppress:
             text = self.text_logits(hidden)
         elif type(self.head) is nn.Linear and not torch.is_grad_enabled():  # the mask folded into the bias

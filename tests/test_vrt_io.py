@@ -63,12 +63,13 @@ def _generate(model, batch, encoded, io):
 @pytest.mark.parametrize("fused_bytes", [None, 0], ids=["fused", "general"])
 def test_prepared_io_equals_the_hooks(tiny_models, recipe, fused_bytes):
     """Generated ids, their logits and teacher-forced logits against the hook version, bit for bit, at
-    batch 1 and 2 (two image sizes: a padded bank), on both paths."""
+    batch 1 and 2 (two image sizes: a padded bank; one size: none), on both paths."""
     model = tiny_models(recipe)
     hf, vocab = model.backbone.hf_model, model.backbone.vocab_rows
-    images = [noise_image(140, 252, 1), noise_image(90, 60, 2)]
-    for n in (1, 2):
-        batch = model.prepare(images[:n], ["find the red circle", "hi"][:n])
+    images = [noise_image(140, 252, 1), noise_image(90, 60, 2), noise_image(140, 252, 3)]
+    for chosen in ([0], [0, 1], [0, 2]):  # batch 1; batch 2 with a padded bank (baddbmm); without padding (bmm)
+        n = len(chosen)
+        batch = model.prepare([images[i] for i in chosen], ["find the red circle", "hi"][:n])
         encoded = model.encode(batch)
         ref_ids, ref_logits = _generate(model, batch, encoded, hooked(model, encoded.bank))
         io = vrt_io_module.vrt_io(hf, encoded.bank, vocab, fused_bytes=fused_bytes)
@@ -112,13 +113,38 @@ def _step_ops(model, bank, n: int, padt: bool) -> int:
 
 
 def test_a_step_costs_the_plain_backbones_operations(tiny_model):
-    """Batch 1: exactly the plain step's aten operations; batch n: three more (the per-sample row offset,
-    the VRT product and the cat: one fused classifier per sample would read n weight copies per step)."""
+    """Batch 1: exactly the plain step's aten operations; batch n: one more. The embedding adds the
+    per-sample row offset; the classifier's ``addmm`` + ``bmm`` + ``copy_`` into one logits buffer
+    take the place of the plain ``t`` + ``view`` + ``mm`` + ``_unsafe_view`` (no ``cat``: one fused
+    classifier per sample would read n weight copies per step)."""
     images = [noise_image(56, 56, i) for i in range(3)]
     for n in (1, 3):
         encoded = tiny_model.encode(tiny_model.prepare(images[:n], ["hi"] * n))
         plain, padt = _step_ops(tiny_model, encoded.bank, n, False), _step_ops(tiny_model, encoded.bank, n, True)
-        assert padt == plain + (0 if n == 1 else 3), (n, plain, padt)
+        assert padt == plain + (0 if n == 1 else 1), (n, plain, padt)
+
+
+def test_step_logits_held_by_a_caller_are_never_overwritten(tiny_model):
+    """The batch-n step classifier writes into a buffer reused from step to step, but only while nobody
+    holds the last step's logits: a kept result (or only a view of it) stays as it was."""
+    hf, vocab = tiny_model.backbone.hf_model, tiny_model.backbone.vocab_rows
+    head = hf.get_output_embeddings()
+    encoded = tiny_model.encode(tiny_model.prepare([noise_image(56, 56, i) for i in range(2)], ["hi"] * 2))
+    h1, h2 = torch.randn(2, 2, 1, tiny_model.backbone.hidden_size).unbind(0)
+    with torch.no_grad():
+        expected = [extend_logits(torch.nn.functional.linear(h, head.weight), h, encoded.bank) for h in (h1, h2)]
+        with vrt_io_module.vrt_io(hf, encoded.bank, vocab):
+            first = head(h1)
+            second = head(h2)  # `first` is held: a new buffer
+            assert torch.equal(first, expected[0]) and torch.equal(second, expected[1])
+            row = second[:, -1]
+            del second
+            third = head(h1)  # only a view of `second` is held: still a new buffer
+            assert torch.equal(row, expected[1][:, -1]) and torch.equal(third, expected[0])
+            if vrt_io_module._USE_COUNT is not None:
+                address = third.data_ptr()
+                del third
+                assert head(h2).data_ptr() == address  # released: the same buffer again
 
 
 def test_modules_are_restored_even_after_an_error(tiny_model):
