@@ -200,11 +200,13 @@ class _Prepared:
         """
         if n in self._fused:
             return self._fused[n]
+        if not self.width or not self.plain_modules:  # no VRTs or other module types: the modules' own
+            self._fused[n] = None
+            return None
         weight = self.head.weight
         rows = self.vocab + self.width
         tied = self.emb.weight is weight
-        size = (n + (0 if tied else 1)) * rows * weight.shape[1] * weight.element_size()
-        if not self.width or not self.plain_modules or size > self.fused_bytes:  # no VRTs: the modules' own
+        if (n + (0 if tied else 1)) * rows * weight.shape[1] * weight.element_size() > self.fused_bytes:
             self._fused[n] = None
             return None
         table = self._table(self.emb.weight, n)
@@ -286,13 +288,15 @@ class _Prepared:
         """The classifier of one-position passes with ``key`` = (rows, dtype, contiguous, grad, inference mode,
         autocast): the fused product (batch 1), the buffered split (a plain ``nn.Linear``) or the general path."""
         n, dtype, contiguous, grad, _, autocast = key
+        if grad or autocast or not self.width or type(self.head) is not nn.Linear:
+            return self.general_logits
         weight = self.head.weight
-        if grad or autocast or not self.width or (dtype, self.device_type) != (weight.dtype, weight.device.type):
+        if (dtype, self.device_type) != (weight.dtype, weight.device.type):
             return self.general_logits
         fused = self.fused(n)
         if fused is not None and fused.weight is not None:
             return partial(F.linear, weight=fused.weight, bias=fused.bias)
-        if not contiguous or type(self.head) is not nn.Linear:
+        if not contiguous:
             return self.general_logits
         bank = self.bank.expand(n)
         view = bank.view(n, dtype)
