@@ -10,6 +10,10 @@ The answer format (``padt_core/answer_format.py``) decides what differs per form
 is a prototype projection (hence a bank and the hooks) and how generated completions become objects.
 A format that writes objects as text (e.g. ``text_box``) makes the model the plain backbone: no
 projection, no bank, no hooks, no decoder; its parser places the boxes.
+
+Beside this module: the checks of prompts and images (``padt_core/model_inputs.py``) and the records
+the model returns, ``Encoded`` / ``PaDTOutput`` / ``Prediction`` (``padt_core/model_outputs.py``); all
+are importable from here too.
 """
 
 from __future__ import annotations
@@ -18,12 +22,10 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from safetensors.torch import save_model
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,10 +33,20 @@ from transformers import GenerationConfig
 
 from .answer_format import build_answer_format
 from .atomic import atomic_directory
-from .backbone import IMAGE_SLOT, Backbone, BackboneBatch, sample_image_list
-from .data.image import ImageError, ImageLike, describe_image, load_image
+from .backbone import Backbone, BackboneBatch, sample_image_list
+from .data.image import ImageLike, load_image
 from .embedding import PrototypeBank
-from .features import VisualFeatures
+from .model_inputs import (
+    PromptError,
+    check_context,
+    check_image_slots,
+    check_prompts,
+    check_vrt_ids,
+    image_list,
+    load_sample,
+    name_rejected_image,
+)
+from .model_outputs import Encoded, PaDTOutput, Prediction
 from .objects import ObjectBatch, PredictedObject, pack_objects
 from .plugins import get_plugin
 from .recipe import Recipe, load_recipe
@@ -58,57 +70,6 @@ WEIGHTS_NAME = "model.safetensors"
 RECIPE_NAME = "recipe.yaml"
 META_NAME = "padt.json"
 BACKBONE_DIR = "backbone"
-
-
-class PromptError(ValueError):
-    """A prompt the model cannot take: empty, with special tokens typed in, or a ``<|VRT_k|>`` past its image's grid."""
-
-
-@dataclass
-class Encoded:
-    """Everything the vision side produced for a batch (computed once, reused by generate/forward).
-
-    A sample has 0..N images (``sample_images``); its VRT ``k`` numbers the concatenation of their
-    cells in order (``docs/multi-image.md``): image 0's cells first, then image 1's, ...
-    """
-
-    features: list[VisualFeatures]  # one per image of the batch
-    prototypes: list[torch.Tensor]  # one per image, [cells, D] (empty list: answer format without VRTs)
-    bank: PrototypeBank | None  # per sample; None when the answer format uses no VRTs
-    model_kwargs: dict[str, Any]  # what makes the backbone LLM reuse these features
-    sample_images: list[list[int]]  # images of each sample (indices into features), in prompt order
-
-    @property
-    def image_index(self) -> list[int]:
-        """The one image of each sample (``-1``: none); an error for a sample with several (use ``sample_images``)."""
-        several = [b for b, own in enumerate(self.sample_images) if len(own) > 1]
-        if several:
-            raise ValueError(f"sample {several[0]} has {len(self.sample_images[several[0]])} images; use sample_images")
-        return [own[0] if own else -1 for own in self.sample_images]
-
-    def image_cells(self, sample: int) -> list[int]:
-        """Cells of each of the sample's images, in order (VRT offsets are their running sums)."""
-        return [self.features[i].num_cells for i in self.sample_images[sample]]
-
-    def cells(self, sample: int) -> int:
-        """The sample's VRT vocabulary: the cells of all its images."""
-        return sum(self.image_cells(sample))
-
-
-@dataclass
-class PaDTOutput:
-    logits: torch.Tensor  # [B, T, V + P]: text logits ++ VRT logits of the sample's own cells
-    hidden_states: torch.Tensor | None  # [B, T, D] last LLM layer (after its final norm); None without VRTs
-    encoded: Encoded
-
-
-@dataclass
-class Prediction:
-    text: str
-    objects: list[PredictedObject] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    truncated: bool = False
-    ids: list[int] = field(default_factory=list)
 
 
 class PaDTModel(nn.Module):
@@ -195,135 +156,30 @@ class PaDTModel(nn.Module):
         ``images[b]`` is sample ``b``'s image, ``None`` (text only) or a list of images in one
         conversation (placed at the prompt's ``<|img|>`` slots, else before the text; ``docs/multi-image.md``).
         """
-        self._check_prompts(images, prompts)
-        pil = [self._load_sample(b, im) for b, im in enumerate(images)]
+        check_prompts(self.backbone, images, prompts)
+        pil = [load_sample(b, im) for b, im in enumerate(images)]
         return self._prepare_loaded(pil, prompts, images, checked=True)
-
-    def _check_prompts(self, images: Sequence[Any], prompts: Sequence[str]) -> None:
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise PromptError(f"prompt {i} is empty")
-        self._refuse_special_tokens(prompts)
 
     def _prepare_loaded(
         self, pil: Sequence[Any], prompts: Sequence[str], images: Sequence[Any], checked: bool = False
     ) -> BackboneBatch:
         """:meth:`prepare` of images already loaded (``images``: as given, for messages)."""
         if not checked:
-            self._check_prompts(images, prompts)
+            check_prompts(self.backbone, images, prompts)
         counts = [len(sample_image_list(im)) for im in pil]
-        self._check_image_slots(prompts, counts)
+        check_image_slots(prompts, counts, self.answer_format.name, self.projection is not None)
         # One image is passed as `True`, as before several were possible (third-party backbones take a bool).
         texts = [self.backbone.format_prompt(p, n if n > 1 else n == 1) for p, n in zip(prompts, counts)]
         self.codec.register_prompt_vrts(texts)
         try:
             batch = self.backbone.process(texts, pil)
         except ValueError as err:
-            raise self._name_rejected_image(err, images, prompts, texts, pil) from None
+            raise name_rejected_image(self.backbone, err, images, prompts, texts, pil) from None
         if "sample_images" not in batch:  # a backbone plugin written before multi-image samples
             batch["sample_images"] = [[i] if i >= 0 else [] for i in batch["image_index"]]
-        self._check_context(batch, images)
+        check_context(self.backbone, batch, images)
         batch["input_ids"] = self.codec.to_model_ids(batch["input_ids"])
         return batch
-
-    @staticmethod
-    def _load_sample(sample: int, images: ImageLike | Sequence[ImageLike]) -> Any:
-        """The sample's image(s) loaded as they were given (``None``, one image or a list); a bad one is the
-        loader's error naming the sample and, in a list, the image's position."""
-        if not isinstance(images, (list, tuple)):
-            return load_image(images)  # its error names the file
-        loaded = []
-        for j, image in enumerate(images):
-            if image is None:
-                raise ImageError(f"sample {sample}, image {j} of {len(images)}: None in a list of images")
-            try:
-                loaded.append(load_image(image))
-            except ImageError as err:
-                raise type(err)(f"sample {sample}, image {j} of {len(images)}: {err}", *_reason(err)) from None
-        return loaded
-
-    def _check_image_slots(self, prompts: Sequence[str], counts: Sequence[int]) -> None:
-        for b, (prompt, n) in enumerate(zip(prompts, counts)):
-            slots = prompt.count(IMAGE_SLOT)
-            if slots and slots != n:
-                raise PromptError(f"prompt {b} has {slots} {IMAGE_SLOT} slot(s) for its {n} image(s)")
-            if n > 1 and self.projection is None:
-                raise PromptError(
-                    f"sample {b} has {n} images, but answer format {self.answer_format.name!r} writes boxes as "
-                    "text in one image's pixels; several images in one conversation need the vrt format"
-                )
-
-    def _check_context(self, batch: BackboneBatch, images: Sequence[Any]) -> None:
-        """A prompt whose text and image tokens exceed the LLM's context (``Backbone.max_context``) is one
-        error naming the sample and the image that passes the limit."""
-        limit = self.backbone.max_context
-        if limit is None:
-            return
-        lengths = batch["attention_mask"].sum(1).tolist()
-        for b, length in enumerate(lengths):
-            if length <= limit:
-                continue
-            grids = [batch["image_grids"][i] for i in batch["sample_images"][b]]
-            cells = [h * w for h, w in grids]
-            used, culprit = length - sum(cells), None
-            for j, n in enumerate(cells):
-                used += n
-                if used > limit and culprit is None:
-                    culprit = j
-            own = sample_image_list(images[b])
-            where = f"; image {culprit} ({describe_image(own[culprit])}) passes it" if culprit is not None else ""
-            raise PromptError(
-                f"sample {b} takes {length} tokens with its {len(cells)} image(s) ({sum(cells)} image tokens), more "
-                f"than the LLM's context of {limit}{where}: use fewer or smaller images (the backbone's max_pixels)"
-            )
-
-    def _refuse_special_tokens(self, prompts: Sequence[str]) -> None:
-        """Refuse the tokenizer's special tokens (``<|image_pad|>``, ``<|im_end|>``, …) and the image token in
-        user text: the chat template and the processor place those, and a typed one breaks the image/token
-        count or the turn structure. ``<|VRT_k|>`` references are not special tokens: they stay allowed."""
-        tokenizer = self.backbone.tokenizer
-        special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
-        special.update(tokenizer.all_special_tokens)
-        image_token = getattr(getattr(self.backbone, "processor", None), "image_token", None)
-        if isinstance(image_token, str) and image_token:
-            special.add(image_token)
-        for i, prompt in enumerate(prompts):
-            found = sorted(token for token in special if token and token in prompt)
-            if found:
-                raise PromptError(
-                    f"prompt {i} contains the special token(s) {', '.join(found)}, which the chat template and "
-                    "processor place themselves; remove them (only <|VRT_k|> references may be typed in a prompt)"
-                )
-
-    def _name_rejected_image(
-        self,
-        err: ValueError,
-        images: Sequence[Any],
-        prompts: Sequence[str],
-        texts: Sequence[str],
-        pil: Sequence[Any],
-    ) -> ValueError:
-        """The processor's error with the image it rejected named (e.g. Qwen2.5-VL's aspect-ratio limit):
-        each sample is processed alone to find it, and each image of a multi-image sample. Only runs on
-        the error path."""
-        for b, (source, prompt, text, image) in enumerate(zip(images, prompts, texts, pil)):
-            try:
-                self.backbone.process([text], [image])
-            except ValueError as one:
-                if not isinstance(image, list):
-                    size = f", {image.width}x{image.height} (w x h)" if image is not None else ""
-                    return type(one)(f"image {describe_image(source)}{size}: {one}")
-                for j, (src, im) in enumerate(zip(source, image)):
-                    try:
-                        self.backbone.process([self.backbone.format_prompt(prompt.replace(IMAGE_SLOT, ""), True)], [im])
-                    except ValueError as alone:
-                        return type(alone)(
-                            f"sample {b}, image {j} {describe_image(src)}, {im.width}x{im.height} (w x h): {alone}"
-                        )
-                return type(one)(f"sample {b} ({len(image)} images): {one}")
-        return err
 
     def encode(self, batch: BackboneBatch) -> Encoded:
         """Run the vision tower once and build the per-sample prototype bank."""
@@ -342,34 +198,8 @@ class PaDTModel(nn.Module):
             rows = [own[0] if len(own) == 1 else (own or -1) for own in sample_images]
             bank = PrototypeBank.from_prototypes(prototypes, rows, self.backbone.hidden_size, self.device, self.dtype)
         encoded = Encoded(features, prototypes, bank, model_kwargs, sample_images)
-        self._check_vrt_ids(batch["input_ids"], encoded)
+        check_vrt_ids(batch["input_ids"], encoded, self.backbone.vocab_rows, self.answer_format.name)
         return encoded
-
-    def _check_vrt_ids(self, input_ids: torch.Tensor, encoded: Encoded) -> None:
-        vocab = self.backbone.vocab_rows
-        if encoded.bank is None:
-            if bool((input_ids >= vocab).any()):
-                raise ValueError(
-                    f"the input holds VRT ids (>= {vocab}) but answer format {self.answer_format.name!r} uses no VRTs"
-                )
-            return
-        # Largest VRT id of each sample against its image's cell count: one host read for the batch.
-        cells = torch.tensor([encoded.cells(b) for b in range(input_ids.shape[0])], device=input_ids.device)
-        highest = torch.where(input_ids >= vocab, input_ids - vocab, -1).amax(1) if input_ids.numel() else cells - 1
-        bad = (highest >= cells).nonzero()
-        if bad.numel():
-            b = int(bad[0])
-            k, cells = int(highest[b]), encoded.cells(b)
-            own = encoded.sample_images[b]
-            valid = f"<|VRT_0|> to <|VRT_{cells - 1}|>" if cells else "no VRT"
-            if len(own) > 1:
-                grids = " + ".join("{}x{}".format(*encoded.features[i].grid) for i in own)
-                raise PromptError(
-                    f"sample {b} refers to <|VRT_{k}|> but its {len(own)} images have VRT grids {grids} "
-                    f"({cells} cells in all: {valid})"
-                )
-            grid = "no image" if not own else "a {}x{} VRT grid".format(*encoded.features[own[0]].grid)
-            raise PromptError(f"sample {b} refers to <|VRT_{k}|> but its image has {grid} ({cells} cells: {valid})")
 
     # --- the VRT hooks --------------------------------------------------------------------------
     def vrt_io(
@@ -411,7 +241,7 @@ class PaDTModel(nn.Module):
             input_ids = torch.cat([input_ids, completion_ids], dim=1)
             attention_mask = torch.cat([attention_mask, completion_mask.to(attention_mask)], dim=1)
             model_inputs = self.backbone.extend_model_inputs(batch, completion_ids)
-            self._check_vrt_ids(completion_ids, encoded)
+            check_vrt_ids(completion_ids, encoded, self.backbone.vocab_rows, self.answer_format.name)
         captured: list[torch.Tensor] = []
         with self._vrt_io_if_any(encoded, captured):
             out = self.backbone.hf_model(
@@ -511,7 +341,7 @@ class PaDTModel(nn.Module):
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        images = _image_list(images)
+        images = image_list(images)
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
@@ -576,7 +406,7 @@ class PaDTModel(nn.Module):
         return engines[engine][1]
 
     def _predict_batch(self, images, prompts, generation_kwargs, first: int = 0) -> list[Prediction]:
-        pil = [self._load_sample(first + b, im) for b, im in enumerate(images)]
+        pil = [load_sample(first + b, im) for b, im in enumerate(images)]
         batch = _to_device(self._prepare_loaded(pil, prompts, images), self.device)
         encoded = self.encode(batch)
         completions = self.generate(batch, encoded=encoded, **generation_kwargs)
@@ -637,28 +467,6 @@ class PaDTModel(nn.Module):
         model = cls._assemble(recipe, backbone)
         load_weights(model, weights, device=map_location, built_from=str(path / RECIPE_NAME))
         return model
-
-
-def _image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
-    """``predict``'s images as a list: one image (path, PIL image, 2-d/3-d array or tensor) or several."""
-    if images is None or isinstance(images, (str, os.PathLike, Image.Image)):
-        return [images]
-    ndim = getattr(images, "ndim", None)
-    if ndim is not None and not isinstance(images, (list, tuple)):
-        if ndim in (2, 3):
-            return [images]
-        if ndim != 4:
-            raise ValueError(
-                f"an image array has 2 or 3 dimensions (a batch of them 4), got shape {tuple(images.shape)}"
-            )
-    return list(images)
-
-
-def _reason(err: ImageError) -> tuple[str, ...]:
-    """The constructor arguments after the message that keep an ``ImageError``'s ``reason``."""
-    from .data.image import ImageNotFoundError
-
-    return () if isinstance(err, ImageNotFoundError) else (err.reason,)
 
 
 def _fresh(kwargs: dict[str, Any]) -> dict[str, Any]:
