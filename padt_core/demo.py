@@ -18,7 +18,7 @@ from PIL import Image
 from .atomic import atomic_path, atomic_write_text
 from .data.image import load_image
 
-__all__ = ["DEMO_RECIPE", "format_table", "run_demo"]
+__all__ = ["DEMO_RECIPE", "demo_data", "format_table", "run_demo"]
 
 DEMO_RECIPE = "tiny_shapes_pretrained"
 METRIC_KEYS = (
@@ -34,10 +34,17 @@ METRIC_KEYS = (
 )
 TASKS = ("rec", "res", "ovd", "ric")
 
-# Budgets: (train images, val images, optimiser steps). The default takes ~12 minutes on 2 idle CPU cores with
-# data and evaluation (11 min 44 s measured). 700 steps would fit 10 minutes but cost REC Acc@0.5 0.68 -> 0.48
-# and 0.59 -> 0.47 on seeds 0 and 1 (docs/results/demo.md, third pass): the demo keeps the steps.
+# Budgets: (train images, val images, optimiser steps); docs/results/demo.md has the measured wall times and the
+# levers tried against them (700 steps fit 10 minutes but cost REC Acc@0.5 ~0.17; batch 8 x 1800 steps and
+# length-grouped batches were no better per CPU second).
 BUDGETS = {"quick": (200, 24, 40), "default": (2000, 100, 900), "long": (4000, 200, 2700)}
+# The splits' scene parameters beyond the difficulty. easy: shapes 1.5 x larger (45-135 px at 224), 2-4 per
+# image, so that nine in ten objects cover at least one 32-px VRT cell by half (at the generator's default
+# sizes 36 % cover none, and pointing accuracy falls with the cells covered; docs/results/demo.md).
+SPLITS: dict[str, dict[str, Any]] = {
+    "easy": {"object_scale": 1.5, "min_objects": 2, "max_objects": 4},
+    "full": {},
+}
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -46,6 +53,21 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
     lines += [f"{k:<{width}}  {'n/a' if v is None or v != v else f'{v:.4f}'}" for k, v in rows]
     return "\n".join(lines)
+
+
+def demo_data(out: Path, budget: str, seed: int, difficulty: str) -> str:
+    """The demo's ``data.train`` section (a recipe override value): its shapes split under ``out/data``.
+
+    ``regenerate``: the folder is the demo's own, so data of an earlier run with other scene parameters
+    is replaced rather than refused.
+    """
+    n_train, n_val, _ = BUDGETS[budget]
+    root = out / "data" / f"shapes-{difficulty}-{n_train}-{n_val}-{seed}"
+    scene = "".join(f", {k}: {v}" for k, v in SPLITS[difficulty].items())
+    return (
+        f"{{name: shapes, root: {root}, tasks: [rec, res, ovd, ric], "
+        f"n_train: {n_train}, n_val: {n_val}, seed: {seed}, difficulty: {difficulty}{scene}, regenerate: true}}"
+    )
 
 
 def run_demo(
@@ -88,11 +110,7 @@ def run_demo(
         raise FileExistsError(f"{out} already holds a demo run; pass --overwrite to replace it or --out another dir")
     n_train, n_val, steps = BUDGETS[budget]
     difficulty = difficulty or ("full" if budget == "long" else "easy")
-    data_root = out / "data" / f"shapes-{difficulty}-{n_train}-{n_val}-{seed}"
-    data = (
-        f"{{name: shapes, root: {data_root}, tasks: [rec, res, ovd, ric], "
-        f"n_train: {n_train}, n_val: {n_val}, seed: {seed}, difficulty: {difficulty}}}"
-    )
+    data = demo_data(out, budget, seed, difficulty)
     recipe = load_recipe(
         recipe_name,
         [

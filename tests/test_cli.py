@@ -395,3 +395,22 @@ def test_every_command_has_help(capsys):
             main([*nested, "--help"])
         assert exc.value.code == 0
         assert f"padt {' '.join(nested)}" in capsys.readouterr().out
+
+
+def test_demo_splits_scene_parameters_reach_the_recipe(tmp_path):
+    from padt_core.demo import SPLITS, demo_data
+    from padt_core.recipe import load_recipe
+
+    data = demo_data(tmp_path, "default", 3, "easy")
+    recipe = load_recipe("tiny_shapes_pretrained", [f"data.train=[{data}]"])
+    (section,) = recipe.data.train
+    assert (
+        (section.object_scale, section.min_objects, section.max_objects)
+        == (1.5, 2, 4)
+        == tuple(SPLITS["easy"][k] for k in ("object_scale", "min_objects", "max_objects"))
+    )
+    assert (section.n_train, section.seed, section.difficulty, section.regenerate) == (2000, 3, "easy", True)
+    (full,) = load_recipe(
+        "tiny_shapes_pretrained", [f"data.train=[{demo_data(tmp_path, 'long', 0, 'full')}]"]
+    ).data.train
+    assert (full.object_scale, full.max_objects, full.n_train) == (1.0, 6, 4000)
