@@ -38,13 +38,6 @@ TASKS = ("rec", "res", "ovd", "ric")
 # levers tried against them (700 steps fit 10 minutes but cost REC Acc@0.5 ~0.17; batch 8 x 1800 steps and
 # length-grouped batches were no better per CPU second).
 BUDGETS = {"quick": (200, 24, 40), "default": (2000, 100, 900), "long": (4000, 200, 2700)}
-# The splits' scene parameters beyond the difficulty. easy: shapes 1.5 x larger (45-135 px at 224), 2-4 per
-# image, so that nine in ten objects cover at least one 32-px VRT cell by half (at the generator's default
-# sizes 36 % cover none, and pointing accuracy falls with the cells covered; docs/results/demo.md).
-SPLITS: dict[str, dict[str, Any]] = {
-    "easy": {"object_scale": 1.5, "min_objects": 2, "max_objects": 4},
-    "full": {},
-}
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -63,10 +56,9 @@ def demo_data(out: Path, budget: str, seed: int, difficulty: str) -> str:
     """
     n_train, n_val, _ = BUDGETS[budget]
     root = out / "data" / f"shapes-{difficulty}-{n_train}-{n_val}-{seed}"
-    scene = "".join(f", {k}: {v}" for k, v in SPLITS[difficulty].items())
     return (
         f"{{name: shapes, root: {root}, tasks: [rec, res, ovd, ric], "
-        f"n_train: {n_train}, n_val: {n_val}, seed: {seed}, difficulty: {difficulty}{scene}, regenerate: true}}"
+        f"n_train: {n_train}, n_val: {n_val}, seed: {seed}, difficulty: {difficulty}, regenerate: true}}"
     )
 
 

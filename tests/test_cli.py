@@ -397,20 +397,16 @@ def test_every_command_has_help(capsys):
         assert f"padt {' '.join(nested)}" in capsys.readouterr().out
 
 
-def test_demo_splits_scene_parameters_reach_the_recipe(tmp_path):
-    from padt_core.demo import SPLITS, demo_data
+def test_demo_data_section_reaches_the_recipe(tmp_path):
+    from padt_core.demo import demo_data
     from padt_core.recipe import load_recipe
 
-    data = demo_data(tmp_path, "default", 3, "easy")
-    recipe = load_recipe("tiny_shapes_pretrained", [f"data.train=[{data}]"])
-    (section,) = recipe.data.train
-    assert (
-        (section.object_scale, section.min_objects, section.max_objects)
-        == (1.5, 2, 4)
-        == tuple(SPLITS["easy"][k] for k in ("object_scale", "min_objects", "max_objects"))
-    )
-    assert (section.n_train, section.seed, section.difficulty, section.regenerate) == (2000, 3, "easy", True)
+    (easy,) = load_recipe(
+        "tiny_shapes_pretrained", [f"data.train=[{demo_data(tmp_path, 'default', 3, 'easy')}]"]
+    ).data.train
+    assert (easy.n_train, easy.n_val, easy.seed, easy.difficulty, easy.regenerate) == (2000, 100, 3, "easy", True)
+    assert easy.root == str(tmp_path / "data" / "shapes-easy-2000-100-3")
     (full,) = load_recipe(
         "tiny_shapes_pretrained", [f"data.train=[{demo_data(tmp_path, 'long', 0, 'full')}]"]
     ).data.train
-    assert (full.object_scale, full.max_objects, full.n_train) == (1.0, 6, 4000)
+    assert (full.difficulty, full.object_scale, full.max_objects, full.n_train) == ("full", 1.0, 6, 4000)
