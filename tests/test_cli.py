@@ -404,7 +404,14 @@ def test_demo_data_section_reaches_the_recipe(tmp_path):
     (easy,) = load_recipe(
         "tiny_shapes_pretrained", [f"data.train=[{demo_data(tmp_path, 'default', 3, 'easy')}]"]
     ).data.train
-    assert (easy.n_train, easy.n_val, easy.seed, easy.difficulty, easy.regenerate) == (2000, 100, 3, "easy", True)
+    assert (easy.n_train, easy.n_val, easy.seed, easy.difficulty, easy.regenerate, easy.workers) == (
+        2000,
+        100,
+        3,
+        "easy",
+        True,
+        0,
+    )
     assert easy.root == str(tmp_path / "data" / "shapes-easy-2000-100-3")
     (full,) = load_recipe(
         "tiny_shapes_pretrained", [f"data.train=[{demo_data(tmp_path, 'long', 0, 'full')}]"]
