@@ -196,6 +196,33 @@ def test_eval_skips_a_truncated_image_and_counts_it(capsys, tmp_path):
     assert report["eval"]["samples"] == {"rec": 1}
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_training_summary_counts_collator_skips_from_dataloader_workers(tmp_path, workers):
+    """A truncated image passes the readers' header check and is dropped by the collator: the summary counts
+    it whether the collator ran in this process or in a DataLoader worker (which has its own counter)."""
+    from padt_core.train.run import train
+
+    noise_image(56, 56).save(tmp_path / "good.png")
+    truncated_png(tmp_path / "bad.png")
+    records = [
+        {
+            "id": i,
+            "image": name,
+            "task": "refering",
+            "conversations": [{"from": "human", "value": "<image>Find the thing."}],
+            "answer_template": 'The "thing" refers to <|Obj_0|> in this image.',
+            "objects": [{"bbox": [0.1, 0.1, 0.6, 0.6], "label": "thing"}],
+        }
+        for i, name in enumerate(["good.png", "bad.png"])
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    section = {"name": "padt_json", "path": str(tmp_path / "train.json"), "image_dir": str(tmp_path)}
+    overrides = {"data.train": [section], "data.val": [], "train.batch_size": 2, "train.max_steps": 2}
+    overrides.update({"train.num_workers": workers, "train.save_steps": 100, "train.sampling": "random"})
+    summary = train("tiny_qwen", overrides, output_dir=tmp_path / "run")
+    assert summary["skipped"] == {"corrupt_image": 2}  # one per step: each batch of 2 holds the bad image
+
+
 def test_training_summary_counts_every_skip_by_reason(tmp_path):
     """Readers count while reading; ``load_readers`` (what the summary adds up) reads them first, so
     missing images, empty boxes and unknown categories all reach the summary, each under its reason."""

@@ -89,3 +89,7 @@ def test_bad_samples_are_skipped_and_counted(tiny_model, image_path, tmp_path):
     assert batch.completion_ids.shape[0] == 1
     # the readers' reason keys (padt_core/data/reader.py), so the training summary counts each once
     assert collator.skipped == {"missing_image": 1, "object_covers_no_cell": 1, "sample_covers_no_cell": 1}
+    # the batch carries its own skips (a DataLoader worker's counter never reaches the main process)
+    assert batch.skipped == collator.skipped and batch.to("cpu").skipped == batch.skipped
+    again = collator([missing, good])
+    assert again.skipped == {"missing_image": 1} and collator.skipped["missing_image"] == 2

@@ -10,7 +10,7 @@ through :meth:`TrainBatch.pin_memory` (what torch's ``DataLoader`` calls first).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -33,6 +33,8 @@ class TrainBatch(Mapping[str, Any]):
             CE), or ``None`` for an answer format without VRTs.
         objects: the batch's objects (VRT positions and cells) and their targets.
         original_sizes: per image ``(height, width)`` of the original image.
+        skipped: samples the collator dropped while building this batch, by reason (``missing_image``, ...):
+            counted by the Trainer in the main process, whichever DataLoader worker collated the batch.
     """
 
     prompt: BackboneBatch
@@ -41,6 +43,7 @@ class TrainBatch(Mapping[str, Any]):
     vrt_ignore: torch.Tensor | None
     objects: ObjectBatch
     original_sizes: list[tuple[int, int]]
+    skipped: dict[str, int] = field(default_factory=dict)
 
     # --- the mapping view Trainer needs ---------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
@@ -79,6 +82,7 @@ class TrainBatch(Mapping[str, Any]):
             vrt_ignore=apply(self.vrt_ignore),
             objects=self.objects.map_tensors(fn),
             original_sizes=list(self.original_sizes),
+            skipped=dict(self.skipped),
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainBatch:

@@ -221,7 +221,8 @@ class PaDTCollator:
         return _Encoded(completion=[*self._text_ids(text), self.backbone.eos_token_ids[0]], ignore=[])
 
     def __call__(self, items: Sequence[Sample | dict[str, Any]]) -> TrainBatch:
-        kept: list[tuple[Sample, Image.Image]] = []
+        counted = Counter(self.skipped)  # this batch's own skips travel with it (a DataLoader worker's counter
+        kept: list[tuple[Sample, Image.Image]] = []  # stays in its process)
         seeds = []
         for item in items:
             sample = item["sample"] if isinstance(item, dict) else item
@@ -265,7 +266,9 @@ class PaDTCollator:
             kept = [kept[b] for b in rows]
             prompt = self.prepare([im for _, im in kept], [s.prompt for s, _ in kept])
         sizes = [(im.height, im.width) for _, image in kept for im in _images(image)]  # per batch image
-        return self._assemble(prompt, encoded, sizes)
+        batch = self._assemble(prompt, encoded, sizes)
+        batch.skipped = dict(self.skipped - counted)
+        return batch
 
     def _assemble(self, prompt, encoded: list[_Encoded], sizes: list[tuple[int, int]]) -> TrainBatch:
         pad = self.backbone.pad_token_id

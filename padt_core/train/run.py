@@ -202,7 +202,7 @@ def _train(
         model.save_pretrained(out, overwrite=True)
         with atomic_path(out / TRAINER_STATE_NAME) as tmp:  # the log history, at the top of the run directory
             trainer.state.save_to_json(str(tmp))
-    skipped.update(collator.skipped)
+    skipped.update(trainer.data_skipped)  # not collator.skipped: DataLoader workers count in their own copies
     history = trainer.state.log_history
     summary = {
         "output_dir": str(out),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,7 @@ class PaDTTrainer(Trainer):
         self.add_callback(DatasetEpochCallback())
         self._loss_sums: dict[str, float] = defaultdict(float)
         self._loss_count = 0
+        self.data_skipped: Counter[str] = Counter()  # the collator's skips of the batches trained on
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The Trainer's optimiser, with each group split by the backbone's ``parameter_lr_scales``."""
@@ -168,6 +169,7 @@ class PaDTTrainer(Trainer):
         module = self.accelerator.unwrap_model(model)
         losses = compute_losses(module, inputs, step=self.state.global_step, forward=model)
         if model.training:
+            self.data_skipped.update(inputs.skipped)
             for key, value in losses.items():
                 if key != "loss":
                     self._loss_sums[key] += float(value.detach())
