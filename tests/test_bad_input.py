@@ -165,11 +165,10 @@ def test_bad_input_is_one_line_with_exit_status_2(capsys, files, argv, words):
         assert word.format(**files) in "\n".join(lines), err
 
 
-def test_eval_skips_a_truncated_image_and_counts_it(capsys, tmp_path):
-    """One truncated val image (readers' default ``check_images: header`` lets it through): skipped,
-    counted by reason in the report, and the report is still written."""
-    noise_image(56, 56).save(tmp_path / "good.png")
-    truncated_png(tmp_path / "bad.png")
+def _good_and_truncated(folder: Path, json_name: str) -> dict:
+    """A good and a truncated image with one REC record each; the padt_json section reading them."""
+    noise_image(56, 56).save(folder / "good.png")
+    truncated_png(folder / "bad.png")
     records = [
         {
             "id": i,
@@ -181,8 +180,14 @@ def test_eval_skips_a_truncated_image_and_counts_it(capsys, tmp_path):
         }
         for i, name in enumerate(["good.png", "bad.png"])
     ]
-    (tmp_path / "val.json").write_text(json.dumps(records))
-    section = {"name": "padt_json", "path": str(tmp_path / "val.json"), "image_dir": str(tmp_path)}
+    (folder / json_name).write_text(json.dumps(records))
+    return {"name": "padt_json", "path": str(folder / json_name), "image_dir": str(folder)}
+
+
+def test_eval_skips_a_truncated_image_and_counts_it(capsys, tmp_path):
+    """One truncated val image (readers' default ``check_images: header`` lets it through): skipped,
+    counted by reason in the report, and the report is still written."""
+    section = _good_and_truncated(tmp_path, "val.json")
     (tmp_path / "data.yaml").write_text(yaml.safe_dump(section))
     out = tmp_path / "report.json"
     with pytest.warns(UserWarning, match="bad.png"):
@@ -202,21 +207,7 @@ def test_training_summary_counts_collator_skips_from_dataloader_workers(tmp_path
     it whether the collator ran in this process or in a DataLoader worker (which has its own counter)."""
     from padt_core.train.run import train
 
-    noise_image(56, 56).save(tmp_path / "good.png")
-    truncated_png(tmp_path / "bad.png")
-    records = [
-        {
-            "id": i,
-            "image": name,
-            "task": "refering",
-            "conversations": [{"from": "human", "value": "<image>Find the thing."}],
-            "answer_template": 'The "thing" refers to <|Obj_0|> in this image.',
-            "objects": [{"bbox": [0.1, 0.1, 0.6, 0.6], "label": "thing"}],
-        }
-        for i, name in enumerate(["good.png", "bad.png"])
-    ]
-    (tmp_path / "train.json").write_text(json.dumps(records))
-    section = {"name": "padt_json", "path": str(tmp_path / "train.json"), "image_dir": str(tmp_path)}
+    section = _good_and_truncated(tmp_path, "train.json")
     overrides = {"data.train": [section], "data.val": [], "train.batch_size": 2, "train.max_steps": 2}
     overrides.update({"train.num_workers": workers, "train.save_steps": 100, "train.sampling": "random"})
     summary = train("tiny_qwen", overrides, output_dir=tmp_path / "run")
