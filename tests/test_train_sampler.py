@@ -7,7 +7,7 @@ import pytest
 
 from padt_core.recipe import RecipeError, load_recipe
 from padt_core.train.dataset import SampleDataset
-from padt_core.train.sampler import LengthGroupedSampler, sample_length
+from padt_core.train.sampler import EpochLengthSampler, sample_length
 from padt_core.train.trainer import PaDTTrainer
 
 
@@ -37,14 +37,14 @@ def test_length_estimate_counts_text_and_each_vrt_run():
 
 def test_every_sample_once_less_padding_than_random_and_reproducible():
     ds = _dataset()
-    sampler = LengthGroupedSampler(ds, batch_size=16, seed=7)
+    sampler = EpochLengthSampler(ds, batch_size=16, seed=7)
     order = list(sampler)
     assert sorted(order) == list(range(len(ds))) and len(sampler) == len(ds)
     lengths = [sample_length(ds[i]["sample"]) for i in range(len(ds))]
     shuffled = list(np.random.default_rng(0).permutation(len(ds)))
     assert _padded_tokens(order, lengths, 16) < 0.8 * _padded_tokens(shuffled, lengths, 16)
-    assert list(LengthGroupedSampler(_dataset(), batch_size=16, seed=7)) == order  # same seed, same epoch
-    assert list(LengthGroupedSampler(ds, batch_size=16, seed=8)) != order
+    assert list(EpochLengthSampler(_dataset(), batch_size=16, seed=7)) == order  # same seed, same epoch
+    assert list(EpochLengthSampler(ds, batch_size=16, seed=8)) != order
     ds.set_epoch(1)  # what the Trainer's epoch callback does before each epoch
     assert list(sampler) != order and sorted(sampler) == list(range(len(ds)))
 
@@ -60,6 +60,6 @@ def test_trainer_takes_the_recipe_sampling(tmp_path):
     args = training_arguments(recipe.train, str(tmp_path))
     trainer = PaDTTrainer.__new__(PaDTTrainer)  # the sampler choice only needs args and the dataset
     trainer.args, trainer.train_dataset, trainer._sampling = args, ds, "length"
-    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    assert isinstance(trainer._get_train_sampler(), EpochLengthSampler)
     trainer._sampling = "random"
-    assert not isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    assert not isinstance(trainer._get_train_sampler(), EpochLengthSampler)

@@ -221,8 +221,9 @@ class PaDTCollator:
         return _Encoded(completion=[*self._text_ids(text), self.backbone.eos_token_ids[0]], ignore=[])
 
     def __call__(self, items: Sequence[Sample | dict[str, Any]]) -> TrainBatch:
-        counted = Counter(self.skipped)  # this batch's own skips travel with it (a DataLoader worker's counter
-        kept: list[tuple[Sample, Image.Image]] = []  # stays in its process)
+        # This batch's own skips travel with it: a DataLoader worker's counter stays in its process.
+        counted = Counter(self.skipped)
+        kept: list[tuple[Sample, Image.Image]] = []
         seeds = []
         for item in items:
             sample = item["sample"] if isinstance(item, dict) else item

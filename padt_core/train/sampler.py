@@ -19,30 +19,34 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from ..data.sample import placeholder_indices
 from .dataset import SampleDataset
 
-__all__ = ["LengthGroupedSampler", "sample_length"]
+__all__ = ["EpochLengthSampler", "sample_length"]
 
 _CHARS_PER_VRT_RUN = 20  # an <|Obj_k|> placeholder becomes ~5 VRT tokens, about the text of 20 characters
+_CHARS_PER_EXTRA_IMAGE = 200  # a further image's tokens (49 at 224 px with 32-px cells), as text characters
 
 
 def sample_length(sample) -> int:
     """A sample's length estimate for grouping: prompt + answer characters, each object's VRT run counted.
 
-    Images are assumed alike in size (their tokens are the same for every sample then); a sample with
-    several images counts each one's share as the text it replaces is not known here.
+    Only the order matters. Images are taken as alike in size, so the first one's tokens are the same for
+    every sample and left out; each further image of a multi-image sample adds a fixed share.
     """
     runs = len(placeholder_indices(sample.answer))
-    return len(sample.prompt) + len(sample.answer) + runs * _CHARS_PER_VRT_RUN + 200 * max(len(sample.images) - 1, 0)
+    extra_images = max(len(sample.images) - 1, 0)
+    return len(sample.prompt) + len(sample.answer) + runs * _CHARS_PER_VRT_RUN + extra_images * _CHARS_PER_EXTRA_IMAGE
 
 
-class LengthGroupedSampler(Sampler[int]):
+class EpochLengthSampler(Sampler[int]):
     """Indices of ``dataset`` in length-grouped order; the order is a function of (seed, dataset epoch).
 
-    The epoch is read from the dataset (``SampleDataset.set_epoch``, called by the Trainer's epoch
-    callback before every epoch's iteration), so a resumed run and every DDP process see the same order.
+    Unlike Hugging Face's ``LengthGroupedSampler`` (global RNG, lengths from tokenised items) it estimates
+    lengths from the samples' text and seeds itself. The epoch is read from the dataset
+    (``SampleDataset.set_epoch``, called by the Trainer's epoch callback before every epoch's iteration),
+    so a resumed run and every DDP process see the same order.
 
     Args:
         dataset: the training samples.
-        batch_size: samples per optimiser step on one process times processes (what one group holds).
+        batch_size: samples of one process's batch (``per_device_train_batch_size``): what one group holds.
         seed: ``train.seed``.
     """
 

@@ -26,7 +26,7 @@ from ..weights import load_weights
 from .batch import TrainBatch
 from .checkpoints import publish_checkpoint, rotate, staging_dir
 from .dataset import SampleDataset
-from .sampler import LengthGroupedSampler
+from .sampler import EpochLengthSampler
 from .step import compute_losses
 
 __all__ = ["DatasetEpochCallback", "PaDTTrainer", "check_resumable", "training_arguments"]
@@ -157,7 +157,7 @@ class PaDTTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self._sampling == "length" and isinstance(dataset, SampleDataset):
-            return LengthGroupedSampler(dataset, self.args.per_device_train_batch_size, self.args.seed)
+            return EpochLengthSampler(dataset, self.args.per_device_train_batch_size, self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
     def _prepare_inputs(self, inputs: TrainBatch) -> TrainBatch:

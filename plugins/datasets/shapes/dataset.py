@@ -57,7 +57,7 @@ class ShapesImagesConfig(PluginConfig):
     min_objects: int = Field(1, ge=1, le=6)
     max_objects: int = Field(6, ge=1, le=6)
     object_scale: float = Field(
-        1.0, ge=0.5, le=2.0, description="multiplies every object size (1.5: the smallest cover a 32-px cell)"
+        1.0, ge=0.5, le=2.0, description="multiplies every object size (0.5-2; shapes at 224 px are 30-90 px at 1)"
     )
     regenerate: bool = Field(False, description="replace a root generated with other parameters")
     workers: int = Field(1, ge=0, description="processes used to generate (0 = all cores); output is the same")
