@@ -125,7 +125,7 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B")
     gen.add_argument("--new-tokens", type=int, default=32, metavar="N", help="tokens per timed generation")
     gen.add_argument(
-        "--repeats", type=int, default=15, metavar="K", help="timed PaDT/plain pairs, interleaved (default: 15)"
+        "--repeats", type=int, default=40, metavar="K", help="timed PaDT/plain pairs, interleaved (default: 40)"
     )
     gen.add_argument("--warmup", type=int, default=2, metavar="K", help="untimed calls per side first (default: 2)")
     gen.add_argument("--seed", type=int, default=0)

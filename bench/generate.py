@@ -45,8 +45,10 @@ __all__ = ["bench_generate", "check_run_options", "machine_info", "model_summary
 
 PROMPT = "Please locate every object in this image and answer with their labels and visual reference tokens."
 _CLOCKS = CLOCKS  # the name train.py and older callers import
-#: Timed pairs per batch size by default: the spread of the median ratio is then about ±1 % here.
-DEFAULT_REPEATS = 15
+#: Timed pairs per batch size by default. At 15 the median ratio moved by ±0.7 % from run to run of one
+#: commit (95 % intervals ±1-1.5 %), as much as the overhead being measured at batch 8; 40 pairs narrow
+#: that by √(40/15) ≈ 1.6 for ~70 s per recipe on the tiny recipes (2 cores, 1 thread).
+DEFAULT_REPEATS = 40
 
 
 def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
